@@ -1,0 +1,3 @@
+"""panostage: provisioning and USB staging agent (import name ``agent``)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,197 @@
+"""The authority's certificate authority: one EC P-256 key and self-signed certificate per
+state directory, created once (under a file lock) and kept in memory afterwards."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_KEY_FILE = "ca-key.pem"
+CA_CERT_FILE = "ca.pem"
+LOCK_FILE = "ca.lock"
+CA_VALIDITY = timedelta(days=3650)
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A certificate the CA issued, with what the authority keeps about it."""
+
+    certificate: x509.Certificate
+    pem: bytes
+    serial_hex: str
+    fingerprint: str  # sha256 of the DER encoding, hex
+    not_before: datetime
+    not_after: datetime
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """sha256 of the certificate's DER encoding, hex."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh EC P-256 private key."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """PKCS8 PEM, unencrypted."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def public_key_pem(key: ec.EllipticCurvePublicKey) -> str:
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def whole_seconds(moment: datetime) -> datetime:
+    """X.509 times have one-second resolution; drop the rest."""
+    return moment.astimezone(timezone.utc).replace(microsecond=0)
+
+
+class CertificateAuthority:
+    """Signs device certificates.  Build with :meth:`load_or_create` (on disk) or :meth:`generate`."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        self.key = key
+        self.cert = cert
+        self.cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        self.fingerprint = fingerprint(cert)
+        self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
+
+    @classmethod
+    def generate(cls, now: datetime, label: str = "panostage local authority") -> "CertificateAuthority":
+        """A new CA in memory (self-signed, valid ten years from ``now``)."""
+        key = new_key()
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "panostage"),
+                x509.NameAttribute(NameOID.COMMON_NAME, f"{label} {secrets.token_hex(4)}"),
+            ]
+        )
+        start = whole_seconds(now) - timedelta(minutes=5)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + CA_VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(ca=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key, cert)
+
+    @classmethod
+    def load_or_create(cls, directory: Path, now: datetime | None = None) -> "CertificateAuthority":
+        """The CA kept in ``directory``; created there first if missing.
+
+        A lock file serialises concurrent starters, so two processes starting together
+        end up with one CA.  The key is written mode 0600 and renamed into place.
+        """
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key_path, cert_path = directory / CA_KEY_FILE, directory / CA_CERT_FILE
+        lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            if key_path.exists() and cert_path.exists():
+                return cls._load(key_path, cert_path)
+            ca = cls.generate(now or datetime.now(timezone.utc))
+            write_atomic(key_path, private_key_pem(ca.key))
+            write_atomic(cert_path, ca.cert_pem, mode=0o644)
+            fsync_dir(directory)
+            return ca
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
+
+    @classmethod
+    def _load(cls, key_path: Path, cert_path: Path) -> "CertificateAuthority":
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{key_path}: not an EC private key")
+        if cert.public_key().public_numbers() != key.public_key().public_numbers():
+            raise ValueError(f"{cert_path} does not belong to the key in {key_path}")
+        return cls(key, cert)
+
+    def issue(
+        self, common_name: str, public_key: ec.EllipticCurvePublicKey, not_before: datetime, not_after: datetime
+    ) -> IssuedCertificate:
+        """A client certificate for ``common_name`` signed by this CA."""
+        start, end = whole_seconds(not_before), whole_seconds(not_after)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(ca=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(self._aki, critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        return IssuedCertificate(
+            certificate=cert,
+            pem=cert.public_bytes(serialization.Encoding.PEM),
+            serial_hex=format(cert.serial_number, "x"),
+            fingerprint=fingerprint(cert),
+            not_before=start,
+            not_after=end,
+        )
+
+    def issued(self, cert: x509.Certificate) -> bool:
+        """True when ``cert`` names this CA as issuer and carries its valid signature."""
+        try:
+            cert.verify_directly_issued_by(self.cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
+
+
+def _key_usage(ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates (and CRLs); a device signs (its claim, TLS client auth)."""
+    return x509.KeyUsage(
+        digital_signature=not ca, content_commitment=False, key_encipherment=False, data_encipherment=False,
+        key_agreement=False, key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False,
+    )
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to a new temporary file of ``mode`` and rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

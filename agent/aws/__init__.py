@@ -1,0 +1,1 @@
+"""The client side of the wire contract: service model, sessions, validation, errors."""

@@ -1,0 +1,91 @@
+"""Which authority we talk to, and the boto3 clients for it.
+
+- ``local`` (default): the authority runs in this process on a loopback ephemeral
+  port, with credentials made up for this process; state in ``<state_dir>/authority``.
+- endpoint: ``backend.endpoint_url`` names any authority that speaks the protocol;
+  credentials come from the normal AWS chain (``--profile``, ``AWS_*``).
+- ``aws``: the AWS endpoints for ``backend.region`` and the normal credential chain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from agent.aws.model import PANORAMA, SNOW, new_botocore_session
+from agent.config import Settings
+
+if TYPE_CHECKING:
+    import boto3
+
+USER_AGENT = "panostage"
+
+
+@dataclass
+class Backend:
+    kind: str  # "local" | "endpoint" | "aws"
+    region: str
+    endpoint_url: str | None
+    session: "boto3.Session"
+    settings: Settings
+    stop_embedded: Callable[[], None] | None = None
+    _clients: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
+
+    def client(self, service: str, *, max_attempts: int | None = None) -> Any:
+        """A boto3 client; ``max_attempts=1`` turns botocore's retries off (ProvisionDevice)."""
+        from botocore.config import Config
+
+        attempts = max_attempts or self.settings.backend.max_attempts
+        key = (service, attempts)
+        if key not in self._clients:
+            config = Config(
+                connect_timeout=self.settings.backend.connect_timeout,
+                read_timeout=self.settings.backend.read_timeout,
+                retries={"mode": "standard", "total_max_attempts": attempts},
+                user_agent_extra=USER_AGENT,
+            )
+            self._clients[key] = self.session.client(service, endpoint_url=self.endpoint_url, config=config)
+        return self._clients[key]
+
+    def panorama(self, *, max_attempts: int | None = None) -> Any:
+        return self.client(PANORAMA, max_attempts=max_attempts)
+
+    def snow(self) -> Any:
+        return self.client(SNOW)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.kind, "endpoint_url": self.endpoint_url, "region": self.region}
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+        if self.stop_embedded is not None:
+            self.stop_embedded()
+            self.stop_embedded = None
+
+
+def open_backend(settings: Settings, *, say: Callable[[str], None] | None = None) -> Backend:
+    """Open the configured backend (starting the embedded authority for ``local``)."""
+    import boto3
+
+    cfg = settings.backend
+    botocore_session = new_botocore_session()
+    if cfg.endpoint_url:
+        session = boto3.Session(botocore_session=botocore_session, region_name=cfg.region, profile_name=cfg.profile or None)
+        return Backend("endpoint", cfg.region, cfg.endpoint_url, session, settings)
+    if cfg.name == "aws":
+        session = boto3.Session(botocore_session=botocore_session, region_name=cfg.region, profile_name=cfg.profile or None)
+        return Backend("aws", cfg.region, None, session, settings)
+
+    from agent import paths
+    from agent.authority.embedded import start_embedded
+
+    embedded = start_embedded(settings.authority, paths.state_dir(settings) / "authority", region=cfg.region)
+    session = boto3.Session(
+        botocore_session=botocore_session,
+        region_name=cfg.region,
+        aws_access_key_id=embedded.access_key_id,
+        aws_secret_access_key=embedded.secret_access_key,
+    )
+    return Backend("local", cfg.region, embedded.endpoint_url, session, settings, stop_embedded=embedded.stop)

@@ -1,0 +1,34 @@
+"""The project's own Panorama service definition, loaded through botocore's data path.
+
+botocore >= 1.43.38 ships no ``panorama`` model; older releases do.  Our directory is
+put first on the loader's search path (the mechanism behind ``AWS_DATA_PATH``), so the
+same definition is used whatever botocore is installed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import botocore.session
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+PANORAMA = "panorama"
+SNOW = "snow-device-management"
+
+
+def data_path_value(existing: str | None) -> str:
+    """Our data directory first, then whatever the user had (``AWS_DATA_PATH``)."""
+    parts = [str(DATA_DIR)] + [p for p in (existing or "").split(os.pathsep) if p and p != str(DATA_DIR)]
+    return os.pathsep.join(parts)
+
+
+def new_botocore_session() -> "botocore.session.Session":
+    """A botocore session whose loader finds the project's Panorama model first."""
+    import botocore.session
+
+    session = botocore.session.Session()
+    session.set_config_variable("data_path", data_path_value(session.get_config_variable("data_path")))
+    return session

@@ -1,0 +1,177 @@
+"""ProvisionDevice without duplicates, and the device look-ups around it.
+
+ProvisionDevice is not idempotent and its archive exists only in the response:
+a lost response means a device exists whose certificate nobody holds.  So the
+call goes out with botocore's retries off, and before any retry we look for
+devices of that name created since the first attempt began, delete them (their
+archives are gone for good), and only then try again.  A retry never leaves two
+devices, and never leaves a device without its archive.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+from agent.aws.errors import error_code
+from agent.aws.paging import pages
+from agent.clock import Clock, utc
+from agent.errors import ExitCode, PanostageError
+
+RETRYABLE_CODES = {"InternalServerException", "ThrottlingException", "TooManyRequestsException", "ServiceUnavailable"}
+#: How far before the first attempt a device may be dated and still count as ours
+#: (covers the difference between our clock and the service's).
+CREATION_TOLERANCE = timedelta(seconds=30)
+
+Event = Callable[..., None]
+
+
+@dataclass
+class Provisioned:
+    """A device just created, with its archive (kept in memory only)."""
+
+    device_id: str
+    arn: str
+    status: str
+    iot_thing_name: str | None
+    archive: bytes = field(repr=False)
+    attempts: int = 1
+    orphans_deleted: list[str] = field(default_factory=list)
+    request_started: datetime | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "DeviceId": self.device_id,
+            "Arn": self.arn,
+            "Status": self.status,
+            "IotThingName": self.iot_thing_name,
+            "attempts": self.attempts,
+            "orphans_deleted": self.orphans_deleted,
+        }
+
+
+def devices_named(client: Any, name: str) -> list[dict[str, Any]]:
+    """Every device whose name is exactly ``name`` (NameFilter is a prefix filter)."""
+    return [d for d in pages(client.list_devices, "Devices", NameFilter=name, MaxResults=25) if d.get("Name") == name]
+
+
+def resolve_device_id(client: Any, ref: str) -> str:
+    """Accept a device ID or an exact, unambiguous device name."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.describe_device(DeviceId=ref)
+        return ref
+    except ClientError as exc:
+        if error_code(exc) != "ResourceNotFoundException":
+            raise
+    matches = [d for d in devices_named(client, ref) if d.get("ProvisioningStatus") != "DELETING"]
+    if len(matches) == 1:
+        return matches[0]["DeviceId"]
+    if not matches:
+        raise PanostageError(
+            f"no device with ID or name {ref!r}", exit_code=ExitCode.NOT_FOUND, reason="not-found",
+            hint="`panostage device list` shows the devices",
+        )
+    raise PanostageError(
+        f"{len(matches)} devices are named {ref!r}: " + ", ".join(d["DeviceId"] for d in matches),
+        exit_code=ExitCode.CONFLICT, reason="ambiguous-name", hint="give the device ID instead",
+    )
+
+
+def _retryable(exc: BaseException) -> bool:
+    from botocore import exceptions as bx
+
+    if isinstance(exc, bx.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error_code(exc) in RETRYABLE_CODES or status >= 500 or status == 429
+    # ConnectionError: never connected / timed out connecting; HTTPClientError: closed or timed out mid-answer
+    return isinstance(exc, (bx.ConnectionError, bx.HTTPClientError))
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """True when the request cannot have reached the service (nothing to clean up)."""
+    from botocore import exceptions as bx
+
+    return isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError)) and not isinstance(
+        exc, bx.ReadTimeoutError
+    )
+
+
+def provision_device(
+    backend: Any,
+    request: dict[str, Any],
+    *,
+    clock: Clock,
+    on_event: Event = lambda kind, **data: None,
+    max_attempts: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Provisioned:
+    """Call ProvisionDevice at most ``max_attempts`` times, never leaving two devices."""
+    from botocore.exceptions import ClientError
+
+    attempts_allowed = max_attempts or backend.settings.backend.max_attempts
+    client = backend.panorama(max_attempts=1)
+    lister = backend.panorama()
+    name = request["Name"]
+    first_started = clock.now()
+    orphans: list[str] = []
+    last_exc: BaseException | None = None
+    for attempt in range(1, attempts_allowed + 1):
+        started = clock.now()
+        try:
+            response = client.provision_device(**request)
+        except ClientError as exc:
+            conflict_after_retry = attempt > 1 and error_code(exc) == "ConflictException"
+            if not (_retryable(exc) or conflict_after_retry):
+                raise
+            last_exc = exc
+        except Exception as exc:  # noqa: BLE001 - classified just below
+            if not _retryable(exc):
+                raise
+            last_exc = exc
+        else:
+            return Provisioned(
+                device_id=response["DeviceId"],
+                arn=response["Arn"],
+                status=response["Status"],
+                iot_thing_name=response.get("IotThingName"),
+                archive=response["Certificates"],
+                attempts=attempt,
+                orphans_deleted=orphans,
+                request_started=started,
+            )
+        on_event("provision-attempt-failed", attempt=attempt, error=str(last_exc))
+        if attempt == attempts_allowed:
+            break
+        if not _never_sent(last_exc):
+            orphans.extend(_delete_orphans(lister, name, first_started, on_event))
+        sleep(min(5.0, 0.2 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+    assert last_exc is not None
+    if not _never_sent(last_exc):
+        orphans.extend(_delete_orphans(lister, name, first_started, on_event))
+    raise last_exc
+
+
+def _delete_orphans(client: Any, name: str, since: datetime, on_event: Event) -> list[str]:
+    """Delete devices named ``name`` created since ``since``: their archives were lost with the response."""
+    try:
+        found = devices_named(client, name)
+    except Exception as exc:  # noqa: BLE001
+        raise PanostageError(
+            f"ProvisionDevice for {name!r} may have created a device, and checking for it failed: {exc}",
+            exit_code=ExitCode.SERVICE, reason="provision-uncertain",
+            hint=f"run `panostage device list --name {name}` and delete any device created just now",
+        ) from exc
+    deleted = []
+    for device in found:
+        created = device.get("CreatedTime")
+        if device.get("ProvisioningStatus") == "DELETING" or created is None or utc(created) < since - CREATION_TOLERANCE:
+            continue
+        client.delete_device(DeviceId=device["DeviceId"])
+        deleted.append(device["DeviceId"])
+        on_event("orphan-deleted", device_id=device["DeviceId"], name=name, created=created)
+    return deleted

@@ -1,0 +1,118 @@
+"""The per-invocation context shared by every command, and the decorators that reach it."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import click
+
+from agent.cli.output import Output
+
+if TYPE_CHECKING:  # heavy imports stay out of start-up (`panostage --help` loads none of these)
+    from agent.aws.backend import Backend
+    from agent.clock import Clock
+    from agent.config import LoadedConfig, Settings
+
+
+@dataclass
+class App:
+    """Configuration, output and (lazily) the backend for one command."""
+
+    loaded: "LoadedConfig"
+    out: Output
+    debug: bool = False
+    clock: "Clock | None" = None
+    _backend: "Backend | None" = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> "Settings":
+        return self.loaded.settings
+
+    def backend(self) -> "Backend":
+        """The configured backend, opened once (the embedded authority starts here)."""
+        if self._backend is None:
+            from agent.aws.backend import open_backend
+
+            self._backend = open_backend(self.settings, say=self.out.say)
+            click.get_current_context().call_on_close(self._backend.close)
+        return self._backend
+
+    def wait(self, fetch: Callable[[], dict[str, Any]], state_of: Callable[[dict[str, Any]], str | None],
+             terminal: Any, *, what: str, timeout: float | None, interval: float | None) -> dict[str, Any]:
+        """Poll with ``--timeout``/``--interval`` (defaults from [wait]), progress on a tty."""
+        from agent.aws.waiting import wait_for
+
+        return wait_for(
+            fetch, state_of, terminal, what=what,
+            timeout=self.settings.wait.timeout_seconds if timeout is None else timeout,
+            interval=self.settings.wait.interval_seconds if interval is None else interval,
+            progress=self.out.progress,
+        )
+
+    def get_clock(self) -> "Clock":
+        if self.clock is None:
+            from agent.clock import SystemClock
+
+            self.clock = SystemClock()
+        return self.clock
+
+
+def narrator(app: "App") -> Callable[..., None]:
+    """Tell the person what the provisioning flow did on its way (stderr)."""
+
+    def on_event(kind: str, **data: Any) -> None:
+        if kind == "device-deleted":
+            app.out.say(f"deleted device {data['name']} ({data['id']}): {data['reason']}")
+        elif kind == "orphan-deleted":
+            app.out.say(f"deleted device {data['device_id']}: created by an attempt whose answer was lost")
+        elif kind == "start-over":
+            app.out.say(f"starting over for {data['name']}: {data['reason']}")
+        elif kind == "provision-attempt-failed":
+            app.out.say(f"ProvisionDevice attempt {data['attempt']} failed: {data['error']}")
+        elif kind == "cleanup-failed":
+            app.out.warn(f"could not clean up {data['what']}: {data['error']}")
+
+    return on_event
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and isinstance(ctx.obj, App):
+        ctx.obj.out.json = True
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and isinstance(ctx.obj, App):
+        ctx.obj.debug = True
+
+
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and isinstance(ctx.obj, App):
+        ctx.obj.out.quiet = True
+
+
+json_option = click.option(
+    "--json", "json_", is_flag=True, expose_value=False, callback=_set_json, help="Print data as JSON on stdout."
+)
+debug_option = click.option(
+    "--debug", is_flag=True, expose_value=False, callback=_set_debug, help="Show tracebacks of failures."
+)
+quiet_option = click.option(
+    "--quiet", "-q", is_flag=True, expose_value=False, callback=_set_quiet, help="No human messages on stderr."
+)
+
+
+def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every leaf command accepts (also accepted before the subcommand)."""
+    return json_option(debug_option(quiet_option(func)))
+
+
+def pass_app(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Hand the :class:`App` to a command as its first argument."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(click.get_current_context().find_object(App), *args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,46 @@
+"""``panostage config show|data-path``."""
+
+from __future__ import annotations
+
+import click
+
+from agent.cli.app import App, command_options, pass_app
+from agent.cli.output import render_table
+
+
+@click.group()
+def config() -> None:
+    """Inspect the effective configuration."""
+
+
+@config.command()
+@command_options
+@pass_app
+def show(app: App) -> None:
+    """Every key, its effective value and where it came from (default, file, env, flag)."""
+    from agent import paths
+
+    rows = app.loaded.rows()
+    data = {
+        "files": app.loaded.files,
+        "settings": rows,
+        "resolved": {"state_dir": str(paths.state_dir(app.settings)), "runtime_dir": str(paths.runtime_dir(app.settings))},
+    }
+
+    def human() -> str:
+        head = "files read: " + (", ".join(app.loaded.files) or "none")
+        table = render_table(rows, ["key", "value", "source"], ["KEY", "VALUE", "SOURCE"])
+        resolved = "\n".join(f"{k}: {v}" for k, v in data["resolved"].items())
+        return f"{head}\n{table}\n{resolved}"
+
+    app.out.data(data, human)
+
+
+@config.command("data-path")
+@command_options
+@pass_app
+def data_path(app: App) -> None:
+    """The directory holding panostage's Panorama service definition (for AWS_DATA_PATH)."""
+    from agent.aws.model import DATA_DIR
+
+    app.out.data({"data_path": str(DATA_DIR)}, str(DATA_DIR))

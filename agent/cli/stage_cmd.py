@@ -1,0 +1,74 @@
+"""``panostage stage``: provision a device and put its archive on a stick, verified and logged."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import click
+
+from agent.cli.app import App, command_options, narrator, pass_app
+from agent.cli.inputs import provision_options, request_from_options
+
+
+def format_left(seconds: float) -> str:
+    """``4m41s`` (or ``expired``)."""
+    if seconds <= 0:
+        return "expired"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+@click.command()
+@provision_options
+@click.option("--to", "target_spec", required=True, metavar="TARGET",
+              help="The stick: a mounted directory, a FAT image file (IMAGE[@@OFFSET]) or a block device.")
+@click.option("--replace", is_flag=True,
+              help="Replace what blocks the write: another device's live archive, a read-only file, "
+                   "a symlink or an empty directory at the name.")
+@click.option("--replace-device", is_flag=True, help="Delete an existing device of this name and provision anew.")
+@click.option("--margin", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Do not write with less validity left than this (default [stage] margin_seconds).")
+@click.option("--allow-non-fat", is_flag=True, default=None, help="Accept a directory that is not on FAT (lab use).")
+@command_options
+@pass_app
+def stage(app: App, target_spec: str, replace: bool, replace_device: bool, margin: float | None,
+          allow_non_fat: bool | None, **inputs: Any) -> None:
+    """Provision a device and write its archive to the stick's root as certificates-omni_<name>.zip.
+
+    The archive is verified as received and again as read back from the stick;
+    the hand-off is logged; the certificate's deadline is printed.
+    """
+    from agent import paths
+    from agent.aws import validation
+    from agent.staging.factory import make_stager
+    from agent.stick import open_target
+
+    request = request_from_options(inputs)
+    validation.validate("ProvisionDevice", request)
+    allow = app.settings.stage.allow_non_fat if allow_non_fat is None else allow_non_fat
+    with open_target(target_spec, allow_non_fat=allow, runtime_dir=paths.runtime_dir(app.settings)) as target:
+        stager = make_stager(app.settings, app.backend(), app.get_clock(), replace=replace,
+                             replace_device=replace_device, margin_seconds=margin, on_event=narrator(app))
+        result = stager.stage(request, target)
+    data = result.to_dict()
+    app.out.data(data, lambda: stage_summary(data, result.deadline))
+
+
+def stage_summary(data: dict[str, Any], deadline: datetime) -> str:
+    stick = data["stick"]
+    where = stick.get("path")
+    label = " ".join(str(x) for x in (stick.get("label"), stick.get("fs_uuid")) if x)
+    steps = " · ".join(f"{k} {v:.0f}ms" for k, v in data["durations_ms"].items() if v >= 0.5)
+    local = deadline.astimezone().strftime("%H:%M:%S %Z")
+    lines = [
+        f"staged {data['device']['name']} ({data['device']['id']}) onto {where}" + (f" [{label}]" if label else ""),
+        f"  archive   {data['archive']['file']}  {data['archive']['size']} bytes  sha256 {data['archive']['sha256'][:16]}…",
+        f"  cert      serial {data['certificate']['serial']}  valid until {local}",
+        f"  verified  as received and as read back from the stick",
+        f"  steps     {steps}",
+        f"TIME LEFT {format_left(data['seconds_left'])} — plug the stick into the appliance now",
+    ]
+    if data.get("removed_from_stick"):
+        lines.insert(2, "  removed   " + ", ".join(data["removed_from_stick"]))
+    return "\n".join(lines)

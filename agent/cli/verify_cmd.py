@@ -1,0 +1,109 @@
+"""``panostage verify TARGET``: check an archive file, or the archive on a stick."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent.cli.app import App, command_options, pass_app
+from agent.cli.stage_cmd import format_left
+
+#: What a stick itself can be wrong about (beyond each archive's own checks).
+STICK_PROBLEMS = {"no_archive": "unverifiable", "several_archives": "corrupt", "archive_not_a_file": "corrupt"}
+SEVERITY = ["ok", "expiring", "expired", "unverifiable", "corrupt"]
+
+
+def looks_like_archive_file(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    if path.suffix.lower() == ".zip":
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head[:2] == b"PK" or len(head) < 4  # an empty or tiny file is judged as an archive
+
+
+@click.command()
+@click.argument("target_spec", metavar="TARGET")
+@click.option("--device", "device_name", metavar="NAME", help="The device the archive must be for.")
+@click.option("--margin", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Report EXPIRING when less validity than this is left (default [stage] margin_seconds).")
+@click.option("--skew", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Tolerated clock difference (default [stage] skew_seconds).")
+@command_options
+@pass_app
+def verify(app: App, target_spec: str, device_name: str | None, margin: float | None, skew: float | None) -> int:
+    """Verify an archive file, a stick directory, a FAT image or a block device.
+
+    Exit codes: 0 ok, 20 expiring within the margin, 21 expired, 22 corrupt, 23 unverifiable.
+    """
+    from agent.archive import verify_archive
+    from agent.errors import ExitCode
+    from agent.staging.factory import verify_limits
+
+    stage = app.settings.stage
+    checks: dict[str, Any] = {
+        "now": app.get_clock().now(),
+        "skew_seconds": stage.skew_seconds if skew is None else skew,
+        "margin_seconds": stage.margin_seconds if margin is None else margin,
+        "limits": verify_limits(app.settings),
+        "device_name": device_name,
+    }
+    path = Path(target_spec)
+    stick_problems: list[dict[str, str]] = []
+    if looks_like_archive_file(path):
+        kind, reports = "archive", [verify_archive(path.read_bytes(), file_name=path.name, **checks)]
+    else:
+        kind, reports, stick_problems = "stick", *_verify_stick(app, target_spec, checks)
+    outcomes = [r.outcome.value for r in reports] + [STICK_PROBLEMS[p["code"]] for p in stick_problems]
+    worst = max(outcomes, key=SEVERITY.index) if outcomes else "unverifiable"
+    data = {"target": target_spec, "kind": kind, "outcome": worst, "problems": stick_problems,
+            "archives": [r.to_dict() for r in reports]}
+    app.out.data(data, lambda: _human(data))
+    return {"ok": ExitCode.OK, "expiring": ExitCode.VERIFY_EXPIRING, "expired": ExitCode.VERIFY_EXPIRED,
+            "corrupt": ExitCode.VERIFY_CORRUPT, "unverifiable": ExitCode.VERIFY_UNVERIFIABLE}[worst]
+
+
+def _verify_stick(app: App, spec: str, checks: dict[str, Any]):
+    from agent import paths
+    from agent.archive import verify_archive
+    from agent.stick import archives, open_target
+
+    problems: list[dict[str, str]] = []
+    reports = []
+    with open_target(spec, allow_non_fat=True, runtime_dir=paths.runtime_dir(app.settings)) as target:
+        found = archives(target)
+        if not found:
+            problems.append({"code": "no_archive", "message": "no certificates-omni_*.zip at the root of the stick"})
+        elif len(found) > 1:
+            problems.append({"code": "several_archives", "message": f"{len(found)} archives at the root "
+                             f"({', '.join(e.name for e in found)}): the appliance must meet exactly one"})
+        for entry in found:
+            if entry.kind != "file":
+                problems.append({"code": "archive_not_a_file", "message": f"{entry.name} is a {entry.kind}"})
+                continue
+            reports.append(verify_archive(target.read(entry.name, bypass_cache=True), file_name=entry.name, **checks))
+    return reports, problems
+
+
+def _human(data: dict[str, Any]) -> str:
+    lines = [f"{data['target']}: {data['outcome'].upper()}"]
+    lines += [f"  ! {p['message']}" for p in data["problems"]]
+    for report in data["archives"]:
+        lines.append(f"{report.get('file_name') or 'archive'}: {report['outcome'].upper()}")
+        lines.append(f"  archive   {report['size']} bytes, {len(report['members'])} members, sha256 {report['sha256'][:16]}…")
+        cert = report.get("device_certificate")
+        if cert:
+            lines.append(f"  cert      {cert['subject']}  serial {cert['serial']}")
+            lines.append(f"            sha256 {cert['sha256']}")
+            lines.append(f"  valid     {cert['not_before']} → {cert['not_after']} ({format_left(cert['seconds_left'])} left)")
+            chained = {True: "chains to the CA in the archive", False: "does NOT chain to the CA", None: "no CA certificate included"}
+            lines.append(f"  chain     {chained[cert['chained_to_ca']]}")
+            lines.append(f"  key       {'matches the certificate' if cert['key_member'] else 'no matching private key'}")
+        if report.get("network") is not None:
+            lines.append(f"  network   network.json parses ({', '.join(report['network']) or 'empty'})")
+        for problem in report["problems"]:
+            lines.append(f"  {'!' if problem['severity'] == 'error' else '~'} {problem['message']}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Hand-offs: provision a device and put its archive on a stick, verified and logged."""

@@ -1,0 +1,46 @@
+"""Wire a Stager from settings (shared by `stage` and the daemon)."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from typing import Any
+
+from agent import paths
+from agent.clock import Clock
+from agent.config import Settings
+from agent.handoff_log import HandoffLog, Journal
+from agent.staging.stage import Stager, StageOptions
+
+
+def handoff_log(settings: Settings) -> HandoffLog:
+    """The hand-off log in the state directory, copied to journald when running under systemd."""
+    journal = Journal() if Journal.under_systemd() else None
+    return HandoffLog(paths.ensure_private_dir(paths.state_dir(settings)), journal=journal)
+
+
+def operator_name(settings: Settings) -> str:
+    if settings.stage.operator:
+        return settings.stage.operator
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def verify_limits(settings: Settings) -> Any:
+    from agent.archive import Limits
+
+    v = settings.verify
+    return Limits(max_members=v.max_members, max_member_bytes=v.max_member_bytes,
+                  max_total_bytes=v.max_total_bytes, max_ratio=v.max_ratio)
+
+
+def make_stager(settings: Settings, backend: Any, clock: Clock, **overrides: Any) -> Stager:
+    """A Stager with options from [stage], overridden by ``overrides`` (command-line flags)."""
+    hooks = {k: overrides.pop(k) for k in ("on_event", "checkpoint") if k in overrides}
+    s = settings.stage
+    options = StageOptions(margin_seconds=s.margin_seconds, skew_seconds=s.skew_seconds, restarts=s.restarts)
+    options = StageOptions(**{**options.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+    return Stager(backend, clock=clock, log=handoff_log(settings), options=options, station=socket.gethostname(),
+                  operator=operator_name(settings), verify_limits=verify_limits(settings), **hooks)

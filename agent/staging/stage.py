@@ -1,0 +1,365 @@
+"""One hand-off: provision a device and put its archive on a stick, provably.
+
+validate → inspect the stick → (start over if the name is taken by a stale device)
+→ ProvisionDevice → verify in memory → margin check → durable write → read back
+(bypassing caches) → same SHA-256 → verify from the stick → log → report the deadline.
+
+Any failure after the device exists and before its archive is verified on the
+stick deletes the device again: nothing half-done is left in the authority, and
+the stick keeps no partial or temporary file.  The ``checkpoint`` hook is called
+before each irreversible step so a supervisor (the daemon) can persist progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+from agent.archive import ArchiveReport, Outcome, archive_file_name, verify_archive
+from agent.aws import validation
+from agent.aws.provisioning import Provisioned, devices_named, provision_device
+from agent.clock import Clock, iso, utc
+from agent.errors import ExitCode, PanostageError
+from agent.handoff_log import HandoffLog
+from agent.timing import StepTimer
+from agent.stick import checks
+from agent.stick.errors import StickConflict
+
+#: A guess at an archive's size before we have it (they are a few KB): refuse a full stick early.
+EXPECTED_ARCHIVE_BYTES = 64 * 1024
+
+
+class ArchiveRejected(PanostageError):
+    """The archive failed verification; its exit code is the verification outcome's."""
+
+    reason = "archive-rejected"
+
+    def __init__(self, report: ArchiveReport, where: str) -> None:
+        problems = "; ".join(p.message for p in report.problems if p.code != "network_json_missing") or report.outcome.name
+        super().__init__(
+            f"the archive {where} is {report.outcome.name.lower()}: {problems}",
+            exit_code=report.exit_code, reason=f"archive-{report.outcome.name.lower()}",
+            details={"report": report.to_dict()},
+            hint="nothing was written to the stick; the device was deleted again",
+        )
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    margin_seconds: float = 60.0
+    skew_seconds: float = 30.0
+    replace: bool = False
+    replace_device: bool = False
+    restarts: int = 1
+
+
+@dataclass
+class StageResult:
+    device: dict[str, Any]
+    stick: dict[str, Any]
+    archive: dict[str, Any]
+    certificate: dict[str, Any]
+    deadline: datetime
+    seconds_left: float
+    durations_ms: dict[str, float]
+    removed_from_stick: list[str] = field(default_factory=list)
+    devices_deleted: list[dict[str, Any]] = field(default_factory=list)
+    attempts: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": "ready",
+            "device": self.device,
+            "stick": self.stick,
+            "archive": self.archive,
+            "certificate": self.certificate,
+            "deadline": iso(self.deadline),
+            "seconds_left": round(self.seconds_left, 1),
+            "durations_ms": self.durations_ms,
+            "removed_from_stick": self.removed_from_stick,
+            "devices_deleted": self.devices_deleted,
+            "provision_attempts": self.attempts,
+        }
+
+
+Checkpoint = Callable[..., None]
+
+
+@dataclass
+class StickPlan:
+    """What the stick holds that the write will replace or remove."""
+
+    target_name: str
+    replace_existing: bool = False
+    remove_before: list[str] = field(default_factory=list)  # a symlink or empty directory at the name (--replace)
+    remove_after: list[str] = field(default_factory=list)  # other devices' archives, once ours is proven
+
+
+class Stager:
+    """Runs hand-offs against one backend; every collaborator is a seam."""
+
+    def __init__(self, backend: Any, *, clock: Clock, log: HandoffLog, options: StageOptions,
+                 station: str, operator: str, verify_limits: Any = None,
+                 on_event: Callable[..., None] = lambda kind, **data: None,
+                 checkpoint: Checkpoint = lambda state, **data: None) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.log = log
+        self.options = options
+        self.station = station
+        self.operator = operator
+        self.verify_limits = verify_limits
+        self.on_event = on_event
+        self.checkpoint = checkpoint
+
+    # ------------------------------------------------------------------ the flow
+
+    def stage(self, request: dict[str, Any], target: Any) -> StageResult:
+        timer = StepTimer()
+        name = request.get("Name", "")
+        context: dict[str, Any] = {"device": {"name": name}, "stick": {}, "deleted": []}
+        provisioned: Provisioned | None = None
+        try:
+            with timer.step("validate"):
+                validation.validate("ProvisionDevice", request)
+            with timer.step("inspect_stick"):
+                context["stick"] = target.describe()
+                plan = self._inspect(target, name)
+            with timer.step("existing_device"):
+                self._clear_stale_device(name, context)
+            for attempt in range(self.options.restarts + 1):
+                self.checkpoint("provisioning", name=name, started=self.clock.now())
+                with timer.step("provision"):
+                    provisioned = provision_device(self.backend, request, clock=self.clock, on_event=self._provision_event(context))
+                context["device"] = {"name": name, "id": provisioned.device_id, "arn": provisioned.arn,
+                                     "iot_thing_name": provisioned.iot_thing_name}
+                self.checkpoint("provisioned", device_id=provisioned.device_id, arn=provisioned.arn)
+                with timer.step("verify_received"):
+                    report = self._verify(provisioned.archive, name, margin=self.options.margin_seconds)
+                if report.outcome in (Outcome.OK,):
+                    break
+                self._delete(provisioned.device_id, name, "archive unusable on arrival: " + report.outcome.name, context)
+                provisioned_last, provisioned = provisioned, None
+                if report.outcome not in (Outcome.EXPIRING, Outcome.EXPIRED) or attempt == self.options.restarts:
+                    raise ArchiveRejected(report, "received from the service")
+                self.on_event("start-over", name=name, reason=f"only {report.seconds_left:.0f}s of validity left "
+                              f"(margin {self.options.margin_seconds:g}s)", deleted=provisioned_last.device_id)
+            assert provisioned is not None
+            result = self._write_and_prove(provisioned, report, plan, target, timer, context)
+        except BaseException as exc:
+            self._fail(exc, provisioned, target, context, timer)
+            raise
+        return result
+
+    def _write_and_prove(self, provisioned: Provisioned, report: ArchiveReport, plan: StickPlan, target: Any,
+                         timer: StepTimer, context: dict[str, Any]) -> StageResult:
+        data = provisioned.archive
+        digest = hashlib.sha256(data).hexdigest()
+        name = context["device"]["name"]
+        left = (utc(report.device_certificate.not_after) - self.clock.now()).total_seconds()
+        if left < self.options.margin_seconds:
+            raise PanostageError(
+                f"only {left:.0f}s of validity left when the write would start (margin {self.options.margin_seconds:g}s); "
+                "nothing was written", exit_code=ExitCode.VERIFY_EXPIRING, reason="too-late",
+                hint="run stage again: a new device will be provisioned",
+            )
+        with timer.step("check_space"):
+            checks.check_space(target, len(data))
+        self.checkpoint("writing", device_id=provisioned.device_id, sha256=digest, file=plan.target_name)
+        with timer.step("write"):
+            for entry in plan.remove_before:
+                target.remove(entry)
+            write_report = target.write_atomic(plan.target_name, data)
+        context["written"] = plan.target_name
+        self.checkpoint("written", device_id=provisioned.device_id, sha256=digest, file=plan.target_name)
+        with timer.step("read_back"):
+            on_stick = target.read(plan.target_name, bypass_cache=True)
+        if hashlib.sha256(on_stick).digest() != hashlib.sha256(data).digest():
+            raise PanostageError(
+                f"the stick returned different bytes for {plan.target_name} than were written "
+                f"({len(on_stick)} vs {len(data)} bytes)", exit_code=ExitCode.VERIFY_CORRUPT, reason="read-back-mismatch",
+                hint="the stick may be failing; use another one",
+            )
+        with timer.step("verify_stick"):
+            stick_report = self._verify(on_stick, name, margin=0.0, file_name=plan.target_name)
+        if stick_report.outcome is not Outcome.OK:
+            raise ArchiveRejected(stick_report, "read back from the stick")
+        removed = []
+        with timer.step("tidy_stick"):
+            for other in plan.remove_after:
+                entry = target.lookup(other)
+                if entry is not None and entry.kind == "file":
+                    target.wipe(other)
+                elif entry is not None:
+                    target.remove(other)
+                removed.append(other)
+        self.checkpoint("verified", device_id=provisioned.device_id, sha256=digest)
+        cert = stick_report.device_certificate
+        now = self.clock.now()
+        result = StageResult(
+            device={**context["device"], "status": provisioned.status},
+            stick=context["stick"],
+            archive={"file": plan.target_name, "sha256": digest, "size": len(data),
+                     "write_steps_ms": getattr(write_report, "durations_ms", None)},
+            certificate={"serial": cert.serial, "sha256": cert.sha256, "subject": cert.subject,
+                         "not_before": cert.not_before, "not_after": cert.not_after},
+            deadline=utc(cert.not_after),
+            seconds_left=(utc(cert.not_after) - now).total_seconds(),
+            durations_ms={},
+            removed_from_stick=removed,
+            devices_deleted=context["deleted"],
+            attempts=provisioned.attempts,
+        )
+        with timer.step("log"):
+            self.log.append("handoff", time=now, outcome="ready", station=self.station, operator=self.operator,
+                            device=result.device, stick=result.stick, archive={k: v for k, v in result.archive.items() if v is not None},
+                            certificate={k: (iso(v) if isinstance(v, datetime) else v) for k, v in result.certificate.items()},
+                            removed_from_stick=removed, durations_ms=dict(timer.durations_ms))
+        result.durations_ms = dict(timer.durations_ms)
+        self.checkpoint("ready", device_id=provisioned.device_id, deadline=result.deadline)
+        return result
+
+    # ------------------------------------------------------------------ pieces
+
+    def _verify(self, data: bytes, name: str, *, margin: float, file_name: str | None = None) -> ArchiveReport:
+        kwargs: dict[str, Any] = {}
+        if self.verify_limits is not None:
+            kwargs["limits"] = self.verify_limits
+        return verify_archive(data, now=self.clock.now(), skew_seconds=self.options.skew_seconds,
+                              margin_seconds=margin, file_name=file_name, device_name=name, **kwargs)
+
+    def _inspect(self, target: Any, name: str) -> StickPlan:
+        """Decide what happens to what the stick already holds, before any device is made.
+
+        The same device's older archive is replaced atomically; another device's expired
+        archive is wiped.  A live archive of another device, or a directory, symlink or
+        read-only file at the target name, blocks the write unless ``--replace``.
+        """
+        plan = StickPlan(target_name=archive_file_name(name))
+        target.require_writable()
+        checks.check_space(target, EXPECTED_ARCHIVE_BYTES)
+        blockers: list[str] = []
+        at_name = target.lookup(plan.target_name)
+        for entry in [e for e in [at_name] if e] + [e for e in checks.archives(target) if e != at_name]:
+            same = entry is at_name
+            what = {"dir": "a directory", "symlink": "a symlink", "other": "a special file"}.get(
+                entry.kind, "a read-only file" if entry.readonly else "a file")
+            if entry.kind == "dir" and target.list_dir(entry.name):
+                raise StickConflict(f"{entry.name} on the stick is a directory with files in it; it is never removed for you",
+                                    reason="stick-name-is-dir", hint="move its contents away, or use another stick")
+            if same and entry.kind == "file":
+                if entry.readonly and not self.options.replace:
+                    blockers.append(f"{entry.name} is a read-only file")
+                plan.replace_existing = True
+            elif same:
+                if not self.options.replace:
+                    blockers.append(f"{entry.name} is {what} (a symlink is never followed)")
+                plan.remove_before.append(entry.name)
+            elif entry.kind == "file" and (self.options.replace or self._expired_archive(target, entry.name)):
+                plan.remove_after.append(entry.name)
+            elif entry.kind != "file" and self.options.replace:
+                plan.remove_after.append(entry.name)
+            else:
+                blockers.append(f"{entry.name} is {'a live archive for another device' if entry.kind == 'file' else what}")
+        if blockers:
+            raise StickConflict(
+                "the stick already holds: " + "; ".join(blockers) + " (the appliance must meet exactly one archive)",
+                reason="stick-occupied", hint="use another stick, wipe it (`panostage stick wipe`), or pass --replace",
+                details={"blockers": blockers},
+            )
+        return plan
+
+    def _expired_archive(self, target: Any, file_name: str) -> bool:
+        try:
+            data = target.read(file_name, bypass_cache=False)
+        except PanostageError:
+            return False
+        report = verify_archive(data, now=self.clock.now(), skew_seconds=self.options.skew_seconds, margin_seconds=0)
+        return report.outcome is Outcome.EXPIRED
+
+    def _clear_stale_device(self, name: str, context: dict[str, Any]) -> None:
+        """Start over when a device of this name awaits an archive that expired or was never
+        written (by this station, per the hand-off log); refuse otherwise."""
+        client = self.backend.panorama()
+        existing = [d for d in devices_named(client, name) if d.get("ProvisioningStatus") != "DELETING"]
+        now = self.clock.now()
+        for device in existing:
+            status = device.get("ProvisioningStatus")
+            if status == "AWAITING_PROVISIONING":
+                not_after = self._written_until(device["DeviceId"])
+                if not_after is None:
+                    why = "its archive was never written"
+                elif not_after + timedelta(seconds=self.options.skew_seconds) < now:
+                    why = "its archive expired"
+                elif self.options.replace_device:
+                    why = "--replace-device"
+                else:
+                    raise PanostageError(
+                        f"device {name} ({device['DeviceId']}) has a live archive on a stick until {iso(not_after)} "
+                        f"({int((not_after - now).total_seconds())}s left)",
+                        exit_code=ExitCode.CONFLICT, reason="device-live",
+                        hint="plug that stick into the appliance, wait until it expires, or pass --replace-device",
+                    )
+                self._delete(device["DeviceId"], name, why, context)
+                continue
+            if not self.options.replace_device:
+                raise PanostageError(
+                    f"device {name} already exists ({device['DeviceId']}, {status})",
+                    exit_code=ExitCode.CONFLICT, reason="device-exists",
+                    hint="pick another name, or pass --replace-device to delete it and provision a new one",
+                )
+            self._delete(device["DeviceId"], name, f"--replace-device (was {status})", context)
+
+    def _written_until(self, device_id: str) -> datetime | None:
+        """The certificate deadline of this device's archive, if this station wrote it to a stick."""
+        until = None
+        for record in self.log.records():
+            if record.get("kind") == "handoff" and record.get("outcome") == "ready" \
+                    and (record.get("device") or {}).get("id") == device_id:
+                until = (record.get("certificate") or {}).get("not_after")
+        return utc(datetime.fromisoformat(until.replace("Z", "+00:00"))) if until else None
+
+    def _delete(self, device_id: str, name: str, reason: str, context: dict[str, Any]) -> None:
+        self.backend.panorama().delete_device(DeviceId=device_id)
+        entry = {"id": device_id, "name": name, "reason": reason}
+        context["deleted"].append(entry)
+        self.log.append("device-deleted", time=self.clock.now(), station=self.station, operator=self.operator,
+                        device={"name": name, "id": device_id}, reason=reason)
+        self.on_event("device-deleted", **entry)
+
+    def _provision_event(self, context: dict[str, Any]) -> Callable[..., None]:
+        def on_event(kind: str, **data: Any) -> None:
+            if kind == "orphan-deleted":
+                entry = {"id": data["device_id"], "name": data["name"], "reason": "created by an attempt whose answer was lost"}
+                context["deleted"].append(entry)
+                self.log.append("device-deleted", time=self.clock.now(), station=self.station, operator=self.operator,
+                                device={"name": data["name"], "id": data["device_id"]}, reason=entry["reason"])
+            self.on_event(kind, **data)
+
+        return on_event
+
+    def _fail(self, exc: BaseException, provisioned: Provisioned | None, target: Any, context: dict[str, Any],
+              timer: StepTimer) -> None:
+        """Undo what can be undone, and record the failure."""
+        if context.get("written"):
+            try:
+                target.wipe(context["written"])
+            except Exception as cleanup_exc:  # noqa: BLE001 - report both
+                self.on_event("cleanup-failed", what=context["written"], error=str(cleanup_exc))
+        if provisioned is not None:
+            try:
+                self._delete(provisioned.device_id, context["device"]["name"], "hand-off failed", context)
+            except Exception as cleanup_exc:  # noqa: BLE001
+                self.on_event("cleanup-failed", what=provisioned.device_id, error=str(cleanup_exc))
+        error = exc if isinstance(exc, PanostageError) else None
+        self.checkpoint("failed", error=str(exc))
+        if timer.current == "validate":
+            return  # nothing was attempted: bad input is the caller's to report
+        self.log.append(
+            "handoff", time=self.clock.now(), outcome="failed", station=self.station, operator=self.operator,
+            device=context["device"], stick=context["stick"], failed_step=timer.current,
+            error={"reason": error.reason if error else type(exc).__name__, "message": (error.message if error else str(exc))[:500]},
+            durations_ms=dict(timer.durations_ms),
+        )

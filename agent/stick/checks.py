@@ -1,0 +1,113 @@
+"""Checks to run before a write, so the stage flow can refuse before anything irreversible."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agent.errors import ExitCode
+from agent.stick.errors import StickConflict, StickRefused
+from agent.stick.model import ARCHIVE_RE, TEMP_RE, Entry, FsInfo, StickTarget
+
+State = Literal["absent", "file", "dir", "symlink", "other"]
+
+
+@dataclass(frozen=True)
+class NameState:
+    """What the target name currently is on the stick (found case-insensitively on FAT)."""
+
+    name: str
+    state: State
+    stored_name: str | None = None
+    size: int = 0
+    readonly: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "state": self.state, "stored_name": self.stored_name, "size": self.size,
+                "readonly": self.readonly}
+
+
+def name_state(target: StickTarget, name: str) -> NameState:
+    entry = target.lookup(name)
+    if entry is None:
+        return NameState(name, "absent")
+    return NameState(name, entry.kind, entry.name, entry.size, entry.readonly)
+
+
+def archives(target: StickTarget) -> list[Entry]:
+    """``certificates-omni_*.zip`` entries in the root (case-insensitive), of any kind."""
+    return [e for e in target.list_root() if ARCHIVE_RE.fullmatch(e.name)]
+
+
+def leftovers(target: StickTarget) -> list[Entry]:
+    """Temporary files an interrupted write left in the root."""
+    return [e for e in target.list_root() if TEMP_RE.fullmatch(e.name)]
+
+
+def space_needed(size: int, cluster_size: int) -> int:
+    """Bytes a file of ``size`` needs: whole clusters, plus one cluster for a directory that grows."""
+    cluster = max(cluster_size, 1)
+    return -(-size // cluster) * cluster + cluster
+
+
+def check_space(target: StickTarget, size: int, info: FsInfo | None = None) -> FsInfo:
+    """Raise ``stick-full`` (exit IO) unless ``size`` bytes fit; unknown free space passes."""
+    info = info or target.fs_info()
+    needed = space_needed(size, info.cluster_size)
+    if info.free_bytes is not None and info.free_bytes < needed:
+        raise StickRefused(f"the stick has {info.free_bytes} bytes free; {size} bytes need {needed}",
+                           reason="stick-full", exit_code=ExitCode.IO, hint="free some space or wipe the stick",
+                           details={"free": info.free_bytes, "needed": needed})
+    return info
+
+
+@dataclass
+class Preflight:
+    """Everything known before a write; ``problems`` empty means the write may go ahead."""
+
+    fs: FsInfo
+    target: NameState
+    archives: list[Entry]
+    leftovers: list[Entry]
+    needed_bytes: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fs": self.fs.to_dict(), "target": self.target.to_dict(),
+                "archives": [e.to_dict() for e in self.archives], "leftovers": [e.to_dict() for e in self.leftovers],
+                "needed_bytes": self.needed_bytes, "problems": list(self.problems), "ok": self.ok}
+
+
+def preflight(target: StickTarget, name: str, size: int, *, replace: bool = True) -> Preflight:
+    """Inspect the stick for a write of ``size`` bytes to ``name``; never raises for what it finds."""
+    info = target.fs_info()
+    state = name_state(target, name)
+    root = target.list_root()
+    found = Preflight(
+        fs=info, target=state, archives=[e for e in root if ARCHIVE_RE.fullmatch(e.name)],
+        leftovers=[e for e in root if TEMP_RE.fullmatch(e.name)], needed_bytes=space_needed(size, info.cluster_size))
+    if info.free_bytes is not None and info.free_bytes < found.needed_bytes:
+        found.problems.append(f"not enough space: {info.free_bytes} bytes free, {found.needed_bytes} needed")
+    if state.state in ("dir", "symlink", "other"):
+        found.problems.append(f"{name} is a {state.state} on the stick")
+    elif state.state == "file" and not replace:
+        found.problems.append(f"{name} already exists on the stick")
+    return found
+
+
+def require(found: Preflight) -> None:
+    """Raise the error that fits a failed :class:`Preflight` (space first, then the name)."""
+    if found.ok:
+        return
+    fs, state = found.fs, found.target.state
+    if fs.free_bytes is not None and fs.free_bytes < found.needed_bytes:
+        raise StickRefused(found.problems[0], reason="stick-full", exit_code=ExitCode.IO,
+                           hint="free some space or wipe the stick", details=found.to_dict())
+    if state in ("dir", "symlink", "other"):
+        raise StickConflict(f"{found.target.name} is a {state} on the stick; it will not be replaced",
+                            reason=f"stick-name-is-{state}", details=found.to_dict())
+    raise StickConflict("; ".join(found.problems), reason="stick-name-exists", details=found.to_dict())

@@ -1,0 +1,471 @@
+"""A small read-only FAT12/16/32 reader: boot sector, FAT chains, directories.
+
+mtools does every write; this module answers the questions asked before and
+after a write without starting a process: what is where (listing, state of a
+name, free clusters), which clusters a file occupies (for wiping), and which
+byte ranges hold the filesystem's metadata (for the undo journal).  It reads
+through a file descriptor with ``os.pread`` at a byte ``offset`` (a partition).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Iterator
+
+from agent.stick.blockio import pread_aligned
+from agent.stick.errors import StickNameError
+
+SECTOR_SIZES = (512, 1024, 2048, 4096)
+ATTR_READONLY, ATTR_HIDDEN, ATTR_SYSTEM, ATTR_VOLUME, ATTR_DIR, ATTR_ARCHIVE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+ATTR_LFN = 0x0F
+_LOW_NIBBLE = bytes(b & 0x0F for b in range(256))
+#: MBR partition types that carry FAT.
+FAT_PARTITION_TYPES = {0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E, 0x11, 0x14, 0x16, 0x1B, 0x1C, 0x1E}
+
+
+class NotFat(Exception):
+    """What was found instead of a FAT filesystem (``found`` is human readable)."""
+
+    def __init__(self, found: str) -> None:
+        super().__init__(found)
+        self.found = found
+
+
+class InvalidPath(StickNameError, ValueError):
+    """A path that leaves the stick (a leading '/' means the stick's root; '..' is refused)."""
+
+
+class FatCorrupt(Exception):
+    """The filesystem contradicts itself (a broken chain, a loop)."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where everything is, in bytes from the start of the image or device."""
+
+    offset: int
+    bytes_per_sector: int
+    sectors_per_cluster: int
+    reserved_sectors: int
+    num_fats: int
+    root_entries: int
+    total_sectors: int
+    fat_sectors: int
+    fat_bits: int
+    cluster_count: int
+    root_cluster: int  # FAT32 only, else 0
+    fsinfo_sector: int  # FAT32 only, else 0
+    active_fat: int  # index of the FAT in use (FAT32 may disable mirroring)
+    mirrored: bool
+    serial: int | None
+    boot_label: str | None
+    media: int
+    hidden_sectors: int = 0
+
+    @property
+    def cluster_size(self) -> int:
+        return self.bytes_per_sector * self.sectors_per_cluster
+
+    @property
+    def size_bytes(self) -> int:
+        return self.total_sectors * self.bytes_per_sector
+
+    @property
+    def fat_bytes(self) -> int:
+        return self.fat_sectors * self.bytes_per_sector
+
+    def fat_offset(self, index: int) -> int:
+        return self.offset + (self.reserved_sectors + index * self.fat_sectors) * self.bytes_per_sector
+
+    @property
+    def root_dir_offset(self) -> int:
+        """FAT12/16: the fixed root directory region."""
+        return self.fat_offset(self.num_fats)
+
+    @property
+    def root_dir_bytes(self) -> int:
+        return self.root_entries * 32
+
+    @property
+    def data_offset(self) -> int:
+        root_sectors = -(-self.root_dir_bytes // self.bytes_per_sector)
+        return self.root_dir_offset + root_sectors * self.bytes_per_sector
+
+    def cluster_offset(self, cluster: int) -> int:
+        return self.data_offset + (cluster - 2) * self.cluster_size
+
+    @property
+    def eoc_min(self) -> int:
+        return {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}[self.fat_bits]
+
+    @property
+    def bad(self) -> int:
+        return {12: 0xFF7, 16: 0xFFF7, 32: 0x0FFFFFF7}[self.fat_bits]
+
+    @property
+    def uuid(self) -> str | None:
+        return None if self.serial is None else f"{self.serial >> 16:04X}-{self.serial & 0xFFFF:04X}"
+
+
+def parse_boot_sector(sector: bytes, offset: int = 0) -> Geometry:
+    """Parse a FAT boot sector; raise :class:`NotFat` when it is not one."""
+    if len(sector) < 512:
+        raise NotFat("too small to hold a filesystem")
+    if sector[0] not in (0xEB, 0xE9):
+        raise NotFat("no FAT boot sector (no x86 jump at byte 0)")
+    bps, spc, reserved, nfats, root_entries, tot16, media, fatsz16 = struct.unpack_from("<HBHBHHBH", sector, 11)
+    hidden, tot32 = struct.unpack_from("<II", sector, 28)
+    fatsz32, ext_flags, _ver, root_cluster, fsinfo = struct.unpack_from("<IHHIH", sector, 36)
+    if bps not in SECTOR_SIZES or spc == 0 or spc & (spc - 1) or reserved == 0 or nfats not in (1, 2, 3, 4):
+        raise NotFat("no FAT boot sector (implausible BIOS parameter block)")
+    if media not in (0xF0,) and media < 0xF8:
+        raise NotFat("no FAT boot sector (bad media byte)")
+    total = tot16 or tot32
+    fatsz = fatsz16 or fatsz32
+    if total == 0 or fatsz == 0:
+        raise NotFat("no FAT boot sector (zero size)")
+    root_sectors = -(-(root_entries * 32) // bps)
+    data_sectors = total - (reserved + nfats * fatsz + root_sectors)
+    if data_sectors <= 0:
+        raise NotFat("no FAT boot sector (inconsistent sizes)")
+    clusters = data_sectors // spc
+    # like Linux, mtools and dosfstools: FAT32 is told by its BPB (no 16-bit FAT size), FAT12 vs
+    # FAT16 by the cluster count (mkfs.fat makes FAT32 below the spec's 65525 clusters on request)
+    bits = 32 if fatsz16 == 0 else 12 if clusters < 4085 else 16
+    if bits == 32 and (root_entries != 0 or root_cluster < 2):
+        raise NotFat("no FAT boot sector (FAT32 fields inconsistent)")
+    if bits != 32 and root_entries == 0:
+        raise NotFat("no FAT boot sector (FAT12/16 without a root directory)")
+    if fatsz * bps * 8 < (clusters + 2) * bits:
+        raise NotFat("no FAT boot sector (FAT too small for the clusters)")
+    ext = 64 if bits == 32 else 36  # offset of BS_DrvNum
+    serial = label = None
+    if sector[ext + 2] == 0x29:
+        serial, = struct.unpack_from("<I", sector, ext + 3)
+        label = sector[ext + 7: ext + 18].decode("cp850", "replace").rstrip(" \x00") or None
+        if label == "NO NAME":
+            label = None
+    mirrored = not (bits == 32 and ext_flags & 0x80)
+    return Geometry(
+        offset=offset, bytes_per_sector=bps, sectors_per_cluster=spc, reserved_sectors=reserved, num_fats=nfats,
+        root_entries=root_entries, total_sectors=total, fat_sectors=fatsz, fat_bits=bits, cluster_count=clusters,
+        root_cluster=root_cluster if bits == 32 else 0, fsinfo_sector=fsinfo if bits == 32 else 0,
+        active_fat=0 if mirrored else (ext_flags & 0x0F), mirrored=mirrored, serial=serial, boot_label=label,
+        media=media, hidden_sectors=hidden,
+    )
+
+
+def identify(head: bytes) -> str:
+    """Name what a non-FAT volume holds, for error messages (``head``: its first 72 KiB or more)."""
+    def at(off: int, magic: bytes) -> bool:
+        return head[off: off + len(magic)] == magic
+
+    if len(head) >= 1024 + 58 and at(1024 + 56, b"\x53\xef"):
+        features, = struct.unpack_from("<I", head, 1024 + 0x60)
+        compat, = struct.unpack_from("<I", head, 1024 + 0x5C)
+        kind = "ext4" if features & 0x40 or features & 0x200 else "ext3" if compat & 0x4 else "ext2"
+        return f"an {kind} filesystem"
+    for off, magic, what in ((3, b"NTFS    ", "an NTFS filesystem"), (3, b"EXFAT   ", "an exFAT filesystem"),
+                             (0, b"LUKS\xba\xbe", "a LUKS encrypted volume"), (0, b"XFSB", "an XFS filesystem"),
+                             (0, b"hsqs", "a squashfs image"), (0x10040, b"_BHRfS_M", "a btrfs filesystem"),
+                             (0x8001, b"CD001", "an ISO 9660 image"), (512, b"EFI PART", "a GPT partition table"),
+                             (0, b"PK\x03\x04", "a ZIP file, not a filesystem")):
+        if at(off, magic):
+            return what
+    if len(head) >= 512 and at(510, b"\x55\xaa") and head[0] not in (0xEB, 0xE9):
+        return "an MBR partition table"
+    if not head.strip(b"\x00"):
+        return "only zeros (no filesystem)"
+    return "unrecognised data (no FAT boot sector)"
+
+
+@dataclass(frozen=True)
+class Partition:
+    index: int  # 1-based, as in /dev/sdX<index>
+    type: int
+    start: int  # bytes
+    size: int  # bytes
+
+
+def mbr_partitions(sector: bytes) -> list[Partition]:
+    """The primary partitions of an MBR (empty when the sector is not one)."""
+    if len(sector) < 512 or sector[510:512] != b"\x55\xaa":
+        return []
+    parts = []
+    for i in range(4):
+        status, ptype, lba, count = struct.unpack_from("<B3xB3xII", sector, 446 + 16 * i)
+        if ptype and count and status in (0x00, 0x80):
+            parts.append(Partition(i + 1, ptype, lba * 512, count * 512))
+    return parts
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """One file or directory as stored (name from the long-name entries when present)."""
+
+    name: str
+    short_name: str
+    attr: int
+    first_cluster: int
+    size: int
+    #: Byte offsets of the 32-byte slots (long-name slots first, then the short entry).
+    slots: tuple[int, ...]
+
+    @property
+    def is_dir(self) -> bool:
+        return bool(self.attr & ATTR_DIR)
+
+    @property
+    def readonly(self) -> bool:
+        return bool(self.attr & ATTR_READONLY)
+
+    def matches(self, name: str) -> bool:
+        wanted = name.casefold()
+        return self.name.casefold() == wanted or self.short_name.casefold() == wanted
+
+
+def _lfn_checksum(short: bytes) -> int:
+    total = 0
+    for byte in short:
+        total = (((total & 1) << 7) + (total >> 1) + byte) & 0xFF
+    return total
+
+
+def _short_name(raw: bytes, case_flags: int) -> str:
+    base = bytearray(raw[:8])
+    if base[0] == 0x05:
+        base[0] = 0xE5
+    stem = bytes(base).decode("cp850", "replace").rstrip()
+    ext = raw[8:11].decode("cp850", "replace").rstrip()
+    if case_flags & 0x08:
+        stem = stem.lower()
+    if case_flags & 0x10:
+        ext = ext.lower()
+    return f"{stem}.{ext}" if ext else stem
+
+
+class FatReader:
+    """Read access to one FAT filesystem through ``fd`` (not owned)."""
+
+    def __init__(self, fd: int, geometry: Geometry, *, direct: bool = False) -> None:
+        self.fd = fd
+        self.geo = geometry
+        self.direct = direct  # fd was opened with O_DIRECT: read aligned windows
+        self._fat: bytes | None = None
+        self._fat_sectors: dict[int, bytes] = {}
+
+    # ------------------------------------------------------------ raw access
+    def pread(self, offset: int, length: int) -> bytes:
+        if self.direct:
+            data = pread_aligned(self.fd, offset, length)
+            if len(data) != length:
+                raise FatCorrupt(f"unexpected end of the image at byte {offset + len(data)}")
+            return data
+        chunks = []
+        while length > 0:
+            chunk = os.pread(self.fd, length, offset)
+            if not chunk:
+                raise FatCorrupt(f"unexpected end of the image at byte {offset}")
+            chunks.append(chunk)
+            offset += len(chunk)
+            length -= len(chunk)
+        return b"".join(chunks)
+
+    def load_fat(self, refresh: bool = False) -> bytes:
+        """The whole active FAT, read once (``refresh`` re-reads it)."""
+        if self._fat is None or refresh:
+            self._fat = self.pread(self.geo.fat_offset(self.geo.active_fat), self.geo.fat_bytes)
+        return self._fat
+
+    def forget(self) -> None:
+        """Drop what was read (someone else - mtools - wrote to the filesystem)."""
+        self._fat = None
+        self._fat_sectors.clear()
+
+    def _fat_bytes(self, pos: int, length: int) -> bytes:
+        """``length`` bytes of the active FAT at ``pos``, reading single sectors when the FAT is not loaded."""
+        if self._fat is not None:
+            return self._fat[pos: pos + length]
+        bps = self.geo.bytes_per_sector
+        out = b""
+        for sector in range(pos // bps, (pos + length - 1) // bps + 1):
+            data = self._fat_sectors.get(sector)
+            if data is None:
+                data = self.pread(self.geo.fat_offset(self.geo.active_fat) + sector * bps, bps)
+                self._fat_sectors[sector] = data
+            out += data
+        start = pos % bps
+        return out[start: start + length]
+
+    # ------------------------------------------------------------ the FAT
+    def entry(self, cluster: int) -> int:
+        bits = self.geo.fat_bits
+        if bits == 32:
+            return struct.unpack("<I", self._fat_bytes(cluster * 4, 4))[0] & 0x0FFFFFFF
+        if bits == 16:
+            return struct.unpack("<H", self._fat_bytes(cluster * 2, 2))[0]
+        value, = struct.unpack("<H", self._fat_bytes(cluster + cluster // 2, 2))
+        return value >> 4 if cluster & 1 else value & 0xFFF
+
+    def chain(self, start: int) -> list[int]:
+        """The clusters of a chain starting at ``start`` (empty for cluster 0)."""
+        if start == 0:
+            return []
+        clusters: list[int] = []
+        cluster, limit = start, self.geo.cluster_count + 2
+        while True:
+            if not 2 <= cluster < limit:
+                raise FatCorrupt(f"chain from cluster {start} leaves the volume at {cluster}")
+            clusters.append(cluster)
+            if len(clusters) > self.geo.cluster_count:
+                raise FatCorrupt(f"chain from cluster {start} loops")
+            nxt = self.entry(cluster)
+            if nxt >= self.geo.eoc_min:
+                return clusters
+            if nxt in (0, 1) or nxt == self.geo.bad:
+                raise FatCorrupt(f"chain from cluster {start} hits a free or bad cluster after {cluster}")
+            cluster = nxt
+
+    def free_clusters(self, fat: bytes | None = None) -> int:
+        """Count the free clusters by scanning the active FAT (or ``fat``, a copy of it)."""
+        fat = self.load_fat() if fat is None else fat
+        count, bits = self.geo.cluster_count, self.geo.fat_bits
+        if bits == 12:
+            return sum(1 for c in range(2, count + 2)
+                       if not (int.from_bytes(fat[c + c // 2: c + c // 2 + 2], "little") >> (4 * (c & 1))) & 0xFFF)
+        width = bits // 8
+        end = (count + 2) * width
+        # an entry is free when all its bytes are zero (FAT32: its low 28 bits); OR the byte
+        # lanes together as big integers and count the zero bytes - exact and fast in C
+        lanes = [fat[2 * width + k: end: width] for k in range(width)]
+        if bits == 32:
+            lanes[3] = lanes[3].translate(_LOW_NIBBLE)
+        acc = 0
+        for lane in lanes:
+            acc |= int.from_bytes(lane, "little")
+        return acc.to_bytes(count, "little").count(0)
+
+    def fsinfo_free(self) -> int | None:
+        """FAT32's recorded free-cluster count when it is present and plausible."""
+        if self.geo.fat_bits != 32 or not self.geo.fsinfo_sector:
+            return None
+        info = self.pread(self.geo.offset + self.geo.fsinfo_sector * self.geo.bytes_per_sector, 512)
+        lead, = struct.unpack_from("<I", info, 0)
+        struct_sig, free, _next = struct.unpack_from("<III", info, 484)
+        if lead != 0x41615252 or struct_sig != 0x61417272 or free > self.geo.cluster_count:
+            return None
+        return free
+
+    # ------------------------------------------------------------ directories
+    def dir_extents(self, cluster: int | None) -> list[tuple[int, int]]:
+        """Byte ranges (offset, length) of a directory; ``None`` is the root."""
+        geo = self.geo
+        if cluster is None:
+            if geo.fat_bits != 32:
+                return [(geo.root_dir_offset, geo.root_dir_bytes)]
+            cluster = geo.root_cluster
+        return [(geo.cluster_offset(c), geo.cluster_size) for c in self.chain(cluster)]
+
+    def dir_entries(self, cluster: int | None = None) -> list[DirEntry]:
+        """The live entries of a directory (not '.', '..', deleted ones or the volume label)."""
+        return [e for e in self._walk(cluster) if not e.attr & ATTR_VOLUME and e.short_name not in (".", "..")]
+
+    def volume_label(self) -> str | None:
+        for entry in self._walk(None):
+            if entry.attr & ATTR_VOLUME and not entry.attr & ATTR_DIR:
+                return entry.short_name.replace(".", "") if len(entry.short_name) <= 12 else entry.short_name
+        return None
+
+    def _walk(self, cluster: int | None) -> Iterator[DirEntry]:
+        lfn: dict[int, str] = {}
+        lfn_sum = -1
+        lfn_slots: list[int] = []
+        for base, length in self.dir_extents(cluster):
+            data = self.pread(base, length)
+            for pos in range(0, length - 31, 32):
+                slot = data[pos: pos + 32]
+                first = slot[0]
+                if first == 0x00:
+                    return
+                if first == 0xE5:
+                    lfn, lfn_slots = {}, []
+                    continue
+                attr = slot[11]
+                if attr & 0x3F == ATTR_LFN:
+                    order = first & 0x1F
+                    if first & 0x40:
+                        lfn, lfn_slots, lfn_sum = {}, [], slot[13]
+                    text = slot[1:11] + slot[14:26] + slot[28:32]
+                    lfn[order] = text.decode("utf-16-le", "replace")
+                    lfn_slots.append(base + pos)
+                    continue
+                raw_short = slot[:11]
+                short = _short_name(raw_short, slot[12])
+                if attr & ATTR_VOLUME and not attr & ATTR_DIR:
+                    short = raw_short.decode("cp850", "replace").rstrip()
+                name = short
+                if lfn and lfn_sum == _lfn_checksum(raw_short) and sorted(lfn) == list(range(1, len(lfn) + 1)):
+                    long = "".join(lfn[i] for i in sorted(lfn))
+                    name = long.split("\x00", 1)[0]
+                hi, = struct.unpack_from("<H", slot, 20)
+                lo, size = struct.unpack_from("<HI", slot, 26)
+                first_cluster = (hi << 16 | lo) if self.geo.fat_bits == 32 else lo
+                yield DirEntry(name, short, attr, first_cluster, size, tuple(lfn_slots) + (base + pos,))
+                lfn, lfn_slots = {}, []
+
+    def lookup(self, rel: str) -> DirEntry | None:
+        """Find ``rel`` ("a/b.txt"), case-insensitively; None when any part is missing."""
+        cluster: int | None = None
+        parts = split_rel(rel)
+        entry: DirEntry | None = None
+        for i, part in enumerate(parts):
+            entry = next((e for e in self.dir_entries(cluster) if e.matches(part)), None)
+            if entry is None:
+                return None
+            if i < len(parts) - 1:
+                if not entry.is_dir:
+                    return None
+                cluster = entry.first_cluster or None
+        return entry
+
+    def dir_cluster(self, rel: str) -> int | None:
+        """The first cluster of directory ``rel`` ("" is the root, None)."""
+        if not split_rel(rel, allow_empty=True):
+            return None
+        entry = self.lookup(rel)
+        if entry is None or not entry.is_dir:
+            raise FileNotFoundError(rel)
+        return entry.first_cluster or None
+
+    def read_file(self, entry: DirEntry) -> bytes:
+        clusters = self.chain(entry.first_cluster)
+        if len(clusters) * self.geo.cluster_size < entry.size:
+            raise FatCorrupt(f"{entry.name}: chain shorter than the file size")
+        out = bytearray()
+        for start, count in runs(clusters):
+            out += self.pread(self.geo.cluster_offset(start), count * self.geo.cluster_size)
+            if len(out) >= entry.size:
+                break
+        return bytes(out[: entry.size])
+
+
+def runs(clusters: list[int]) -> list[tuple[int, int]]:
+    """Contiguous runs ``(first, count)`` of a cluster list (keeps order)."""
+    out: list[tuple[int, int]] = []
+    for cluster in clusters:
+        if out and out[-1][0] + out[-1][1] == cluster:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((cluster, 1))
+    return out
+
+
+def split_rel(rel: str, *, allow_empty: bool = False) -> list[str]:
+    """Split a relative stick path; refuse absolute paths, '..' and empty parts."""
+    text = str(rel).replace("\\", "/")
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts) or (not parts and not allow_empty):
+        raise InvalidPath(f"not a path inside the stick: {rel!r}")
+    return parts

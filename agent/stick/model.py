@@ -1,0 +1,145 @@
+"""The data a stick target hands out, and the protocol every target follows."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+EntryKind = Literal["file", "dir", "symlink", "other"]
+
+#: ``certificates-omni_<device-name>.zip`` (matched case-insensitively, as FAT does).
+ARCHIVE_RE = re.compile(r"certificates-omni_.+\.zip", re.IGNORECASE)
+#: The appliance's log directory on the stick and the logs it writes there.
+LOG_DIR = "panorama"
+LOG_FILES = ("occ.log", "ota_agent.log", "syslog.log", "kern.log")
+
+
+def temp_name(name: str, pid: int) -> str:
+    """The temporary name ``write_atomic`` uses in the root for ``name``.
+
+    Never shorter than ``name`` in FAT long-name slots (mtools 4.0.32's mren aborts when a
+    rename needs more slots than the old name had), never longer than FAT's 255 characters:
+    for very long names the name part is cut so the whole is exactly 255.
+    """
+    suffix = f".{pid}.tmp"
+    full = f".{name}{suffix}"
+    return full if len(full) <= 255 else f".{name[: 255 - 1 - len(suffix)]}{suffix}"
+
+
+TEMP_RE = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.tmp", re.IGNORECASE)
+
+
+def stale_temp_of(entry_name: str, name: str) -> bool:
+    """Is ``entry_name`` a temporary of ``name`` left by a process that is gone (or by us)?"""
+    match = TEMP_RE.fullmatch(entry_name)
+    if not match:
+        return False
+    stem, wanted = match["name"].casefold(), name.casefold()
+    if stem != wanted and not (len(entry_name) == 255 and wanted.startswith(stem)):
+        return False
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False  # alive: another writer's temp file
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory entry, never following symlinks."""
+
+    name: str
+    kind: EntryKind
+    size: int
+    readonly: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "size": self.size, "readonly": self.readonly}
+
+
+@dataclass(frozen=True)
+class FsInfo:
+    """The filesystem a target lives on.  ``free_bytes`` is ``None`` only when the filesystem does not say."""
+
+    fs_type: str  # "vfat" for every FAT, else the mount's type ("ext4", "tmpfs", ...)
+    fat_bits: int | None  # 12 / 16 / 32 for FAT
+    label: str | None
+    uuid: str | None  # FAT volume serial as "ABCD-1234"
+    size_bytes: int
+    free_bytes: int | None
+    cluster_size: int  # allocation unit in bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fs_type": self.fs_type, "fat_bits": self.fat_bits, "label": self.label, "uuid": self.uuid,
+                "size_bytes": self.size_bytes, "free_bytes": self.free_bytes, "cluster_size": self.cluster_size}
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    """What ``write_atomic`` did and how long each step took (milliseconds, in order)."""
+
+    name: str
+    size: int
+    sha256: str
+    replaced: bool
+    durations_ms: dict[str, float] = field(default_factory=dict)
+    #: Bytes of a replaced older file (and of stale temporaries) overwritten with zeros afterwards.
+    scrubbed_bytes: int = 0
+
+    @property
+    def total_ms(self) -> float:
+        return round(sum(self.durations_ms.values()), 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256, "replaced": self.replaced,
+                "durations_ms": dict(self.durations_ms), "total_ms": self.total_ms,
+                "scrubbed_bytes": self.scrubbed_bytes}
+
+
+@runtime_checkable
+class StickTarget(Protocol):
+    """Somewhere a configuration archive can be put: a mounted directory, a FAT image or block device."""
+
+    kind: str  # "directory" | "image" | "block"
+    path: Path
+
+    def describe(self) -> dict[str, Any]:
+        """Identity for the hand-off log: kind, path, fs uuid/label, device numbers."""
+
+    def fs_info(self) -> FsInfo: ...
+
+    def list_root(self) -> list[Entry]: ...
+
+    def list_dir(self, rel: str) -> list[Entry]: ...
+
+    def lookup(self, rel: str) -> Entry | None:
+        """The entry at ``rel`` (case-insensitively on FAT), or None."""
+
+    def require_writable(self) -> None:
+        """Raise ``stick-read-only`` unless the stick can be written."""
+
+    def write_atomic(self, name: str, data: bytes, *, replace: bool = True) -> WriteReport: ...
+
+    def read(self, rel: str, *, bypass_cache: bool = True) -> bytes: ...
+
+    def write(self, rel: str, data: bytes) -> None: ...
+
+    def remove(self, rel: str) -> None: ...
+
+    def wipe(self, rel: str) -> int: ...
+
+    def format(self, label: str | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "StickTarget": ...
+
+    def __exit__(self, *exc: object) -> None: ...

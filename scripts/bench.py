@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""panostage benchmark: every measured goal in one run, as one table (or --json).
+
+Rows (select with --only NAME,...):
+  cold_start     `panostage --help`, a fresh process each time            goal <= 150 ms median
+  throughput     authority ProvisionDevice/s, real key generation,        goal >= 200/s
+                 client (boto3) in this process, server in its own
+  stage          `panostage stage` to a FAT image vs the documented        goal <= 1/5 of the recipe
+                 aws-cli recipe (provision-device | base64 -d; mcopy;
+                 sync), same authority, same kind of image, interleaved;
+                 cold CLI and the warm in-process path (what the daemon
+                 runs) side by side, median and p99, with the ratio
+Run: scripts/bench [--runs N] [--only stage] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+KEY, SECRET, REGION = "AKIDBENCH0000000001", "bench-secret-0123456789", "us-east-1"
+PANOSTAGE = [sys.executable, "-m", "agent"]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 2), "p99": round(pct(values, 0.99), 2),
+            "min": round(min(values), 2), "runs": len(values)}
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PANOSTAGE_", "AWS_"))}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / "xdg"), PANOSTAGE_SYSTEM_CONFIG=str(home / "none.toml"),
+               AWS_CONFIG_FILE=str(home / "none"), AWS_SHARED_CREDENTIALS_FILE=str(home / "none"),
+               AWS_EC2_METADATA_DISABLED="true", **extra)
+    return env
+
+
+@contextmanager
+def authority(home: Path, *args: str) -> Iterator[dict[str, Any]]:
+    """A `panostage authority serve` process of its own, with known credentials."""
+    env = clean_env(home, PANOSTAGE_AUTHORITY_ACCESS_KEY_ID=KEY, PANOSTAGE_AUTHORITY_SECRET_ACCESS_KEY=SECRET)
+    proc = subprocess.Popen([*PANOSTAGE, "authority", "serve", "--port", "0", "--state-dir", str(home / "authority"), *args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+        info["pid"] = proc.pid
+        yield info
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def timed(command: list[str], env: dict[str, str], *, shell: bool = False) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(command if not shell else command[0], env=env, cwd=ROOT, shell=shell,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = (time.perf_counter() - start) * 1000
+    if result.returncode != 0:
+        raise RuntimeError(f"{command[0] if shell else ' '.join(command)} failed: {result.stderr.decode()[-500:]}")
+    return elapsed
+
+
+# ---------------------------------------------------------------- rows
+
+
+def bench_cold_start(runs: int) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = clean_env(Path(tmp))
+        timed([*PANOSTAGE, "--help"], env)  # warm the page cache, as a second invocation would be
+        times = [timed([*PANOSTAGE, "--help"], env) for _ in range(runs)]
+        baseline = [timed([sys.executable, "-c", "pass"], env) for _ in range(runs)]
+    stats = summary(times)
+    return [{"row": "cli cold start (panostage --help)", "value": f"{stats['median']:.0f} ms median, p99 {stats['p99']:.0f} ms",
+             "goal": "<= 150 ms", "met": stats["median"] <= 150, "data": {**stats, "python_alone_ms": summary(baseline)}}]
+
+
+def bench_throughput(calls: int, threads: int) -> list[dict[str, Any]]:
+    import boto3
+    import psutil
+    from botocore.config import Config
+
+    from agent.aws.model import new_botocore_session
+
+    with tempfile.TemporaryDirectory() as tmp, authority(Path(tmp)) as info:
+        session = boto3.Session(botocore_session=new_botocore_session(), region_name=REGION,
+                                aws_access_key_id=KEY, aws_secret_access_key=SECRET)
+        config = Config(retries={"mode": "standard", "total_max_attempts": 1}, max_pool_connections=threads)
+        per_thread = calls // threads
+        barrier = threading.Barrier(threads + 1)
+        errors: list[BaseException] = []
+
+        def work(index: int) -> None:
+            try:
+                client = session.client("panorama", endpoint_url=info["endpoint_url"], config=config)
+                client.list_devices(MaxResults=1)
+                barrier.wait(timeout=60)
+                for n in range(per_thread):
+                    client.provision_device(Name=f"bench-{index}-{n}")
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+                barrier.abort()
+
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        server = psutil.Process(info["pid"])
+        barrier.wait(timeout=60)
+        start, cpu0 = time.perf_counter(), server.cpu_times()
+        for worker in workers:
+            worker.join()
+        elapsed, cpu1 = time.perf_counter() - start, server.cpu_times()
+        if errors:
+            raise RuntimeError(f"throughput run failed: {errors[0]!r}")
+    total = per_thread * threads
+    rate = total / elapsed
+    server_ms = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) * 1000 / total
+    return [{"row": f"authority ProvisionDevice/s ({threads} client threads)", "value": f"{rate:.0f}/s",
+             "goal": ">= 200/s", "met": rate >= 200,
+             "data": {"calls": total, "seconds": round(elapsed, 3), "per_second": round(rate, 1),
+                      "server_cpu_ms_per_call": round(server_ms, 3)}}]
+
+
+RECIPE = ("aws panorama provision-device --name {name} --endpoint-url {url} --query Certificates --output text"
+          " | base64 --decode > {tmp}/{name}.zip"
+          " && mcopy -o -i {image} {tmp}/{name}.zip ::/certificates-omni_{name}.zip && sync; rm -f {tmp}/{name}.zip")
+
+
+def bench_stage(runs: int) -> list[dict[str, Any]]:
+    from agent.aws.backend import open_backend
+    from agent.clock import SystemClock
+    from agent.config import load
+    from agent.staging.factory import make_stager
+    from agent.stick import open_target
+
+    aws = Path(sys.executable).with_name("aws")
+    if not aws.exists() or not shutil.which("mcopy") or not shutil.which("mkfs.fat"):
+        return [{"row": "stage vs aws-cli recipe", "value": "skipped", "goal": "<= 1/5 of the recipe", "met": None,
+                 "data": {"reason": "needs awscli in the venv, mtools and dosfstools"}}]
+    with tempfile.TemporaryDirectory() as tmp_name, authority(Path(tmp_name), "--job-step-seconds", "0.5") as info:
+        tmp = Path(tmp_name)
+        url = info["endpoint_url"]
+        images = {}
+        for kind in ("recipe", "cold", "warm"):
+            images[kind] = tmp / f"{kind}.img"
+            subprocess.run(["mkfs.fat", "-C", "-F", "32", str(images[kind]), "65536"], check=True, capture_output=True)
+        data_path = subprocess.run([*PANOSTAGE, "config", "data-path"], capture_output=True, text=True, cwd=ROOT,
+                                   env=clean_env(tmp)).stdout.strip()
+        scratch = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp  # the recipe's zip: keep it off the disk
+        env = clean_env(tmp, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION=REGION,
+                        AWS_DATA_PATH=data_path, PATH=f"{aws.parent}:{os.environ['PATH']}",
+                        PANOSTAGE_BACKEND_ENDPOINT_URL=url, PANOSTAGE_BACKEND_REGION=REGION,
+                        PANOSTAGE_PATHS_STATE_DIR=str(tmp / "state-cold"))
+        # the warm path: one process, one backend, one Stager, as the daemon holds them
+        os.environ.update(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
+        settings = load(env={"PANOSTAGE_BACKEND_ENDPOINT_URL": url, "PANOSTAGE_BACKEND_REGION": REGION,
+                             "PANOSTAGE_PATHS_STATE_DIR": str(tmp / "state-warm"), "HOME": tmp_name,
+                             "PANOSTAGE_SYSTEM_CONFIG": str(tmp / "none.toml")}).settings
+        backend = open_backend(settings)
+        stager = make_stager(settings, backend, SystemClock(), replace=True)
+        results: dict[str, list[float]] = {"recipe": [], "cold": [], "warm": []}
+        steps: list[dict[str, float]] = []
+
+        def warm(name: str) -> float:
+            start = time.perf_counter()
+            with open_target(str(images["warm"])) as target:
+                result = stager.stage({"Name": name}, target)
+            steps.append(result.durations_ms)
+            return (time.perf_counter() - start) * 1000
+
+        warm("warmup-0")  # first call pays client creation, as the daemon's first stick does
+        timed([RECIPE.format(name="warmup-r", url=url, tmp=scratch, image=images["recipe"])], env, shell=True)
+        for n in range(runs):  # interleaved A/B/C so drift hits all three alike
+            results["recipe"].append(timed([RECIPE.format(name=f"r-{n}", url=url, tmp=scratch, image=images["recipe"])],
+                                           env, shell=True))
+            results["cold"].append(timed([*PANOSTAGE, "stage", "--name", f"c-{n}", "--to", str(images["cold"]),
+                                          "--replace", "-q"], env))
+            results["warm"].append(warm(f"w-{n}"))
+        backend.close()
+    stats = {k: summary(v) for k, v in results.items()}
+    recipe = stats["recipe"]["median"]
+    step_medians = {k: round(statistics.median(s.get(k, 0.0) for s in steps[1:]), 2) for k in steps[-1]}
+    rows = []
+    for kind, label in (("warm", "stage, warm process (daemon path)"), ("cold", "stage, cold CLI process")):
+        ratio = stats[kind]["median"] / recipe
+        rows.append({"row": f"{label} vs aws-cli recipe",
+                     "value": f"{stats[kind]['median']:.0f} ms (p99 {stats[kind]['p99']:.0f}) vs {recipe:.0f} ms "
+                              f"(p99 {stats['recipe']['p99']:.0f}) = {ratio:.2f}x",
+                     "goal": "<= 0.20x", "met": ratio <= 0.2,
+                     "data": {"panostage": stats[kind], "recipe": stats["recipe"], "ratio": round(ratio, 3),
+                              **({"steps_median_ms": step_medians} if kind == "warm" else {})}})
+    return rows
+
+
+ROWS: dict[str, Callable[[argparse.Namespace], list[dict[str, Any]]]] = {
+    "cold_start": lambda a: bench_cold_start(a.runs),
+    "throughput": lambda a: bench_throughput(a.calls, a.threads),
+    "stage": lambda a: bench_stage(a.runs),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="panostage benchmark")
+    parser.add_argument("--runs", type=int, default=15, help="repetitions per timed row")
+    parser.add_argument("--calls", type=int, default=2000, help="ProvisionDevice calls for the throughput row")
+    parser.add_argument("--threads", type=int, default=4, help="client threads for the throughput row")
+    parser.add_argument("--only", default=",".join(ROWS), help=f"rows to run, of {', '.join(ROWS)}")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    args = parser.parse_args()
+    rows: list[dict[str, Any]] = []
+    for name in args.only.split(","):
+        rows += ROWS[name.strip()](args)
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
+               "load_average_1m": round(os.getloadavg()[0], 2)}
+    if args.json:
+        print(json.dumps({"machine": machine, "rows": rows}, indent=2))
+        return 0
+    width = max(len(r["row"]) for r in rows)
+    vwidth = max(len(r["value"]) for r in rows)
+    print(f"{'measure':<{width}}  {'result':<{vwidth}}  {'goal':<20}  met")
+    for r in rows:
+        met = {True: "yes", False: "NO", None: "-"}[r["met"]]
+        print(f"{r['row']:<{width}}  {r['value']:<{vwidth}}  {r['goal']:<20}  {met}")
+    for r in rows:
+        if "steps_median_ms" in r.get("data", {}):
+            print("warm stage steps (median ms): " + ", ".join(f"{k} {v}" for k, v in r["data"]["steps_median_ms"].items()))
+    print(f"machine: {machine['cpus']} cpus, python {machine['python']}, kernel {machine['kernel']}, "
+          f"load {machine['load_average_1m']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The hand-off log: chain, tamper detection, concurrency, no key material, journald fields."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import socket
+from datetime import datetime, timezone
+
+import pytest
+
+from agent.handoff_log import HandoffLog, Journal, KeyMaterialRefused
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def log(tmp_path):
+    log = HandoffLog(tmp_path)
+    for index in range(6):
+        log.append("handoff", time=NOW, device={"name": f"dev{index}", "id": f"device-{index}"}, outcome="ready")
+    return log
+
+
+def lines_of(log: HandoffLog) -> list[bytes]:
+    return log.path.read_bytes().splitlines(keepends=True)
+
+
+def problems(log: HandoffLog, new_lines: list[bytes]) -> list[tuple[str, int]]:
+    log.path.write_bytes(b"".join(new_lines))
+    return [(p["problem"], p["line"]) for p in log.verify().problems]
+
+
+def test_intact_chain_verifies(log):
+    report = log.verify()
+    assert report.ok and report.records == 6
+    records = list(log.records())
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert records[0]["prev"] == "0" * 64
+
+
+def test_each_kind_of_tampering_is_named(log):
+    lines = lines_of(log)
+    edited = lines[2].replace(b'"dev2"', b'"devX"')
+    assert problems(log, [*lines[:2], edited, *lines[3:]]) == [("edited", 3)]
+    assert problems(log, [*lines[:2], *lines[3:]]) == [("deleted", 3)]
+    assert problems(log, [*lines[:2], lines[3], lines[2], *lines[4:]]) == [("reordered", 4)]
+    assert problems(log, [*lines[:3], lines[2], *lines[3:]]) == [("inserted", 4)]
+    assert problems(log, lines[:5]) == [("deleted", 5)]
+    assert problems(log, [*lines[:5], lines[5].replace(b'"dev5"', b'"devY"')]) == [("edited", 6)]
+    assert problems(log, [*lines[:1], b"{not json\n", *lines[1:]]) == [("unreadable", 2)]
+    assert problems(log, lines) == []
+
+
+def test_a_rewritten_seq_is_still_caught_by_the_links(log):
+    lines = lines_of(log)
+    record = json.loads(lines[3])
+    record["outcome"] = "failed"
+    forged = json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    assert problems(log, [*lines[:3], forged, *lines[4:]]) == [("edited", 4)]
+
+
+def test_appending_to_a_damaged_tail_is_refused(log):
+    log.path.write_bytes(log.path.read_bytes() + b"garbage\n")
+    with pytest.raises(Exception, match="damaged"):
+        log.append("handoff", time=NOW, outcome="ready")
+
+
+def test_key_material_is_never_written(tmp_path):
+    log = HandoffLog(tmp_path)
+    pem = "-----BEGIN " + "PRIVATE KEY-----\nMIG...\n-----END " + "PRIVATE KEY-----\n"
+    with pytest.raises(KeyMaterialRefused):
+        log.append("handoff", time=NOW, note=pem)
+    assert not log.path.exists() or b"PRIVATE" not in log.path.read_bytes()
+
+
+def _append_many(state_dir: str, worker: int) -> None:
+    log = HandoffLog(state_dir)
+    for index in range(25):
+        log.append("handoff", time=NOW, device={"name": f"w{worker}-{index}"}, outcome="ready")
+
+
+def test_concurrent_appenders_keep_one_chain(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_append_many, args=(str(tmp_path), n)) for n in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+        assert worker.exitcode == 0
+    report = HandoffLog(tmp_path).verify()
+    assert report.ok, report.problems
+    assert report.records == 100
+
+
+def test_journal_gets_structured_fields(tmp_path):
+    path = str(tmp_path / "journal.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        server.settimeout(5)
+        log = HandoffLog(tmp_path / "state", journal=Journal(socket_path=path))
+        log.append("handoff", time=NOW, device={"name": "cam-1", "id": "device-1"}, outcome="failed",
+                   error={"reason": "stick-removed", "message": "line one\nline two"})
+        datagram = server.recv(65536)
+    assert b"SYSLOG_IDENTIFIER=panostage\n" in datagram
+    assert b"PANOSTAGE_DEVICE_NAME=cam-1\n" in datagram
+    assert b"PANOSTAGE_OUTCOME=failed\n" in datagram
+    assert b"PRIORITY=3\n" in datagram
+    # a value with a newline uses journald's binary-safe framing
+    message = b"line one\nline two"
+    assert b"PANOSTAGE_ERROR_MESSAGE\n" + len(message).to_bytes(8, "little") + message in datagram
