@@ -80,6 +80,26 @@ class VerifySettings:
 
 
 @dataclass(frozen=True)
+class StickSettings:
+    require_enrollment: bool = _opt(True, "only enrolled sticks (USB serial, or FS UUID without one) are written to")
+    allow_non_usb: bool = _opt(False, "admit block devices without a USB parent, e.g. loop devices (lab and tests)")
+    label: str = _opt("", "only sticks whose FAT label matches this glob (empty: any)")
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    max_attempts: int = _opt(3, "hand-offs tried per plan entry before it needs attention", min=1)
+    expired_return: str = _opt("restage", "a stick back with an expired archive of a device not yet provisioned",
+                               choices=("restage", "leave"))
+    returned_logs: str = _opt("collect-wipe", "a stick back with appliance logs",
+                              choices=("collect-wipe", "collect", "leave"))
+    poll_seconds: float = _opt(10.0, "how often to ask about devices with actions waiting for ONLINE", min=0.1)
+    notify: str = _opt("auto", "desktop notification, terminal bell, or none", choices=("auto", "desktop", "bell", "none"))
+    shutdown_grace_seconds: float = _opt(20.0, "on SIGTERM, how long in-flight hand-offs may take to finish", min=0.0)
+    receive_buffer_bytes: int = _opt(128 << 20, "udev monitor socket buffer (raised where permitted)", min=0)
+
+
+@dataclass(frozen=True)
 class Settings:
     backend: BackendSettings = field(default_factory=BackendSettings)
     authority: AuthoritySettings = field(default_factory=AuthoritySettings)
@@ -87,6 +107,8 @@ class Settings:
     wait: WaitSettings = field(default_factory=WaitSettings)
     stage: StageSettings = field(default_factory=StageSettings)
     verify: VerifySettings = field(default_factory=VerifySettings)
+    sticks: StickSettings = field(default_factory=StickSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
 
 
 @dataclass(frozen=True)
