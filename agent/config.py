@@ -9,6 +9,7 @@ Every value remembers where it came from, for ``panostage config show``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from agent.errors import ConfigError
 
 SYSTEM_CONFIG = Path("/etc/panostage/config.toml")
 #: Environment variables with a meaning of their own (not PANOSTAGE_<SECTION>_<KEY>).
-RESERVED_ENV = {"PANOSTAGE_CONFIG", "PANOSTAGE_SYSTEM_CONFIG"}
+RESERVED_ENV = {"PANOSTAGE_CONFIG", "PANOSTAGE_SYSTEM_CONFIG", "PANOSTAGE_DEBUG", "PANOSTAGE_DEBUG_HOLD_AT"}
 
 
 def _opt(default: Any, doc: str, **rules: Any) -> Any:
@@ -205,7 +206,9 @@ def _parse_env(fld: dataclasses.Field, raw: str, var: str, key: str) -> Any:
 def _check_rules(fld: dataclasses.Field, value: Any, where: str, key: str) -> None:
     meta = fld.metadata
     problem = None
-    if "choices" in meta and value not in meta["choices"]:
+    if isinstance(value, float) and not math.isfinite(value):  # nan passes every min/max comparison
+        problem = "must be a finite number"
+    elif "choices" in meta and value not in meta["choices"]:
         problem = f"must be one of {', '.join(meta['choices'])}"
     elif "min" in meta and value < meta["min"]:
         problem = f"must be at least {meta['min']}"
@@ -248,7 +251,11 @@ def load(
 
     explicit = explicit_file or env.get("PANOSTAGE_CONFIG")
     for path in config_files(explicit_file, env):
-        if not path.exists():
+        try:
+            exists = path.exists()
+        except OSError:  # e.g. EACCES on a parent directory: reading it will say so as a ConfigError
+            exists = True
+        if not exists:
             if explicit:
                 raise ConfigError(f"configuration file {path} does not exist", hint="check --config / PANOSTAGE_CONFIG")
             continue
@@ -290,6 +297,10 @@ def _read_file(path: Path, fields: dict[str, dict[str, dataclasses.Field]]):
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    except RecursionError:  # tomllib recurses per nesting level of arrays and inline tables
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for section, table in data.items():
         if section not in fields:
             raise ConfigError(

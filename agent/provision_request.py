@@ -82,9 +82,16 @@ def build_request(
     request["Name"] = name
     if description is not None:
         request["Description"] = description
+    # A base member of the wrong type is left as it is: merging into it would crash or
+    # silently reshape it, and validation names it with its rule.
     if tags:
-        request["Tags"] = {**(request.get("Tags") or {}), **tags}
-    network: dict[str, Any] = dict(request.get("NetworkingConfiguration") or {})
+        present = request.get("Tags")
+        if present is None or isinstance(present, Mapping):
+            request["Tags"] = {**(present or {}), **tags}
+    present = request.get("NetworkingConfiguration")
+    if present is not None and not isinstance(present, Mapping):
+        return request
+    network: dict[str, Any] = dict(present or {})
     for port, port_input in (ports or {}).items():
         payload = port_input.to_payload(port)
         if payload is not None:

@@ -136,6 +136,7 @@ class StateDB:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA cache_size=-256")  # 256 KiB per thread's connection: the database is small
             self._local.conn = conn
         return conn
 
@@ -269,12 +270,18 @@ class StateDB:
 
     # ---------------------------------------------------------------- hand-offs
 
-    def new_handoff(self, *, stick_identity: str | None, stick: dict[str, Any]) -> str:
-        handoff_id = uuid.uuid4().hex
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    def new_handoff(self, *, stick_identity: str | None, stick: dict[str, Any], handoff_id: str | None = None,
+                    plan_id: int | None = None, device_name: str | None = None) -> str:
+        handoff_id = handoff_id or self.new_id()
         now = _now()
         with self.transaction() as db:
-            db.execute("INSERT INTO handoffs (id, stick_identity, stick, state, created_at, updated_at) "
-                       "VALUES (?,?,?,?,?,?)", (handoff_id, stick_identity, json.dumps(stick), "claimed", now, now))
+            db.execute("INSERT INTO handoffs (id, plan_id, stick_identity, stick, state, device_name, created_at, updated_at) "
+                       "VALUES (?,?,?,?,?,?,?,?)",
+                       (handoff_id, plan_id, stick_identity, json.dumps(stick), "claimed", device_name, now, now))
         return handoff_id
 
     def update_handoff(self, handoff_id: str, state: str | None = None, **fields: Any) -> None:

@@ -5,6 +5,9 @@ Rows (select with --only NAME,...):
   cold_start     `panostage --help`, a fresh process each time            goal <= 150 ms median
   throughput     authority ProvisionDevice/s, real key generation,        goal >= 200/s
                  client (boto3) in this process, server in its own
+  daemon         (root) udev event -> stick ready, one stick (median, p99, goal eight ready <= 2x one;
+                 per step) and eight at once; the idle daemon's RSS     idle <= 60 MiB and no
+                 and wake-ups                                           periodic wake-ups
   stage          `panostage stage` to a FAT image vs the documented        goal <= 1/5 of the recipe
                  aws-cli recipe (provision-device | base64 -d; mcopy;
                  sync), same authority, same kind of image, interleaved;
@@ -214,10 +217,169 @@ def bench_stage(runs: int) -> list[dict[str, Any]]:
     return rows
 
 
+@contextmanager
+def udevd_running() -> Iterator[None]:
+    """A systemd-udevd for the daemon rows: the running one, or one started (and stopped) here."""
+    ping = ["udevadm", "control", "--ping"]
+    if subprocess.run(ping, capture_output=True).returncode == 0:
+        yield
+        return
+    binary = next(p for p in ("/lib/systemd/systemd-udevd", "/usr/lib/systemd/systemd-udevd") if Path(p).exists())
+    before = set(subprocess.run(["pidof", "systemd-udevd"], capture_output=True, text=True).stdout.split())
+    subprocess.run([binary, "--daemon"], check=True, capture_output=True)
+    subprocess.run(["udevadm", "control", "--ping", "--timeout=10"], check=True, capture_output=True)
+    started = set(subprocess.run(["pidof", "systemd-udevd"], capture_output=True, text=True).stdout.split()) - before
+    try:
+        yield
+    finally:
+        for pid in started:
+            os.kill(int(pid), 15)
+
+
+class DaemonRig:
+    """`panostage watch` over its own state, with FAT images on loop devices enrolled by FS UUID."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.env = clean_env(tmp, PANOSTAGE_PATHS_STATE_DIR=str(tmp / "state"), PANOSTAGE_PATHS_RUNTIME_DIR=str(tmp / "run"),
+                             PANOSTAGE_STICKS_ALLOW_NON_USB="true")
+        self.volid = 0x6B000000 + (os.getpid() % 4096) * 256
+        self.proc: subprocess.Popen | None = None
+
+    def cli(self, *args: str) -> Any:
+        out = subprocess.run([*PANOSTAGE, *args, "--json"], env=self.env, cwd=ROOT, capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"panostage {' '.join(args)}: {out.stderr[-400:]}")
+        return json.loads(out.stdout) if out.stdout.strip() else None
+
+    def image(self, name: str) -> Path:
+        self.volid += 1
+        volid = f"{self.volid:08X}"
+        path = self.tmp / f"{name}.img"
+        subprocess.run(["mkfs.fat", "-C", "-F", "16", "-i", volid, str(path), "16384"], check=True, capture_output=True)
+        self.cli("stick", "enroll", "--identity", f"fs:{volid[:4]}-{volid[4:]}")
+        return path
+
+    def start(self, **env: str) -> int:
+        sock_path = self.tmp / "notify.sock"
+        sock_path.unlink(missing_ok=True)
+        sock = __import__("socket").socket(1, 2)  # AF_UNIX, SOCK_DGRAM: systemd's side of sd_notify
+        sock.bind(str(sock_path))
+        sock.settimeout(60)
+        self.proc = subprocess.Popen([*PANOSTAGE, "watch"], cwd=ROOT, env={**self.env, "NOTIFY_SOCKET": str(sock_path), **env},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while b"READY=1" not in sock.recv(4096):
+            pass
+        sock.close()
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+
+    def attach(self, image: Path) -> str:
+        return subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    @staticmethod
+    def detach(dev: str) -> None:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+    def ready_at(self, devs: set[str], timeout: float = 120) -> dict[str, float]:
+        """Wall time at which each stick is seen ready (polling the state database)."""
+        from agent.state import StateDB
+
+        state = StateDB(self.tmp / "state")
+        seen: dict[str, float] = {}
+        deadline = time.monotonic() + timeout
+        while len(seen) < len(devs):
+            for stick in state.sticks():
+                if stick["devnode"] in devs and stick["state"] == "ready" and stick["devnode"] not in seen:
+                    seen[stick["devnode"]] = time.perf_counter()
+                elif stick["devnode"] in devs and stick["state"] in ("failed", "rejected", "idle", "left"):
+                    raise RuntimeError(f"{stick['devnode']}: {stick['state']}: {stick['reason']}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready in {timeout}s: {devs - set(seen)}")
+            time.sleep(0.005)
+        state.close()
+        return seen
+
+
+def bench_daemon(runs: int, idle_seconds: float) -> list[dict[str, Any]]:
+    """udev event -> ready (one stick, and eight at once), and the idle daemon's footprint."""
+    if os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("udevadm"):
+        return [{"row": "daemon rows", "value": "skipped", "goal": "-", "met": None, "data": {"reason": "needs root, udev"}}]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp_name, udevd_running():
+        tmp = Path(tmp_name)
+        rig = DaemonRig(tmp)
+        rig.cli("plan", "import", str(_bench_plan(tmp, runs + 8 + 1)))
+        images = [rig.image(f"s{n}") for n in range(runs)]
+        fresh = [rig.image(f"e{n}") for n in range(8)]
+        pid = rig.start()
+        try:
+            single: list[float] = []
+            for n in range(runs):
+                start = time.perf_counter()
+                dev = rig.attach(images[n])
+                single.append((rig.ready_at({dev})[dev] - start) * 1000)
+                rig.detach(dev)
+            steps = _step_medians(rig)
+            start = time.perf_counter()
+            devs = {rig.attach(image) for image in fresh}
+            eight = (max(rig.ready_at(devs).values()) - start) * 1000
+            for dev in devs:
+                rig.detach(dev)
+            idle = _idle_footprint(pid, idle_seconds)
+        finally:
+            rig.stop()
+    stats = summary(single)
+    rows.append({"row": "udev event -> stick ready (one stick)", "value": f"{stats['median']:.0f} ms median, p99 {stats['p99']:.0f} ms",
+                 "goal": "(reported)", "met": None, "data": {**stats, "steps_median_ms": steps}})
+    ratio = eight / stats["median"]
+    rows.append({"row": "eight sticks at once, all ready", "value": f"{eight:.0f} ms = {ratio:.2f}x one stick",
+                 "goal": "<= 2x one stick", "met": ratio <= 2.0, "data": {"all_ready_ms": round(eight, 1), "ratio": round(ratio, 3)}})
+    rows.append({"row": f"idle daemon RSS / wake-ups over {idle_seconds:g} s",
+                 "value": f"{idle['rss_mib']:.1f} MiB, {idle['wakeups']} wake-ups",
+                 "goal": "<= 60 MiB, 0 periodic", "met": idle["rss_mib"] <= 60 and idle["wakeups"] <= 2, "data": idle})
+    return rows
+
+
+def _bench_plan(tmp: Path, count: int) -> Path:
+    path = tmp / "plan.csv"
+    path.write_text("name\n" + "".join(f"bench-{n:03d}\n" for n in range(count)))
+    return path
+
+
+def _step_medians(rig: DaemonRig) -> dict[str, float]:
+    records = [r for r in rig.cli("log", "show") if r["kind"] == "handoff" and r.get("outcome") == "ready"]
+    keys = records[-1]["durations_ms"].keys() if records else []
+    return {k: round(statistics.median(r["durations_ms"].get(k, 0.0) for r in records), 2) for k in keys}
+
+
+def _idle_footprint(pid: int, seconds: float) -> dict[str, Any]:
+    """RSS, and context switches of every thread over ``seconds`` with nothing happening."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    time.sleep(1.0)  # let the last stick's aftermath settle; this is a measurement window, not synchronisation
+
+    def switches() -> int:
+        return sum(t.voluntary + t.involuntary for t in (psutil.Process(pid).num_ctx_switches(),))
+
+    before = switches()
+    time.sleep(seconds)
+    after = switches()
+    return {"rss_mib": round(proc.memory_info().rss / (1 << 20), 1), "wakeups": after - before,
+            "threads": proc.num_threads(), "window_seconds": seconds}
+
+
 ROWS: dict[str, Callable[[argparse.Namespace], list[dict[str, Any]]]] = {
     "cold_start": lambda a: bench_cold_start(a.runs),
     "throughput": lambda a: bench_throughput(a.calls, a.threads),
     "stage": lambda a: bench_stage(a.runs),
+    "daemon": lambda a: bench_daemon(a.runs, a.idle_seconds),
 }
 
 
@@ -226,6 +388,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=15, help="repetitions per timed row")
     parser.add_argument("--calls", type=int, default=2000, help="ProvisionDevice calls for the throughput row")
     parser.add_argument("--threads", type=int, default=4, help="client threads for the throughput row")
+    parser.add_argument("--idle-seconds", type=float, default=30.0, help="window for the idle daemon's wake-ups")
     parser.add_argument("--only", default=",".join(ROWS), help=f"rows to run, of {', '.join(ROWS)}")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args()

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import selectors
 import socket
 import threading
 import time
@@ -143,16 +144,31 @@ class AuthorityHTTPServer(ThreadingHTTPServer):
 
     def start(self) -> "AuthorityHTTPServer":
         """Serve in a daemon thread."""
-        self._thread = threading.Thread(target=self.serve_forever, args=(0.1,), name="authority-http", daemon=True)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name="authority-http", daemon=True)
         self._thread.start()
         return self
+
+    def _serve(self) -> None:
+        """Accept until stopped, sleeping in select() with no timeout: an idle authority never wakes."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                for key, _events in selector.select():
+                    if key.fileobj is self and not self._stopping:
+                        self._handle_request_noblock()
 
     def stop(self) -> None:
         """Stop accepting, close the listening socket and every open connection."""
         if self._thread is not None:
-            self.shutdown()
+            self._stopping = True
+            os.write(self._wake_w, b"x")
             self._thread.join(timeout=10)
             self._thread = None
+            os.close(self._wake_r)
+            os.close(self._wake_w)
         self.server_close()
         with self._conn_lock:
             connections, self._connections = list(self._connections), set()

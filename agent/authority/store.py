@@ -135,6 +135,7 @@ class Store:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA cache_size = -256")  # 256 KiB per connection: one per handler thread
             self._local.conn = conn
         return conn
 

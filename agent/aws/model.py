@@ -8,6 +8,7 @@ same definition is used whatever botocore is installed.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,9 +27,22 @@ def data_path_value(existing: str | None) -> str:
 
 
 def new_botocore_session() -> "botocore.session.Session":
-    """A botocore session whose loader finds the project's Panorama model first."""
+    """A botocore session whose loader finds the project's Panorama model first.
+
+    Every session of the process shares one loader, so each model file is parsed and
+    held once (validation, clients and the embedded authority all read the same ones).
+    """
     import botocore.session
 
     session = botocore.session.Session()
-    session.set_config_variable("data_path", data_path_value(session.get_config_variable("data_path")))
+    data_path = data_path_value(session.get_config_variable("data_path"))
+    session.set_config_variable("data_path", data_path)
+    session.register_component("data_loader", _shared_loader(data_path))
     return session
+
+
+@lru_cache(maxsize=4)
+def _shared_loader(data_path: str):
+    from botocore.loaders import create_loader
+
+    return create_loader(data_path)

@@ -24,11 +24,14 @@ SUBCOMMANDS = {
     "job": "agent.cli.job_cmd:job",
     "log": "agent.cli.log_cmd:log_group",
     "package": "agent.cli.package_cmd:package",
+    "plan": "agent.cli.plan_cmd:plan",
     "sim": "agent.cli.sim_cmd:sim",
     "snow": "agent.cli.snow_cmd:snow",
     "stage": "agent.cli.stage_cmd:stage",
+    "status": "agent.cli.daemon_cmd:status",
     "stick": "agent.cli.stick_cmd:stick",
     "verify": "agent.cli.verify_cmd:verify",
+    "watch": "agent.cli.daemon_cmd:watch",
 }
 
 

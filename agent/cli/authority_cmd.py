@@ -50,7 +50,7 @@ def serve(app: App, host: str | None, port: int | None, authority_dir: str | Non
     from agent import paths
     from agent.authority.embedded import load_or_create_credentials, open_server
     from agent.authority.faults import FaultInjector, parse_spec
-    from agent.authority.sdnotify import notify
+    from agent.sdnotify import notify
 
     overrides = {
         "host": host, "port": port, "job_step_seconds": job_step_seconds,

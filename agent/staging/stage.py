@@ -116,7 +116,8 @@ class Stager:
 
     # ------------------------------------------------------------------ the flow
 
-    def stage(self, request: dict[str, Any], target: Any) -> StageResult:
+    def stage(self, request: dict[str, Any], target: Any, *, stick_extra: dict[str, Any] | None = None) -> StageResult:
+        """Run one hand-off of ``request`` onto ``target``; ``stick_extra`` adds identity (USB serial) to the record."""
         timer = StepTimer()
         name = request.get("Name", "")
         context: dict[str, Any] = {"device": {"name": name}, "stick": {}, "deleted": []}
@@ -125,7 +126,7 @@ class Stager:
             with timer.step("validate"):
                 validation.validate("ProvisionDevice", request)
             with timer.step("inspect_stick"):
-                context["stick"] = target.describe()
+                context["stick"] = {**target.describe(), **(stick_extra or {})}
                 plan = self._inspect(target, name)
             with timer.step("existing_device"):
                 self._clear_stale_device(name, context)

@@ -1,0 +1,1 @@
+"""The daemon: watch udev for sticks, stage the plan onto them, recover from crashes."""

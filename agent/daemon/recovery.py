@@ -1,0 +1,76 @@
+"""Resolve what a previous process left unfinished, before watching for sticks.
+
+An unfinished hand-off's archive died with that process (it lived only in memory), so
+its device can never be provisioned: find it again — by ID, or by name and creation
+time when the crash came before the ID was recorded — delete it, and put the plan
+entry back in the queue.  Every action goes to the hand-off log.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from agent.aws.errors import error_code
+from agent.aws.provisioning import CREATION_TOLERANCE, devices_named
+from agent.clock import Clock, utc
+from agent.handoff_log import HandoffLog
+from agent.state import TERMINAL_HANDOFF, StateDB
+
+
+def _parse(value: str | None) -> datetime | None:
+    return utc(datetime.fromisoformat(value.replace("Z", "+00:00"))) if value else None
+
+
+def _delete(client: Any, device_id: str) -> bool:
+    """Delete a device; False when it was already gone."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.delete_device(DeviceId=device_id)
+        return True
+    except ClientError as exc:
+        if error_code(exc) == "ResourceNotFoundException":
+            return False
+        raise
+
+
+def _devices_of(client: Any, handoff: dict[str, Any]) -> list[str]:
+    """The device(s) an interrupted hand-off may have created."""
+    if handoff.get("device_id"):
+        return [handoff["device_id"]]
+    started = _parse(handoff.get("provision_started_at"))
+    if handoff.get("state") != "provisioning" or started is None or not handoff.get("device_name"):
+        return []  # ProvisionDevice was never called
+    since = started - CREATION_TOLERANCE - timedelta(seconds=1)
+    return [d["DeviceId"] for d in devices_named(client, handoff["device_name"])
+            if d.get("ProvisioningStatus") != "DELETING" and d.get("CreatedTime") and utc(d["CreatedTime"]) >= since]
+
+
+def recover(state: StateDB, backend: Any, log: HandoffLog, clock: Clock, *, station: str, operator: str,
+            max_attempts: int) -> list[dict[str, Any]]:
+    """Resolve every unfinished hand-off and every claimed entry without one; return what was done."""
+    done: list[dict[str, Any]] = []
+    for handoff in state.unfinished_handoffs():
+        client = backend.panorama()  # only when there is something to recover: an idle start makes no client
+        deleted = [device_id for device_id in _devices_of(client, handoff) if _delete(client, device_id)]
+        plan_status = None
+        if handoff.get("plan_id") is not None:
+            plan_status = state.requeue(handoff["plan_id"], f"interrupted while {handoff['state']}; recovered",
+                                        max_attempts=max_attempts)
+        state.update_handoff(handoff["id"], "recovered", error=f"the process ended while {handoff['state']}")
+        action = {"handoff": handoff["id"], "interrupted_state": handoff["state"], "devices_deleted": deleted,
+                  "plan_status": plan_status}
+        log.append("recovery", time=clock.now(), station=station, operator=operator, outcome="recovered",
+                   device={"name": handoff.get("device_name"), "id": handoff.get("device_id")}, **action)
+        done.append(action)
+    for entry in state.plan("claimed"):
+        handoff = state.handoff(entry["handoff_id"]) if entry.get("handoff_id") else None
+        if handoff is not None and handoff["state"] not in TERMINAL_HANDOFF:
+            continue  # a live hand-off of another process
+        plan_status = state.requeue(entry["id"], "claimed by a process that ended; recovered", max_attempts=max_attempts)
+        action = {"plan_entry": entry["name"], "plan_status": plan_status, "devices_deleted": []}
+        log.append("recovery", time=clock.now(), station=station, operator=operator, outcome="recovered",
+                   device={"name": entry["name"]}, **action)
+        done.append(action)
+    return done

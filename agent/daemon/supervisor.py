@@ -1,0 +1,317 @@
+"""The daemon's event loop: udev events in, one worker per admitted stick, nothing blocking.
+
+Order of start-up: lock the state directory (one daemon per state), recover what a previous
+process left unfinished, start the udev monitor and only then enumerate the sticks already
+present (coldplug), then READY=1.  The loop sleeps in poll() on the monitor, a wake-up pipe
+(workers finishing, signals) and the next timer; it pings systemd's watchdog itself, so a
+stuck loop stops the pings.  SIGTERM: STOPPING=1, cancel the workers (they abandon before
+their next irreversible step or finish the step they are in), wait a grace period, exit 0.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import queue
+import select
+import signal
+import socket
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from agent import paths, sdnotify
+from agent.daemon.followup import FollowUp
+from agent.daemon.recovery import recover
+from agent.daemon.technician import Technician
+from agent.daemon.worker import Context, StickWorker
+from agent.errors import ExitCode, PanostageError
+from agent.state import StateDB
+
+log = logging.getLogger("panostage.daemon")
+
+
+class AlreadyRunning(PanostageError):
+    exit_code = ExitCode.CONFLICT
+    reason = "daemon-running"
+
+
+class Daemon:
+    """One daemon per state directory."""
+
+    def __init__(self, settings: Any, *, clock: Any = None, watcher: Any = None, technician: Any = None) -> None:
+        from agent.clock import SystemClock
+
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.watcher = watcher
+        self.technician = technician or Technician(settings.daemon.notify)
+        self.state_dir = paths.ensure_private_dir(paths.state_dir(settings))
+        self.workers: dict[str, StickWorker] = {}
+        self.seen: dict[str, Any] = {}  # syspath -> StickInfo last acted on (to recognise our own change events)
+        self.ready: dict[str, tuple[str, Any, bool]] = {}  # syspath -> (device name, deadline, warned)
+        self.finished: queue.Queue[StickWorker] = queue.Queue()
+        self.stopping = False
+        self._status = ""
+        self._followup_thread: threading.Thread | None = None
+        self._followup_finished = threading.Event()  # set by the thread itself: is_alive() lags behind its last act
+        self._next_followup = 0.0
+
+    # ------------------------------------------------------------------ life cycle
+
+    def run(self) -> int:
+        self._lock()
+        from agent.aws.backend import open_backend
+        from agent.staging.factory import handoff_log, make_stager, operator_name
+
+        self.state = StateDB(self.state_dir)
+        self.state.clear_sticks()
+        self.state.set_fact("daemon", {"pid": os.getpid(), "started": self.clock.now().isoformat(), "running": True})
+        self.backend = open_backend(self.settings, say=log.info)
+        log_ = handoff_log(self.settings)
+        station, operator = socket.gethostname(), operator_name(self.settings)
+        self.ctx = Context(
+            settings=self.settings, state=self.state, backend=self.backend, handoff_log=log_, clock=self.clock,
+            technician=self.technician, station=station, operator=operator, state_dir=self.state_dir,
+            runtime_dir=paths.ensure_private_dir(paths.runtime_dir(self.settings)),
+            stager_factory=lambda **hooks: make_stager(self.settings, self.backend, self.clock, **hooks),
+        )
+        self.followup = FollowUp(self.ctx)
+        for action in recover(self.state, self.backend, log_, self.clock, station=station, operator=operator,
+                              max_attempts=self.settings.daemon.max_attempts):
+            log.warning("recovered: %s", action)
+        wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        watcher = self._watcher()
+        try:
+            for event in watcher.start():
+                self._on_event(event)
+            release_memory()
+            sdnotify.notify("READY=1", f"STATUS={self._status_line()}")
+            log.info("watching for sticks (%d present)", len(self.seen))
+            self._loop(watcher, wake_r)
+        finally:
+            self._shutdown(watcher)
+            os.close(wake_r)
+        return ExitCode.OK
+
+    def _lock(self) -> None:
+        self._lock_fd = os.open(self.state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlreadyRunning(f"a daemon already runs on {self.state_dir}",
+                                 hint="`panostage status` shows it; stop it first") from None
+
+    def _watcher(self) -> Any:
+        if self.watcher is None:
+            from agent.udev import Watcher
+
+            self.watcher = Watcher(receive_buffer_bytes=self.settings.daemon.receive_buffer_bytes)
+        return self.watcher
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stopping = True
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loop(self, watcher: Any, wake_r: int) -> None:
+        poller = select.poll()
+        poller.register(watcher.fileno(), select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        watchdog = sdnotify.watchdog_interval()
+        last_ping = time.monotonic()
+        while not self.stopping:
+            timeout = self._next_timeout(watchdog)
+            for fd, _mask in poller.poll(None if timeout is None else max(0, int(timeout * 1000))):
+                if fd == wake_r:
+                    self._drain(wake_r)
+                else:
+                    for event in self._contained(watcher.read, default=[]):
+                        self._contained(self._on_event, event)
+            self._reap()
+            self._timers()
+            now = time.monotonic()
+            if watchdog and now - last_ping >= watchdog / 4:
+                sdnotify.notify("WATCHDOG=1")
+                last_ping = now
+            self._publish_status()
+
+    def _next_timeout(self, watchdog: float | None) -> float | None:
+        waits = []
+        if watchdog:
+            waits.append(watchdog / 4)
+        if self._followup_thread is None and self.followup.pending():
+            waits.append(max(0.0, self._next_followup - time.monotonic()))
+        for _name, deadline, warned in self.ready.values():
+            if not warned:
+                waits.append(max(0.0, (self._warn_at(deadline) - self.clock.now()).total_seconds()))
+        return min(waits) if waits else None
+
+    def _warn_at(self, deadline: Any) -> Any:
+        return deadline - timedelta(seconds=self.settings.stage.margin_seconds)
+
+    def _contained(self, func: Any, *args: Any, default: Any = None) -> Any:
+        """One failure is logged and contained: the loop never dies of one bad device."""
+        try:
+            return func(*args)
+        except Exception:  # noqa: BLE001
+            log.exception("while handling %s", args[0] if args else func.__name__)
+            return default
+
+    @staticmethod
+    def _drain(fd: int) -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    # ------------------------------------------------------------------ events
+
+    def _on_event(self, event: Any) -> None:
+        from agent.udev import decide, same_filesystem
+
+        syspath = event.syspath
+        if event.action == "remove":
+            worker = self.workers.get(syspath)
+            if worker is not None:
+                log.warning("stick %s removed mid-way: abandoning its hand-off", worker.info.devnode)
+                worker.cancel.set()
+            else:
+                self.state.forget_stick(syspath)
+            self.seen.pop(syspath, None)
+            self.ready.pop(syspath, None)
+            return
+        info = event.info
+        if info is None:
+            return
+        known = self.seen.get(syspath)
+        if event.action == "change" and same_filesystem(known, info):
+            return  # nothing new: e.g. the change udev reports when we close the device we wrote
+        if syspath in self.workers:
+            return  # already being handled
+        self.seen[syspath] = info
+        self.ready.pop(syspath, None)
+        decision = decide(info, self.settings.sticks, self.state.is_enrolled)
+        if not decision.admitted:
+            self.state.see_stick(syspath, state="rejected", devnode=info.devnode, identity=info.identity,
+                                 reason=decision.reason)
+            self.technician.rejected(info.devnode, decision.reason)
+            return
+        log.info("stick %s admitted (%s)", info.devnode, info.identity)
+        self.state.see_stick(syspath, state="admitted", devnode=info.devnode, identity=info.identity)
+        self.workers[syspath] = StickWorker(self.ctx, info, on_done=self._worker_done).start()
+
+    def _worker_done(self, worker: StickWorker) -> None:
+        """Called in the worker's thread: hand it to the loop."""
+        self.finished.put(worker)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Make the loop's poll() return (from any thread)."""
+        try:
+            os.write(self._wake_w, b"w")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is waking anyway
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                worker = self.finished.get_nowait()
+            except queue.Empty:
+                return
+            self.workers.pop(worker.syspath, None)
+            if not self.workers:
+                release_memory()  # quiet again: give the batch's garbage back to the system
+            if worker.cancel.is_set() and worker.syspath not in self.seen:
+                self.state.forget_stick(worker.syspath)  # removed while working
+            elif worker.outcome == "ready":
+                handoff = self.state.handoff(worker.handoff_id) if worker.handoff_id else None
+                if handoff and handoff.get("deadline"):
+                    from datetime import datetime
+
+                    deadline = datetime.fromisoformat(handoff["deadline"].replace("Z", "+00:00"))
+                    self.ready[worker.syspath] = (handoff.get("device_name") or "", deadline, False)
+
+    def _timers(self) -> None:
+        now = self.clock.now()
+        for syspath, (name, deadline, warned) in list(self.ready.items()):
+            if not warned and now >= self._warn_at(deadline):
+                self.technician.running_out(name, (deadline - now).total_seconds())
+                self.ready[syspath] = (name, deadline, True)
+        if self._followup_thread is not None and self._followup_finished.is_set():
+            self._followup_thread.join()
+            self._followup_thread = None
+            self._next_followup = time.monotonic() + self.settings.daemon.poll_seconds
+        if self._followup_thread is None and time.monotonic() >= self._next_followup and self.followup.pending():
+            self._followup_finished.clear()
+            self._followup_thread = threading.Thread(target=self._run_followup, name="follow-up", daemon=True)
+            self._followup_thread.start()
+
+    def _run_followup(self) -> None:
+        try:
+            self.followup.run_once()
+        finally:
+            self._followup_finished.set()
+            self._wake()
+
+    # ------------------------------------------------------------------ status and shutdown
+
+    def _status_line(self) -> str:
+        counts = self.state.plan_counts()
+        working = len(self.workers)
+        return (f"{len(self.ready)} ready, {working} working; plan {counts['pending']} pending, "
+                f"{counts['staged']} staged, {counts['done'] + counts['provisioned']} provisioned, "
+                f"{counts['attention']} need attention")
+
+    def _publish_status(self) -> None:
+        line = self._status_line()
+        if line != self._status:
+            self._status = line
+            sdnotify.notify(f"STATUS={line}")
+
+    def _shutdown(self, watcher: Any) -> None:
+        sdnotify.notify("STOPPING=1", "STATUS=stopping")
+        log.info("stopping: %d hand-off(s) in flight", len(self.workers))
+        for worker in self.workers.values():
+            worker.cancel.set()
+        deadline = time.monotonic() + self.settings.daemon.shutdown_grace_seconds
+        for worker in list(self.workers.values()):
+            if worker.thread is not None:
+                worker.thread.join(max(0.0, deadline - time.monotonic()))
+                if worker.thread.is_alive():
+                    log.error("stick %s: hand-off still running at exit; recovery will resolve it", worker.info.devnode)
+        self._contained(watcher.close)
+        self.state.set_fact("daemon", {"pid": os.getpid(), "stopped": self.clock.now().isoformat(), "running": False})
+        self.state.clear_sticks()
+        self.backend.close()
+        signal.set_wakeup_fd(-1)
+        os.close(self._wake_w)
+
+
+def release_memory() -> None:
+    """Collect garbage and return free heap pages to the system (an idle daemon stays small)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim
+
+
+def configure_logging(debug: bool = False) -> None:
+    """Plain lines on stderr: journald adds its own timestamps under systemd."""
+    import sys
+
+    under_systemd = bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
+    fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format=fmt, stream=sys.stderr, force=True)
+

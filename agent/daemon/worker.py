@@ -1,0 +1,251 @@
+"""One admitted stick's work, in a thread of its own: return trip, then a hand-off.
+
+The worker persists the hand-off's state before every irreversible step (through the
+Stager's checkpoints), so a crash leaves a record recovery can act on.  A removed stick
+or a stopping daemon sets ``cancel``: the next checkpoint abandons the hand-off cleanly
+(the Stager deletes the device again and removes anything half-written).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from agent.daemon.returning import StickFacts, Verdict, judge
+from agent.errors import ExitCode, PanostageError
+
+log = logging.getLogger("panostage.daemon")
+
+#: Stager checkpoint -> hand-off state recorded before that step
+CHECKPOINT_STATES = {"provisioning": "provisioning", "provisioned": "provisioned", "writing": "writing",
+                     "written": "written", "verified": "verified"}
+#: Checkpoints before an irreversible step: a cancelled worker stops there.
+ABANDON_BEFORE = {"provisioning", "writing"}
+#: Fault-injection aid for the crash tests: hold the worker at this checkpoint (see README, faults).
+HOLD_ENV = "PANOSTAGE_DEBUG_HOLD_AT"
+
+
+class Abandoned(PanostageError):
+    exit_code = ExitCode.INTERRUPTED
+    reason = "abandoned"
+
+
+@dataclass
+class Context:
+    """What every worker shares with the daemon."""
+
+    settings: Any
+    state: Any  # StateDB
+    backend: Any
+    handoff_log: Any
+    clock: Any
+    technician: Any
+    station: str
+    operator: str
+    state_dir: Path
+    runtime_dir: Path
+    stager_factory: Callable[..., Any]
+
+
+@dataclass
+class StickWorker:
+    """Handles one stick, once; the daemon starts it and is told when it is done."""
+
+    ctx: Context
+    info: Any  # agent.udev.StickInfo
+    on_done: Callable[["StickWorker"], None]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    outcome: str = "working"
+    message: str = ""
+    handoff_id: str | None = None
+    thread: threading.Thread | None = None
+
+    @property
+    def syspath(self) -> str:
+        return self.info.syspath
+
+    def start(self) -> "StickWorker":
+        self.thread = threading.Thread(target=self._main, name=f"stick {self.info.devnode}", daemon=True)
+        self.thread.start()
+        return self
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except Abandoned as exc:
+            self._finish("abandoned", exc.message)
+        except PanostageError as exc:
+            self._finish("failed", exc.message)
+        except Exception as exc:  # noqa: BLE001 - contained: one bad stick never kills the daemon
+            log.exception("stick %s: unexpected error", self.info.devnode)
+            self._finish("failed", f"unexpected {type(exc).__name__}: {exc}")
+        finally:
+            self.on_done(self)
+
+    def _finish(self, outcome: str, message: str) -> None:
+        self.outcome, self.message = outcome, message
+        self.ctx.state.see_stick(self.syspath, state=outcome, reason=message, handoff_id=self.handoff_id)
+        if outcome in ("failed", "abandoned"):
+            self.ctx.technician.failed(self.info.devnode, message)
+        log.info("stick %s: %s: %s", self.info.devnode, outcome, message)
+
+    # ------------------------------------------------------------------ the work
+
+    def _run(self) -> None:
+        from agent.stick import open_target
+
+        ctx = self.ctx
+        ctx.state.see_stick(self.syspath, state="working", devnode=self.info.devnode, identity=self.info.identity)
+        with open_target(self.info.devnode, runtime_dir=ctx.runtime_dir) as target:
+            verdict, why, facts = self._look(target)
+            log.info("stick %s: %s", self.info.devnode, why)
+            if verdict is Verdict.LEAVE:
+                self._finish("left", why)
+                return
+            if verdict is Verdict.RETURN_TRIP:
+                if not self._return_trip(target):
+                    return
+            elif verdict is Verdict.WIPE_THEN_STAGE:
+                target.wipe(facts.archive)
+            entry = self._restage_entry(facts) if verdict is Verdict.RESTAGE else None
+            self._stage(target, entry)
+
+    def _look(self, target: Any) -> tuple[Verdict, str, StickFacts]:
+        from agent.archive import verify_archive
+        from agent.stick import LOG_DIR, archives
+
+        found = [e for e in archives(target) if e.kind == "file"]
+        has_logs = target.lookup(LOG_DIR) is not None and bool(target.list_dir(LOG_DIR))
+        facts = StickFacts(has_logs=has_logs, archive_count=len(found))
+        if found and not has_logs:
+            report = verify_archive(target.read(found[0].name), now=self.ctx.clock.now(), margin_seconds=0,
+                                    skew_seconds=self.ctx.settings.stage.skew_seconds)
+            device_id = (report.manifest or {}).get("device_id")
+            status = self._device_status(device_id)
+            facts = StickFacts(has_logs=False, archive=found[0].name, archive_count=len(found),
+                               archive_outcome=report.outcome.value, device_status=status, device_known=status is not None)
+        verdict, why = judge(facts, returned_logs=self.ctx.settings.daemon.returned_logs,
+                             expired_return=self.ctx.settings.daemon.expired_return)
+        return verdict, why, facts
+
+    def _device_status(self, device_id: str | None) -> str | None:
+        from botocore.exceptions import ClientError
+
+        from agent.aws.errors import error_code
+
+        if not device_id:
+            return None
+        try:
+            return self.ctx.backend.panorama().describe_device(DeviceId=device_id).get("ProvisioningStatus")
+        except ClientError as exc:
+            if error_code(exc) == "ResourceNotFoundException":
+                return None
+            raise
+
+    def _return_trip(self, target: Any) -> bool:
+        """Collect the appliance's logs; True when the stick is clean afterwards and may be staged."""
+        from agent.staging import returns
+
+        ctx = self.ctx
+        result = returns.collect(target, ctx.backend, ctx.handoff_log, ctx.clock, ctx.state_dir, ctx.station, ctx.operator)
+        name = result.device.get("name")
+        entry = self._entry_named(name)
+        if entry is not None and entry["status"] == "staged":  # never undo progress the follow-up made
+            if result.outcome == "provisioned":
+                ctx.state.set_entry(entry["id"], status="provisioned", device_id=result.device.get("id"))
+            elif result.outcome == "failed":
+                ctx.state.requeue(entry["id"], "the appliance could not register: see the collected logs",
+                                  max_attempts=ctx.settings.daemon.max_attempts)
+        if ctx.settings.daemon.returned_logs != "collect-wipe":
+            self._finish("returned", f"{name or 'stick'}: {result.outcome}; logs collected")
+            return False
+        returns.wipe(target, ctx.handoff_log, ctx.clock, ctx.station, ctx.operator)
+        return True
+
+    def _entry_named(self, name: str | None) -> dict[str, Any] | None:
+        if not name:
+            return None
+        try:
+            return self.ctx.state.entry(name)
+        except PanostageError:
+            return None
+
+    def _restage_entry(self, facts: StickFacts) -> dict[str, Any] | None:
+        """The plan entry whose expired archive this stick holds (restaged on this stick)."""
+        from agent.archive import device_name_from_file_name
+
+        entry = self._entry_named(device_name_from_file_name(facts.archive or ""))
+        if entry is None or entry["status"] not in ("staged", "pending"):
+            return None
+        return entry
+
+    def _stage(self, target: Any, entry: dict[str, Any] | None) -> None:
+        ctx = self.ctx
+        self.handoff_id = ctx.state.new_id()
+        if entry is not None:  # the same device again, on the stick that held its expired archive
+            ctx.state.set_entry(entry["id"], status="claimed", handoff_id=self.handoff_id, attempts=entry["attempts"] + 1)
+        else:
+            entry = ctx.state.claim_next(self.handoff_id)
+        if entry is None:
+            ctx.technician.empty_plan(self.info.devnode)
+            self._finish("idle", "the plan is empty: nothing to stage (`panostage plan add` or `plan import`)")
+            return
+        ctx.state.new_handoff(handoff_id=self.handoff_id, plan_id=entry["id"], device_name=entry["name"],
+                              stick_identity=self.info.identity, stick=self.info.to_dict())
+        ctx.state.see_stick(self.syspath, state="working", handoff_id=self.handoff_id, reason=f"staging {entry['name']}")
+        self._forget_failed_device(entry)
+        stager = ctx.stager_factory(checkpoint=self._checkpoint)
+        try:
+            result = stager.stage(entry["request"], target, stick_extra=self._identity_fields())
+        except BaseException as exc:
+            message = exc.message if isinstance(exc, PanostageError) else f"{type(exc).__name__}: {exc}"
+            ctx.state.update_handoff(self.handoff_id, "abandoned" if isinstance(exc, Abandoned) else "failed",
+                                     error=message[:500])
+            status = ctx.state.requeue(entry["id"], message, max_attempts=ctx.settings.daemon.max_attempts)
+            log.warning("stick %s: %s failed (%s); plan entry now %s", self.info.devnode, entry["name"], message, status)
+            raise
+        ctx.state.set_entry(entry["id"], status="staged", device_id=result.device["id"], last_error=None)
+        ctx.state.update_handoff(self.handoff_id, "ready", deadline=result.deadline, sha256=result.archive["sha256"],
+                                 device_id=result.device["id"], device_arn=result.device.get("arn"))
+        self.outcome, self.message = "ready", f"{entry['name']} ready until {result.deadline.isoformat()}"
+        ctx.state.see_stick(self.syspath, state="ready", reason=self.message, handoff_id=self.handoff_id)
+        ctx.technician.ready(entry["name"], self.info.devnode, result.deadline)
+
+    def _identity_fields(self) -> dict[str, Any]:
+        info = self.info
+        return {k: v for k, v in {"identity": info.identity, "usb_serial": info.usb_serial, "devnode": info.devnode,
+                                  "vendor": info.vendor, "model": info.model}.items() if v}
+
+    def _forget_failed_device(self, entry: dict[str, Any]) -> None:
+        """A retried entry's earlier device (never registered) is ours to delete before provisioning anew."""
+        device_id = entry.get("device_id")
+        status = self._device_status(device_id)
+        if device_id and status not in (None, "SUCCEEDED", "DELETING"):
+            self.ctx.backend.panorama().delete_device(DeviceId=device_id)
+            self.ctx.handoff_log.append("device-deleted", time=self.ctx.clock.now(), station=self.ctx.station,
+                                        operator=self.ctx.operator, device={"name": entry["name"], "id": device_id},
+                                        reason=f"restaging the plan entry (device was {status})")
+
+    def _checkpoint(self, state: str, **data: Any) -> None:
+        """Persist the hand-off's state before the step; abandon, or hold for a crash test, if asked."""
+        if state in ABANDON_BEFORE and self.cancel.is_set():
+            raise Abandoned(f"abandoned before {state}: the stick was removed or the daemon is stopping")
+        if state in CHECKPOINT_STATES and self.handoff_id:
+            fields: dict[str, Any] = {}
+            if state == "provisioning":
+                fields = {"provision_started_at": data["started"], "device_name": data["name"]}
+            elif state == "provisioned":
+                fields = {"device_id": data["device_id"], "device_arn": data.get("arn")}
+            elif data.get("sha256"):
+                fields = {"sha256": data["sha256"]}
+            self.ctx.state.update_handoff(self.handoff_id, CHECKPOINT_STATES[state], **fields)
+        marker = self.ctx.state_dir / f"held-at-{state}"
+        if os.environ.get(HOLD_ENV) == state and not marker.exists():  # once: a restarted daemon goes on
+            marker.write_text(self.handoff_id or "")
+            log.warning("holding at %s (%s is set)", state, HOLD_ENV)
+            self.cancel.wait()
+            raise Abandoned(f"released while held at {state}")
