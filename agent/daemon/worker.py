@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from agent.daemon.returning import StickFacts, Verdict, judge
 from agent.errors import ExitCode, PanostageError
+from agent.timing import StepTimer
 
 log = logging.getLogger("panostage.daemon")
 
@@ -99,9 +100,13 @@ class StickWorker:
         from agent.stick import open_target
 
         ctx = self.ctx
+        self.timer = StepTimer()
         ctx.state.see_stick(self.syspath, state="working", devnode=self.info.devnode, identity=self.info.identity)
-        with open_target(self.info.devnode, runtime_dir=ctx.runtime_dir) as target:
-            verdict, why, facts = self._look(target)
+        with self.timer.step("open_stick"):
+            target = open_target(self.info.devnode, runtime_dir=ctx.runtime_dir)
+        with target:
+            with self.timer.step("look"):
+                verdict, why, facts = self._look(target)
             log.info("stick %s: %s", self.info.devnode, why)
             if verdict is Verdict.LEAVE:
                 self._finish("left", why)
@@ -186,10 +191,12 @@ class StickWorker:
     def _stage(self, target: Any, entry: dict[str, Any] | None) -> None:
         ctx = self.ctx
         self.handoff_id = ctx.state.new_id()
-        if entry is not None:  # the same device again, on the stick that held its expired archive
-            ctx.state.set_entry(entry["id"], status="claimed", handoff_id=self.handoff_id, attempts=entry["attempts"] + 1)
-        else:
-            entry = ctx.state.claim_next(self.handoff_id)
+        with self.timer.step("claim"):
+            if entry is not None:  # the same device again, on the stick that held its expired archive
+                ctx.state.set_entry(entry["id"], status="claimed", handoff_id=self.handoff_id,
+                                    attempts=entry["attempts"] + 1)
+            else:
+                entry = ctx.state.claim_next(self.handoff_id)
         if entry is None:
             ctx.technician.empty_plan(self.info.devnode)
             self._finish("idle", "the plan is empty: nothing to stage (`panostage plan add` or `plan import`)")
@@ -200,7 +207,7 @@ class StickWorker:
         self._forget_failed_device(entry)
         stager = ctx.stager_factory(checkpoint=self._checkpoint)
         try:
-            result = stager.stage(entry["request"], target, stick_extra=self._identity_fields())
+            result = stager.stage(entry["request"], target, stick_extra=self._identity_fields(), timer=self.timer)
         except BaseException as exc:
             message = exc.message if isinstance(exc, PanostageError) else f"{type(exc).__name__}: {exc}"
             ctx.state.update_handoff(self.handoff_id, "abandoned" if isinstance(exc, Abandoned) else "failed",

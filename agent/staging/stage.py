@@ -116,9 +116,11 @@ class Stager:
 
     # ------------------------------------------------------------------ the flow
 
-    def stage(self, request: dict[str, Any], target: Any, *, stick_extra: dict[str, Any] | None = None) -> StageResult:
-        """Run one hand-off of ``request`` onto ``target``; ``stick_extra`` adds identity (USB serial) to the record."""
-        timer = StepTimer()
+    def stage(self, request: dict[str, Any], target: Any, *, stick_extra: dict[str, Any] | None = None,
+              timer: StepTimer | None = None) -> StageResult:
+        """Run one hand-off of ``request`` onto ``target``; ``stick_extra`` adds identity (USB serial) to the
+        record, and a ``timer`` already running (the daemon's steps before this) keeps one breakdown."""
+        timer = timer or StepTimer()
         name = request.get("Name", "")
         context: dict[str, Any] = {"device": {"name": name}, "stick": {}, "deleted": []}
         provisioned: Provisioned | None = None
