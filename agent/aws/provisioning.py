@@ -41,6 +41,8 @@ class Provisioned:
     attempts: int = 1
     orphans_deleted: list[str] = field(default_factory=list)
     request_started: datetime | None = None
+    #: The service's clock when it answered (HTTP Date), to tell a skewed workstation clock.
+    server_time: datetime | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -80,6 +82,23 @@ def resolve_device_id(client: Any, ref: str) -> str:
         f"{len(matches)} devices are named {ref!r}: " + ", ".join(d["DeviceId"] for d in matches),
         exit_code=ExitCode.CONFLICT, reason="ambiguous-name", hint="give the device ID instead",
     )
+
+
+def _http_date(response: dict[str, Any]) -> datetime | None:
+    from email.utils import parsedate_to_datetime
+
+    value = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return utc(parsedate_to_datetime(value)) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def clock_offset(provisioned: Provisioned, received_at: datetime) -> float | None:
+    """Seconds our clock is ahead of the service's (negative: behind), to within the Date header's second."""
+    if provisioned.server_time is None:
+        return None
+    return (received_at - provisioned.server_time).total_seconds()
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -143,6 +162,7 @@ def provision_device(
                 attempts=attempt,
                 orphans_deleted=orphans,
                 request_started=started,
+                server_time=_http_date(response),
             )
         on_event("provision-attempt-failed", attempt=attempt, error=str(last_exc))
         if attempt == attempts_allowed:

@@ -127,10 +127,22 @@ def report(error: PanostageError, exc: BaseException, *, json_mode: bool, debug:
         sys.stderr.write(f"hint: {error.hint}\n")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so every ``finally`` and cleanup runs (not an Exception)."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    import signal
+
     args = sys.argv[1:] if argv is None else list(argv)
     flags = _prescan(args)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)  # the daemon installs its own handler in `watch`
     try:
         result = cli.main(args=args, prog_name="panostage", standalone_mode=False, obj=flags)
         return int(result) if isinstance(result, int) else ExitCode.OK
@@ -148,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.USAGE
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted\n")
+        return ExitCode.INTERRUPTED
+    except Terminated:
+        sys.stderr.write("terminated: what was under way was undone\n")
         return ExitCode.INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - this is the boundary
         error = to_error(exc)

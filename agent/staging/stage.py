@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from agent.archive import ArchiveReport, Outcome, archive_file_name, verify_archive
 from agent.aws import validation
-from agent.aws.provisioning import Provisioned, devices_named, provision_device
+from agent.aws.provisioning import Provisioned, clock_offset, devices_named, provision_device
 from agent.clock import Clock, iso, utc
 from agent.errors import ExitCode, PanostageError
 from agent.handoff_log import HandoffLog
@@ -36,14 +36,18 @@ class ArchiveRejected(PanostageError):
 
     reason = "archive-rejected"
 
-    def __init__(self, report: ArchiveReport, where: str) -> None:
+    def __init__(self, report: ArchiveReport, where: str, clock_offset: float | None = None,
+                 skew_seconds: float = 30.0) -> None:
         problems = "; ".join(p.message for p in report.problems if p.code != "network_json_missing") or report.outcome.name
-        super().__init__(
-            f"the archive {where} is {report.outcome.name.lower()}: {problems}",
-            exit_code=report.exit_code, reason=f"archive-{report.outcome.name.lower()}",
-            details={"report": report.to_dict()},
-            hint="nothing was written to the stick; the device was deleted again",
-        )
+        message = f"the archive {where} is {report.outcome.name.lower()}: {problems}"
+        hint = "nothing was written to the stick; the device was deleted again"
+        time_codes = {"not_yet_valid", "expired", "expiring"} & set(report.codes())
+        if time_codes and clock_offset is not None and abs(clock_offset) > skew_seconds:
+            side = "ahead of" if clock_offset > 0 else "behind"
+            message += f" — this workstation's clock is {abs(clock_offset):.0f}s {side} the service's"
+            hint = "set the clock right (NTP: `timedatectl set-ntp true`) and stage again; " + hint
+        super().__init__(message, exit_code=report.exit_code, reason=f"archive-{report.outcome.name.lower()}",
+                         details={"report": report.to_dict(), "clock_offset_seconds": clock_offset}, hint=hint)
 
 
 @dataclass(frozen=True)
@@ -145,8 +149,10 @@ class Stager:
                     break
                 self._delete(provisioned.device_id, name, "archive unusable on arrival: " + report.outcome.name, context)
                 provisioned_last, provisioned = provisioned, None
-                if report.outcome not in (Outcome.EXPIRING, Outcome.EXPIRED) or attempt == self.options.restarts:
-                    raise ArchiveRejected(report, "received from the service")
+                offset = clock_offset(provisioned_last, self.clock.now())
+                skewed = offset is not None and abs(offset) > self.options.skew_seconds
+                if report.outcome not in (Outcome.EXPIRING, Outcome.EXPIRED) or attempt == self.options.restarts or skewed:
+                    raise ArchiveRejected(report, "received from the service", offset, self.options.skew_seconds)
                 self.on_event("start-over", name=name, reason=f"only {report.seconds_left:.0f}s of validity left "
                               f"(margin {self.options.margin_seconds:g}s)", deleted=provisioned_last.device_id)
             assert provisioned is not None
