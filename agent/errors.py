@@ -143,6 +143,30 @@ class LocalIOError(PanostageError):
     reason = "io"
 
 
+def to_error(exc: BaseException) -> PanostageError:
+    """Map any exception to a :class:`PanostageError` (the one place that does so)."""
+    import sys
+
+    if isinstance(exc, PanostageError):
+        return exc
+    if "botocore" in sys.modules:
+        from agent.aws.errors import translate
+
+        translated = translate(exc)
+        if translated is not None:
+            return translated
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return PanostageError(
+            f"{exc.strerror or exc}{where}", exit_code=ExitCode.IO, reason="io",
+            hint="check the path, its permissions and free space",
+        )
+    return PanostageError(
+        f"unexpected {type(exc).__name__}: {exc}",
+        hint="this is a bug in panostage; run again with --debug and report the traceback",
+    )
+
+
 def _short_repr(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

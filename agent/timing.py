@@ -18,10 +18,11 @@ class StepTimer:
         self.monotonic = monotonic
         self.durations_ms: dict[str, float] = {}
         self.current: str | None = None
+        self.last: str | None = None  # the step most recently begun, finished or not
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
-        self.current = name
+        self.current = self.last = name
         start = self.monotonic()
         try:
             yield

@@ -8,7 +8,7 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 

@@ -6,6 +6,9 @@ call goes out with botocore's retries off, and before any retry we look for
 devices of that name created since the first attempt began, delete them (their
 archives are gone for good), and only then try again.  A retry never leaves two
 devices, and never leaves a device without its archive.
+
+An attempt that timed out reading may still be making its device when we look: the look
+is repeated, for up to ``backend.read_timeout`` more, until that device has shown up.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
+from agent import interrupts
 from agent.aws.errors import error_code
 from agent.aws.paging import pages
 from agent.clock import Clock, utc
@@ -139,6 +143,8 @@ def provision_device(
     first_started = clock.now()
     orphans: list[str] = []
     last_exc: BaseException | None = None
+    in_flight = 0  # attempts that timed out reading: the service may still be making their device
+    grace = backend.settings.backend.read_timeout  # as long again for such a device to show up
     for attempt in range(1, attempts_allowed + 1):
         started = clock.now()
         try:
@@ -165,15 +171,39 @@ def provision_device(
                 server_time=_http_date(response),
             )
         on_event("provision-attempt-failed", attempt=attempt, error=str(last_exc))
-        if attempt == attempts_allowed:
+        if _still_in_flight(last_exc):
+            in_flight += 1
+        if attempt == attempts_allowed or interrupts.pending():
             break
         if not _never_sent(last_exc):
-            orphans.extend(_delete_orphans(lister, name, first_started, on_event))
+            in_flight = _clear_orphans(lister, name, first_started, on_event, orphans, in_flight, grace, sleep)
         sleep(min(5.0, 0.2 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
     assert last_exc is not None
     if not _never_sent(last_exc):
-        orphans.extend(_delete_orphans(lister, name, first_started, on_event))
+        _clear_orphans(lister, name, first_started, on_event, orphans, in_flight, grace, sleep)
     raise last_exc
+
+
+def _still_in_flight(exc: BaseException) -> bool:
+    """The request reached the service and we stopped waiting for it: it may still make a device."""
+    from botocore import exceptions as bx
+
+    return isinstance(exc, bx.ReadTimeoutError)
+
+
+def _clear_orphans(client: Any, name: str, since: datetime, on_event: Event, orphans: list[str], in_flight: int,
+                   grace: float, sleep: Callable[[float], None]) -> int:
+    """Delete the devices lost answers made; while requests we stopped waiting for (read timeouts)
+    have not shown their device yet, look again for up to ``grace`` seconds.  Returns how many may
+    still show up (their devices are the next `stage` of that name's to delete: never written)."""
+    deadline = time.monotonic() + (grace if in_flight else 0.0)
+    while True:
+        found = _delete_orphans(client, name, since, on_event)
+        orphans.extend(found)
+        in_flight = max(0, in_flight - len(found))
+        if not in_flight or time.monotonic() >= deadline:
+            return in_flight
+        sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
 
 def _delete_orphans(client: Any, name: str, since: datetime, on_event: Event) -> list[str]:

@@ -14,7 +14,9 @@ import click
 from agent import __version__
 from agent.cli.app import App, command_options
 from agent.cli.output import Output, dumps
-from agent.errors import ExitCode, PanostageError
+from agent.errors import ExitCode, PanostageError, to_error
+from agent.interrupts import Terminated  # SIGTERM as an exception (held while ProvisionDevice answers)
+from agent.interrupts import on_sigterm as _on_sigterm
 
 #: subcommand name -> "module:attribute"; imported only when used (keeps start-up fast).
 SUBCOMMANDS = {
@@ -93,28 +95,6 @@ def _prescan(args: list[str]) -> dict[str, bool]:
     }
 
 
-def to_error(exc: BaseException) -> PanostageError:
-    """Map any exception to a :class:`PanostageError` (the one place that does so)."""
-    if isinstance(exc, PanostageError):
-        return exc
-    if "botocore" in sys.modules:
-        from agent.aws.errors import translate
-
-        translated = translate(exc)
-        if translated is not None:
-            return translated
-    if isinstance(exc, OSError):
-        where = f" ({exc.filename})" if exc.filename else ""
-        return PanostageError(
-            f"{exc.strerror or exc}{where}", exit_code=ExitCode.IO, reason="io",
-            hint="check the path, its permissions and free space",
-        )
-    return PanostageError(
-        f"unexpected {type(exc).__name__}: {exc}",
-        hint="this is a bug in panostage; run again with --debug and report the traceback",
-    )
-
-
 def report(error: PanostageError, exc: BaseException, *, json_mode: bool, debug: bool) -> None:
     """Tell the user what failed, on stderr."""
     if debug:
@@ -125,14 +105,6 @@ def report(error: PanostageError, exc: BaseException, *, json_mode: bool, debug:
     sys.stderr.write(f"error: {error.message}\n")
     if error.hint:
         sys.stderr.write(f"hint: {error.hint}\n")
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so every ``finally`` and cleanup runs (not an Exception)."""
-
-
-def _on_sigterm(_signum: int, _frame: object) -> None:
-    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,13 +41,19 @@ def stage(app: App, target_spec: str, replace: bool, replace_device: bool, margi
     """
     from agent import paths
     from agent.aws import validation
-    from agent.staging.factory import make_stager
+    from agent.errors import PanostageError
+    from agent.staging.factory import log_unopened_stick, make_stager
     from agent.stick import open_target
 
     request = request_from_options(inputs)
     validation.validate("ProvisionDevice", request)
     allow = app.settings.stage.allow_non_fat if allow_non_fat is None else allow_non_fat
-    with open_target(target_spec, allow_non_fat=allow, runtime_dir=paths.runtime_dir(app.settings)) as target:
+    try:
+        opened = open_target(target_spec, allow_non_fat=allow, runtime_dir=paths.runtime_dir(app.settings))
+    except PanostageError as exc:  # refused or unreadable: a hand-off that failed at its first step
+        log_unopened_stick(app.settings, app.get_clock(), request["Name"], target_spec, exc)
+        raise
+    with opened as target:
         stager = make_stager(app.settings, app.backend(), app.get_clock(), replace=replace,
                              replace_device=replace_device, margin_seconds=margin, on_event=narrator(app))
         result = stager.stage(request, target)
@@ -65,7 +71,7 @@ def stage_summary(data: dict[str, Any], deadline: datetime) -> str:
         f"staged {data['device']['name']} ({data['device']['id']}) onto {where}" + (f" [{label}]" if label else ""),
         f"  archive   {data['archive']['file']}  {data['archive']['size']} bytes  sha256 {data['archive']['sha256'][:16]}…",
         f"  cert      serial {data['certificate']['serial']}  valid until {local}",
-        f"  verified  as received and as read back from the stick",
+        "  verified  as received and as read back from the stick",
         f"  steps     {steps}",
         f"TIME LEFT {format_left(data['seconds_left'])} — plug the stick into the appliance now",
     ]

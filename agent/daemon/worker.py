@@ -255,4 +255,4 @@ class StickWorker:
             marker.write_text(self.handoff_id or "")
             log.warning("holding at %s (%s is set)", state, HOLD_ENV)
             self.cancel.wait()
-            raise Abandoned(f"released while held at {state}")
+            raise Abandoned(f"abandoned at {state} (held there): the stick was removed or the daemon is stopping")

@@ -36,6 +36,15 @@ def verify_limits(settings: Settings) -> Any:
                   max_total_bytes=v.max_total_bytes, max_ratio=v.max_ratio)
 
 
+def log_unopened_stick(settings: Settings, clock: Clock, name: str, spec: str, error: Any) -> None:
+    """Log a hand-off that failed at its first step: the stick was refused (not FAT ...) or could not be opened."""
+    handoff_log(settings).append(
+        "handoff", time=clock.now(), outcome="failed", station=socket.gethostname(), operator=operator_name(settings),
+        device={"name": name}, stick={"path": str(spec)}, failed_step="open_stick",
+        error={"reason": error.reason, "message": error.message[:500]}, durations_ms={},
+    )
+
+
 def make_stager(settings: Settings, backend: Any, clock: Clock, **overrides: Any) -> Stager:
     """A Stager with options from [stage], overridden by ``overrides`` (command-line flags)."""
     hooks = {k: overrides.pop(k) for k in ("on_event", "checkpoint") if k in overrides}

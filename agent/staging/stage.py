@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
+from agent import interrupts
 from agent.archive import ArchiveReport, Outcome, archive_file_name, verify_archive
 from agent.aws import validation
 from agent.aws.provisioning import Provisioned, clock_offset, devices_named, provision_device
 from agent.clock import Clock, iso, utc
-from agent.errors import ExitCode, PanostageError
+from agent.errors import ExitCode, PanostageError, to_error
 from agent.handoff_log import HandoffLog
 from agent.timing import StepTimer
 from agent.stick import checks
@@ -138,7 +139,8 @@ class Stager:
                 self._clear_stale_device(name, context)
             for attempt in range(self.options.restarts + 1):
                 self.checkpoint("provisioning", name=name, started=self.clock.now())
-                with timer.step("provision"):
+                # SIGTERM waits for the answer: the undo must know the device to delete it
+                with timer.step("provision"), interrupts.held():
                     provisioned = provision_device(self.backend, request, clock=self.clock, on_event=self._provision_event(context))
                 context["device"] = {"name": name, "id": provisioned.device_id, "arn": provisioned.arn,
                                      "iot_thing_name": provisioned.iot_thing_name}
@@ -177,6 +179,7 @@ class Stager:
         with timer.step("check_space"):
             checks.check_space(target, len(data))
         self.checkpoint("writing", device_id=provisioned.device_id, sha256=digest, file=plan.target_name)
+        context["writing"] = (plan.target_name, digest)
         with timer.step("write"):
             for entry in plan.remove_before:
                 target.remove(entry)
@@ -349,26 +352,35 @@ class Stager:
 
         return on_event
 
+    @staticmethod
+    def _ours_in_place(target: Any, name: str, digest: str) -> bool:
+        """Did a write that failed put our archive in place all the same (it failed after the rename)?"""
+        try:
+            return hashlib.sha256(target.read(name, bypass_cache=False)).hexdigest() == digest
+        except Exception:  # noqa: BLE001 - unreadable or absent: nothing of ours to take back
+            return False
+
     def _fail(self, exc: BaseException, provisioned: Provisioned | None, target: Any, context: dict[str, Any],
               timer: StepTimer) -> None:
         """Undo what can be undone, and record the failure."""
-        if context.get("written"):
+        if context.get("written") or (context.get("writing") and self._ours_in_place(target, *context["writing"])):
+            name = context.get("written") or context["writing"][0]
             try:
-                target.wipe(context["written"])
+                target.wipe(name)
             except Exception as cleanup_exc:  # noqa: BLE001 - report both
-                self.on_event("cleanup-failed", what=context["written"], error=str(cleanup_exc))
+                self.on_event("cleanup-failed", what=name, error=str(cleanup_exc))
         if provisioned is not None:
             try:
                 self._delete(provisioned.device_id, context["device"]["name"], "hand-off failed", context)
             except Exception as cleanup_exc:  # noqa: BLE001
                 self.on_event("cleanup-failed", what=provisioned.device_id, error=str(cleanup_exc))
-        error = exc if isinstance(exc, PanostageError) else None
+        error = to_error(exc) if isinstance(exc, Exception) else None  # the message the user saw, not a class name
         self.checkpoint("failed", error=str(exc))
         if timer.current == "validate":
             return  # nothing was attempted: bad input is the caller's to report
         self.log.append(
             "handoff", time=self.clock.now(), outcome="failed", station=self.station, operator=self.operator,
-            device=context["device"], stick=context["stick"], failed_step=timer.current,
+            device=context["device"], stick=context["stick"], failed_step=timer.current or timer.last,
             error={"reason": error.reason if error else type(exc).__name__, "message": (error.message if error else str(exc))[:500]},
             durations_ms=dict(timer.durations_ms),
         )

@@ -29,7 +29,7 @@ from agent.stick.fatfs import (FAT_PARTITION_TYPES, DirEntry, FatCorrupt, FatRea
                                identify, mbr_partitions, parse_boot_sector, runs, split_rel)
 from agent.stick.journal import Snapshot
 from agent.stick.model import Entry, FsInfo, WriteReport, stale_temp_of, temp_name
-from agent.stick.mtools import Mtools, Wrap, dos_path, memory_file
+from agent.stick.mtools import Mtools, Wrap, dos_path, errno_in, memory_file
 from agent.stick.steps import Stopwatch
 
 HEAD_BYTES = 72 * 1024
@@ -290,13 +290,19 @@ class FatTarget:
                                        detail=f"mcopy left {written.size if written else 'no'} bytes, not {len(data)}")
 
             def rename() -> None:
-                self.mtools.run("mren", "-D", "o", dos_path(tmp), dos_path(name), step="rename", what=what)
+                done = self.mtools.run("mren", "-D", "o", dos_path(tmp), dos_path(name), step="rename", what=what)
                 self.reader.forget()
+                # mren (4.0.x) exits 0 when its directory write fails (buffer_flush): check it took
+                renamed = self.reader.lookup(name)
+                if self.reader.lookup(tmp) is not None or renamed is None or renamed.size != len(data):
+                    said = " ".join(done.stderr.split())
+                    raise StickIOError("rename", what, errno=errno_in(said) or errno.EIO,
+                                       detail=f"mren exited 0 but {name} is not in place: {said or 'no message'}")
 
             self._journaled(sw, snap, what, [("copy", copy), ("fsync", lambda: os.fsync(self.fd)),
                                              ("rename", rename), ("fsync_rename", lambda: os.fsync(self.fd))])
         finally:
-            os.close(source)
+            _close_memory(source)
         if old_clusters:
             with sw.step("scrub_old"):
                 scrubbed += self._zero_free(old_clusters)
@@ -367,7 +373,7 @@ class FatTarget:
 
             self._journaled(sw, snap, what, [("mkdir", mkdirs), ("copy", copy), ("fsync", lambda: os.fsync(self.fd))])
         finally:
-            os.close(source)
+            _close_memory(source)
 
     def remove(self, rel: str, *, missing_ok: bool = False) -> None:
         """Delete a file (read-only too) or an empty directory."""
@@ -389,6 +395,8 @@ class FatTarget:
                 self.mtools.run("mattrib", "-r", path, step="remove", what=what)
             self.mtools.run("mrd" if entry.is_dir else "mdel", path, step="remove", what=what)
             self.reader.forget()
+            if self.reader.lookup(rel) is not None:  # mtools can exit 0 when its write failed
+                raise StickIOError("remove", what, errno=errno.EIO, detail=f"{rel} is still there after mdel/mrd")
 
         self._journaled(sw, snap, what, [("remove", delete), ("fsync", lambda: os.fsync(self.fd))])
 
@@ -484,6 +492,15 @@ class FatTarget:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _close_memory(fd: int) -> None:
+    """Close the memfd holding the bytes: nothing can be lost there, so a failing close is no failure
+    (raised after a successful rename, it would hide that the archive is in place)."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _open_held(path: Path, block: bool, st: os.stat_result) -> tuple[int, bool]:

@@ -62,6 +62,11 @@ _ERRNO_TEXT = [
 Wrap = Callable[[str, list[str]], list[str]]
 
 
+def errno_in(text: str) -> int | None:
+    """The errno an mtools message names (``Disk full``, ``Input/output error`` ...), if any."""
+    return next((num for needle, num in _ERRNO_TEXT if needle.lower() in text.lower()), None)
+
+
 def missing_tools() -> list[str]:
     """The mtools programs that are not on PATH."""
     return [tool for tool in TOOLS if shutil.which(tool) is None]
@@ -124,7 +129,7 @@ class Mtools:
         stderr = proc.stderr.decode("utf-8", "replace")
         if proc.returncode != 0:
             text = " ".join(line.strip() for line in stderr.splitlines() if not _NOISE.match(line.strip()))
-            code = next((num for needle, num in _ERRNO_TEXT if needle.lower() in text.lower()), None)
+            code = errno_in(text)
             raise StickIOError(step, what, errno=code, detail=f"{tool} exited {proc.returncode}: {text or 'no message'}",
                                details={"tool": tool, "stderr": text[-500:]})
         return MtoolsResult(proc.returncode, proc.stdout, stderr)

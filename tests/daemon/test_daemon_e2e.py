@@ -1,4 +1,4 @@
-"""The daemon end to end (root): a real systemd-udevd, loop devices carrying FAT images, the real
+"""The daemon end to end (root) — crash, pull and SIGTERM cases live in tests/faults/test_daemon_faults.py: a real systemd-udevd, loop devices carrying FAT images, the real
 `panostage watch` process with its embedded authority, sd_notify over a real socket.
 
 Only sticks whose FS UUID this test enrolled are admitted, so loop devices of other tests
@@ -214,64 +214,6 @@ def test_a_stick_that_is_not_enrolled_is_refused(rig, udevd):  # noqa: F811
         assert "not enrolled" in stick["note"]
     assert archives_on(image) == []
     assert rig.cli("plan", "list")[0]["status"] == "pending"
-
-
-@pytest.mark.parametrize("at", ["provisioning", "provisioned", "writing", "written", "verified"])
-def test_kill_9_at_each_persisted_state_then_restart(rig, udevd, at):  # noqa: F811
-    rig.cli("plan", "add", "--name", f"e2e-kill-{at}")
-    image = rig.image(f"kill-{at}")
-    rig.start(PANOSTAGE_DEBUG_HOLD_AT=at)
-    with loop_device(image) as dev:
-        wait_until(lambda: (rig.state / f"held-at-{at}").exists(), timeout=60, what=f"the daemon to hold at {at}")
-        assert rig.stop(signal.SIGKILL) == -signal.SIGKILL
-        rig.start()  # recovery, then coldplug finds the same stick and stages the entry again
-        stick = rig.wait_stick(dev, ("ready",))
-    assert stick["device"] == f"e2e-kill-{at}"
-    [recovery] = rig.log_records("recovery")
-    assert recovery["interrupted_state"] == at
-    live = rig.live_devices()
-    assert [d["Name"] for d in live] == [f"e2e-kill-{at}"]  # the interrupted device is gone; only the new one lives
-    if at != "provisioning":
-        assert live[0]["DeviceId"] not in recovery["devices_deleted"] and len(recovery["devices_deleted"]) == 1
-    assert archives_on(image) == [f"certificates-omni_e2e-kill-{at}.zip"]
-    report = verify_image(rig, image, f"e2e-kill-{at}")
-    assert report["outcome"] == "ok"
-    assert report["archives"][0]["manifest"]["device_id"] == live[0]["DeviceId"]
-    fsck(image)
-    assert rig.cli("log", "verify")["ok"]
-
-
-def test_stick_removed_mid_way_fails_cleanly_and_requeues(rig, udevd):  # noqa: F811
-    rig.cli("plan", "add", "--name", "e2e-pulled")
-    image = rig.image("pulled")
-    rig.start(PANOSTAGE_DEBUG_HOLD_AT="provisioned")
-    with loop_device(image) as dev:
-        wait_until(lambda: (rig.state / "held-at-provisioned").exists(), timeout=60, what="the hold")
-        udevd.trigger(dev, "remove")  # udev announces the stick gone
-        wait_until(lambda: dev not in rig.sticks(), timeout=30, what="the stick to be forgotten")
-        assert rig.live_devices() == []  # the half-made hand-off's device was deleted again
-        assert rig.cli("plan", "list")[0]["status"] == "pending"
-        [failed] = [r for r in rig.log_records("handoff") if r["outcome"] == "failed"]
-        assert "abandoned" in failed["error"]["reason"]
-        udevd.trigger(dev, "add")  # plugged in again
-        rig.wait_stick(dev, ("ready",))
-    assert [d["Name"] for d in rig.live_devices()] == ["e2e-pulled"]
-    assert archives_on(image) == ["certificates-omni_e2e-pulled.zip"]
-    fsck(image)
-
-
-def test_sigterm_during_a_write_exits_cleanly(rig, udevd):  # noqa: F811
-    rig.cli("plan", "add", "--name", "e2e-term")
-    image = rig.image("term")
-    rig.start(PANOSTAGE_DEBUG_HOLD_AT="writing")
-    with loop_device(image):
-        wait_until(lambda: (rig.state / "held-at-writing").exists(), timeout=60, what="the hold")
-        assert rig.stop(signal.SIGTERM) == 0
-    assert archives_on(image) == []  # nothing half-written, no temporary file
-    fsck(image)
-    assert rig.live_devices() == []
-    assert rig.cli("plan", "list")[0]["status"] == "pending"
-    assert rig.cli("log", "verify")["ok"]
 
 
 def test_watchdog_is_pinged_from_the_loop(rig, udevd):  # noqa: F811
