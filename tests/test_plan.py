@@ -7,6 +7,7 @@ imported not at all; the atomic claim under contention from several processes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -406,6 +407,43 @@ def test_every_entry_claimed_exactly_once_by_eight_processes(pl):
     assert sorted(claimed) == sorted(ids) and len(claimed) == 50
     entries = pl.ok("plan", "list", "--status", "claimed")
     assert len(entries) == 50 and all(entry["attempts"] == 1 for entry in entries)
+
+
+def test_every_entry_claimed_exactly_once_by_eight_threads(tmp_path):
+    """The daemon's shape: one process, a worker thread per stick, writers queued on one lock."""
+    import threading
+
+    db = StateDB(tmp_path / "state")
+    db.add_entries([(f"cam-{i:02d}", {"Name": f"cam-{i:02d}"}, {}) for i in range(80)])
+    claimed: list[list[int]] = [[] for _ in range(8)]
+
+    def claim(n: int) -> None:
+        mine = StateDB(tmp_path / "state")  # its own object, as each worker has: the lock is per file
+        while (entry := mine.claim_next(f"handoff-{n}")) is not None:
+            claimed[n].append(entry["id"])
+        mine.close()
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    every = [i for got in claimed for i in got]
+    assert sorted(every) == sorted(entry["id"] for entry in db.plan()) and len(every) == 80
+    assert sum(1 for got in claimed if got) > 1, "the claims were not spread over the threads"
+
+
+def test_the_database_is_private_whatever_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        db = StateDB(tmp_path / "state")
+        db.add_entries([("cam-01", {"Name": "cam-01"}, {})])
+        files = sorted((tmp_path / "state").iterdir())
+        assert {f.name for f in files} >= {"panostage.sqlite3", "panostage.sqlite3-wal", "panostage.sqlite3-shm"}
+        assert all(f.stat().st_mode & 0o077 == 0 for f in files), [(f.name, oct(f.stat().st_mode)) for f in files]
+    finally:
+        os.umask(old)
+        db.close()
 
 
 def test_list_shows_action_progress_and_retry_reruns_the_failed_action(pl):

@@ -18,29 +18,31 @@ from agent.errors import ExitCode, PanostageError, to_error
 from agent.interrupts import Terminated  # SIGTERM as an exception (held while ProvisionDevice answers)
 from agent.interrupts import on_sigterm as _on_sigterm
 
-#: subcommand name -> "module:attribute"; imported only when used (keeps start-up fast).
-SUBCOMMANDS = {
-    "authority": "agent.cli.authority_cmd:authority",
-    "config": "agent.cli.config_cmd:config",
-    "device": "agent.cli.device_cmd:device",
-    "job": "agent.cli.job_cmd:job",
-    "log": "agent.cli.log_cmd:log_group",
-    "package": "agent.cli.package_cmd:package",
-    "plan": "agent.cli.plan_cmd:plan",
-    "sim": "agent.cli.sim_cmd:sim",
-    "snow": "agent.cli.snow_cmd:snow",
-    "stage": "agent.cli.stage_cmd:stage",
-    "status": "agent.cli.daemon_cmd:status",
-    "stick": "agent.cli.stick_cmd:stick",
-    "verify": "agent.cli.verify_cmd:verify",
-    "watch": "agent.cli.daemon_cmd:watch",
+#: subcommand name -> ("module:attribute", one-line summary). Modules are imported only when the
+#: command runs; the summaries let `panostage --help` list them without importing any (fast start-up).
+#: tests/test_startup.py keeps each summary equal to its command's own short help.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "authority": ("agent.cli.authority_cmd:authority", "Run the local provisioning authority, or steer a running one."),
+    "config": ("agent.cli.config_cmd:config", "Inspect the effective configuration."),
+    "device": ("agent.cli.device_cmd:device", "Provision, list, describe and delete devices."),
+    "job": ("agent.cli.job_cmd:job", "Run OTA updates and reboots on provisioned devices."),
+    "log": ("agent.cli.log_cmd:log_group", "The hand-off log (hash-chained JSON Lines in the state directory)."),
+    "package": ("agent.cli.package_cmd:package", "Import node packages from S3."),
+    "plan": ("agent.cli.plan_cmd:plan", "The plan: devices to provision, one per stick, in order."),
+    "sim": ("agent.cli.sim_cmd:sim", "Simulators for tests and demonstrations."),
+    "snow": ("agent.cli.snow_cmd:snow", "Reboot or unlock managed Snow devices (CreateTask) and follow the tasks."),
+    "stage": ("agent.cli.stage_cmd:stage", "Provision a device and write its archive to the stick's root as certificates-omni_<name>.zip."),
+    "status": ("agent.cli.daemon_cmd:status", "Plan counts, each stick in view with its state and time left, and the last errors."),
+    "stick": ("agent.cli.stick_cmd:stick", "Work with provisioning sticks."),
+    "verify": ("agent.cli.verify_cmd:verify", "Verify an archive file, a stick directory, a FAT image or a block device."),
+    "watch": ("agent.cli.daemon_cmd:watch", "Watch udev for provisioning sticks and stage the plan onto them (the daemon)."),
 }
 
 
 class LazyGroup(click.Group):
     """A group whose subcommands live in modules imported on first use."""
 
-    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lazy = lazy or {}
 
@@ -49,9 +51,20 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.lazy:
-            module, attr = self.lazy[name].split(":")
+            module, attr = self.lazy[name][0].split(":")
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the commands from the registry's summaries, importing none of them."""
+        summaries = {name: summary for name, (_, summary) in self.lazy.items()}
+        summaries.update({name: cmd.get_short_help_str(1000) for name, cmd in self.commands.items()})
+        if not summaries:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in summaries)
+        rows = [(name, click.utils.make_default_short_help(summaries[name], limit)) for name in sorted(summaries)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, lazy=SUBCOMMANDS, context_settings={"help_option_names": ["-h", "--help"]})

@@ -131,11 +131,11 @@ def _admin(app: App, credentials_file: str | None) -> "AdminClient":
             return AdminClient(endpoint, data["access_key_id"], data["secret_access_key"], region=region)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"--credentials-file {credentials_file}: not a readable credentials file ({exc})") from None
-    import boto3
-
     from agent.aws.model import new_botocore_session
 
-    session = boto3.Session(botocore_session=new_botocore_session(), profile_name=app.settings.backend.profile or None)
+    session = new_botocore_session()
+    if app.settings.backend.profile:
+        session.set_config_variable("profile", app.settings.backend.profile)
     creds = session.get_credentials()
     if creds is None:
         raise PanostageError(
