@@ -25,15 +25,6 @@ from agent.clock import iso
 from agent.errors import ExitCode, PanostageError
 
 DB_NAME = "panostage.sqlite3"
-
-#: One writer lock per database file in this process (see the module docstring).
-_WRITERS: dict[Path, threading.RLock] = {}
-_WRITERS_GUARD = threading.Lock()
-
-
-def _writer_lock(path: Path) -> threading.RLock:
-    with _WRITERS_GUARD:
-        return _WRITERS.setdefault(path.resolve(), threading.RLock())
 SCHEMA_VERSION = 1
 
 #: Plan entry statuses.  pending → claimed → staged → provisioned → done;
@@ -103,6 +94,16 @@ CREATE TABLE IF NOT EXISTS daemon (
 class StateError(PanostageError):
     exit_code = ExitCode.CONFLICT
     reason = "state"
+
+
+#: One writer lock per database file in this process (see the module docstring).
+_WRITERS: dict[Path, threading.RLock] = {}
+_WRITERS_GUARD = threading.Lock()
+
+
+def _writer_lock(path: Path) -> threading.RLock:
+    with _WRITERS_GUARD:
+        return _WRITERS.setdefault(path.resolve(), threading.RLock())
 
 
 def _now() -> str:

@@ -235,6 +235,8 @@ def udevd_running() -> Iterator[None]:
         return
     binary = next(p for p in ("/lib/systemd/systemd-udevd", "/usr/lib/systemd/systemd-udevd") if Path(p).exists())
     before = set(subprocess.run(["pidof", "systemd-udevd"], capture_output=True, text=True).stdout.split())
+    for stale in ("/run/udev/watch", "/run/udev/watch.old"):  # an earlier udevd's watches (see tests/udev_kit.py)
+        shutil.rmtree(stale, ignore_errors=True)
     subprocess.run([binary, "--daemon"], check=True, capture_output=True)
     subprocess.run(["udevadm", "control", "--ping", "--timeout=10"], check=True, capture_output=True)
     started = set(subprocess.run(["pidof", "systemd-udevd"], capture_output=True, text=True).stdout.split()) - before
@@ -304,6 +306,26 @@ class DaemonRig:
             time.sleep(0.005)
         state.close()
 
+    def one_at_a_time(self, images: list[Path]) -> list[float]:
+        """ms from attach to ready for each image but the first (which pays for client creation,
+        not what a day of sticks pays), each detached before the next."""
+        took = []
+        for image in images:
+            start = time.perf_counter()
+            dev = self.attach(image)
+            took.append((self.ready_at({dev})[dev] - start) * 1000)
+            self.detach(dev)
+        return took[1:]
+
+    def all_at_once(self, images: list[Path]) -> float:
+        """ms from attaching the first image to every one of them ready; then detached."""
+        start = time.perf_counter()
+        devs = {self.attach(image) for image in images}
+        took = (max(self.ready_at(devs).values()) - start) * 1000
+        for dev in devs:
+            self.detach(dev)
+        return took
+
     def ready_at(self, devs: set[str], timeout: float = 120) -> dict[str, float]:
         """Wall time at which each stick is seen ready (polling the state database)."""
         from agent.state import StateDB
@@ -337,21 +359,9 @@ def bench_daemon(runs: int, idle_seconds: float) -> list[dict[str, Any]]:
         fresh = [rig.image(f"e{n}") for n in range(8)]
         pid = rig.start()
         try:
-            single: list[float] = []
-            warm = rig.attach(images[-1])  # the first stick pays for client creation; not what a day of sticks pays
-            rig.ready_at({warm})
-            rig.detach(warm)
-            for n in range(runs - 1):
-                start = time.perf_counter()
-                dev = rig.attach(images[n])
-                single.append((rig.ready_at({dev})[dev] - start) * 1000)
-                rig.detach(dev)
+            single = rig.one_at_a_time(images)
             steps = _step_medians(rig)
-            start = time.perf_counter()
-            devs = {rig.attach(image) for image in fresh}
-            eight = (max(rig.ready_at(devs).values()) - start) * 1000
-            for dev in devs:
-                rig.detach(dev)
+            eight = rig.all_at_once(fresh)
             for entry in rig.cli("plan", "list"):  # nothing left to follow up: the daemon is idle, but warm
                 rig.cli("plan", "remove", str(entry["id"]))
             idle = _idle_footprint(pid, idle_seconds)
@@ -399,19 +409,8 @@ def _eight_behind_network(tmp: Path, runs: int, latency_ms: int) -> dict[str, An
         fresh = [rig.image(f"m{n}") for n in range(8)]
         rig.start()
         try:
-            single: list[float] = []
-            for n, image in enumerate(images):
-                start = time.perf_counter()
-                dev = rig.attach(image)
-                took = (rig.ready_at({dev})[dev] - start) * 1000
-                if n:  # the first stick pays for client creation
-                    single.append(took)
-                rig.detach(dev)
-            start = time.perf_counter()
-            devs = {rig.attach(image) for image in fresh}
-            eight = (max(rig.ready_at(devs).values()) - start) * 1000
-            for dev in devs:
-                rig.detach(dev)
+            single = rig.one_at_a_time(images)
+            eight = rig.all_at_once(fresh)
         finally:
             rig.stop()
     return {"latency_ms": latency_ms, "single": summary(single), "eight_ms": round(eight, 1)}

@@ -50,3 +50,35 @@ def wait_until(condition: Callable[[], Any], *, timeout: float = 10.0, interval:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+class Notifications:
+    """A NOTIFY_SOCKET the daemon talks to, as systemd would listen on it (``mode``: for a
+    daemon running as another user)."""
+
+    def __init__(self, path: Path, *, mode: int | None = None) -> None:
+        import socket
+        import threading
+
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        if mode is not None:
+            os.chmod(path, mode)
+        self.messages: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            self.messages.extend(data.decode().splitlines())
+
+    def seen(self, prefix: str) -> list[str]:
+        return [m for m in list(self.messages) if m.startswith(prefix)]
+
+    def close(self) -> None:
+        self.sock.close()

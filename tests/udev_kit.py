@@ -103,6 +103,10 @@ def _start_udevd(log: Path) -> tuple[int, str]:
     binary = next((p for p in UDEVD_CANDIDATES if os.access(p, os.X_OK)), None) or shutil.which("systemd-udevd")
     if binary is None:
         pytest.skip("systemd-udevd is not installed (apt-get install udev)")
+    # Only called when no udevd answers: inotify watches recorded by an earlier udevd are stale, and a
+    # new one restoring them mis-maps watch descriptors (a closed writer then makes no change event).
+    for stale in ("/run/udev/watch", "/run/udev/watch.old"):
+        shutil.rmtree(stale, ignore_errors=True)
     with open(log, "ab") as out:
         # foreground, own session: we know its pid without searching for it by name
         proc = subprocess.Popen([binary], stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
@@ -124,7 +128,7 @@ def _stop_udevd(pid: int, start_time: str, timeout: float = 20) -> None:
     if _proc_start_time(pid) != start_time:
         return  # gone already (or the pid now belongs to someone else: leave it alone)
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
+    killed, deadline = False, time.monotonic() + timeout
     while _proc_start_time(pid) == start_time:
         try:  # reap it if it is our child
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
@@ -132,9 +136,11 @@ def _stop_udevd(pid: int, start_time: str, timeout: float = 20) -> None:
         except ChildProcessError:
             pass
         if time.monotonic() > deadline:
+            if killed:
+                raise AssertionError(f"systemd-udevd {pid} still there {timeout:g}s after SIGKILL")
             os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + timeout
-        time.sleep(0.02)
+            killed, deadline = True, time.monotonic() + timeout
+        time.sleep(0.02)  # polling the process table, with a deadline
 
 
 @pytest.fixture(scope="session")

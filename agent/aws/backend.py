@@ -71,27 +71,18 @@ class Backend:
             self.stop_embedded = None
 
 
-def open_backend(settings: Settings, *, say: Callable[[str], None] | None = None) -> Backend:
+def open_backend(settings: Settings) -> Backend:
     """Open the configured backend (starting the embedded authority for ``local``)."""
     cfg = settings.backend
-    if cfg.endpoint_url:
-        return Backend("endpoint", cfg.region, cfg.endpoint_url, _session(cfg.region, cfg.profile), settings)
-    if cfg.name == "aws":
-        return Backend("aws", cfg.region, None, _session(cfg.region, cfg.profile), settings)
+    if cfg.endpoint_url or cfg.name == "aws":
+        session = new_botocore_session(region=cfg.region, profile=cfg.profile)
+        return Backend("endpoint" if cfg.endpoint_url else "aws", cfg.region, cfg.endpoint_url or None, session, settings)
 
     from agent import paths
     from agent.authority.embedded import start_embedded
 
     embedded = start_embedded(settings.authority, paths.state_dir(settings) / "authority", region=cfg.region)
-    session = _session(cfg.region, None)
+    session = new_botocore_session(region=cfg.region)
     session.set_credentials(embedded.access_key_id, embedded.secret_access_key)
     return Backend("local", cfg.region, embedded.endpoint_url, session, settings, stop_embedded=embedded.stop)
 
-
-def _session(region: str, profile: str | None) -> "botocore.session.Session":
-    """A session with our models first on the data path, for ``region`` (and ``profile``)."""
-    session = new_botocore_session()
-    if profile:
-        session.set_config_variable("profile", profile)
-    session.set_config_variable("region", region)
-    return session

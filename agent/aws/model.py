@@ -26,8 +26,9 @@ def data_path_value(existing: str | None) -> str:
     return os.pathsep.join(parts)
 
 
-def new_botocore_session() -> "botocore.session.Session":
-    """A botocore session whose loader finds the project's Panorama model first.
+def new_botocore_session(*, region: str | None = None, profile: str | None = None) -> "botocore.session.Session":
+    """A botocore session whose loader finds the project's Panorama model first (for
+    ``region`` and the credentials of ``profile`` when given).
 
     Every session of the process shares one loader, so each model file is parsed and
     held once (validation, clients and the embedded authority all read the same ones).
@@ -38,6 +39,10 @@ def new_botocore_session() -> "botocore.session.Session":
     data_path = data_path_value(session.get_config_variable("data_path"))
     session.set_config_variable("data_path", data_path)
     session.register_component("data_loader", _shared_loader(data_path))
+    if profile:
+        session.set_config_variable("profile", profile)
+    if region:
+        session.set_config_variable("region", region)
     return session
 
 

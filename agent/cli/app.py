@@ -35,7 +35,7 @@ class App:
         if self._backend is None:
             from agent.aws.backend import open_backend
 
-            self._backend = open_backend(self.settings, say=self.out.say)
+            self._backend = open_backend(self.settings)
             click.get_current_context().call_on_close(self._backend.close)
         return self._backend
 

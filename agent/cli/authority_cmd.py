@@ -133,10 +133,7 @@ def _admin(app: App, credentials_file: str | None) -> "AdminClient":
             raise UsageError(f"--credentials-file {credentials_file}: not a readable credentials file ({exc})") from None
     from agent.aws.model import new_botocore_session
 
-    session = new_botocore_session()
-    if app.settings.backend.profile:
-        session.set_config_variable("profile", app.settings.backend.profile)
-    creds = session.get_credentials()
+    creds = new_botocore_session(profile=app.settings.backend.profile).get_credentials()
     if creds is None:
         raise PanostageError(
             "no credentials for the authority's admin API",

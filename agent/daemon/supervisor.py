@@ -69,7 +69,7 @@ class Daemon:
         self.state = StateDB(self.state_dir)
         self.state.clear_sticks()
         self.state.set_fact("daemon", {"pid": os.getpid(), "started": self.clock.now().isoformat(), "running": True})
-        self.backend = open_backend(self.settings, say=log.info)
+        self.backend = open_backend(self.settings)
         log_ = handoff_log(self.settings)
         station, operator = socket.gethostname(), operator_name(self.settings)
         self.ctx = Context(

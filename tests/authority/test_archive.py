@@ -34,9 +34,11 @@ def find_certificates(files: dict[str, bytes]) -> list[x509.Certificate]:
 
 def find_key(files: dict[str, bytes]) -> ec.EllipticCurvePrivateKey:
     (data,) = [d for d in files.values() if b"PRIVATE KEY-----" in d]
-    assert b"-----BEGIN PRIVATE KEY-----" in data  # PKCS8, unencrypted
     key = serialization.load_pem_private_key(data, password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+    pkcs8 = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+    assert pkcs8.strip() in data  # PKCS8, unencrypted (not the traditional "EC" form)
     return key
 
 

@@ -27,7 +27,6 @@ something the daemon never uses), and the cgroup-BPF IP filter.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shlex

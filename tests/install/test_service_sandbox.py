@@ -18,16 +18,14 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import threading
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.fat_kit import fsck, loop_device, make_image, mtools
-from tests.helpers import run_cli, wait_until
+from tests.helpers import Notifications, run_cli, wait_until
 from tests.install.conftest import PREFIX, Installed, needs_root
 from tests.install.sandbox import DEVICES_CGROUP, Sandbox
 
@@ -48,32 +46,6 @@ def _usable() -> str | None:
     except OSError:
         return "libseccomp2 is not installed"
     return None
-
-
-class Notifications:
-    """NOTIFY_SOCKET as systemd holds it: every datagram's lines, in order."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        os.chmod(path, 0o666)  # the service user sends to it
-        self.messages: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            self.messages.extend(data.decode().splitlines())
-
-    def seen(self, prefix: str) -> list[str]:
-        return [m for m in list(self.messages) if m.startswith(prefix)]
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -212,7 +184,7 @@ def test_the_installed_daemon_stages_a_stick_under_the_units_confinement(
     before = set(state.rglob("*"))
 
     box = make_sandbox(installed, panostage_account, state, logs, LAB_DEVICES)
-    notify = Notifications(run / "notify.sock")
+    notify = Notifications(run / "notify.sock", mode=0o666)  # the service user sends to it
     log_path = tmp_path / "daemon.log"
     proc = None
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.install.conftest import PREFIX, Installed, run_install
+from tests.install.sandbox import unit_settings
 
 UNITS = ("panostage.service", "panostage-authority.service")
 UNITDIR = "/usr/local/lib/systemd/system"
@@ -75,15 +76,6 @@ def test_security_exposure(installed: Installed, unit: str) -> None:
     print(f"\n{unit}: overall exposure {score}")
     print("\n".join(line for line in report.splitlines() if line.startswith("✗")))
     assert score <= MAX_EXPOSURE, report
-
-
-def unit_settings(path: Path) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in path.read_text().splitlines():
-        if "=" in line and not line.startswith(("#", "[")):
-            key, value = line.split("=", 1)
-            out.setdefault(key.strip(), []).append(value.strip())
-    return out
 
 
 def test_the_daemon_unit_keeps_what_the_design_needs() -> None:

@@ -6,6 +6,8 @@ systemd-udevd (root).
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import secrets
@@ -120,10 +122,13 @@ def test_enroll_by_device_warns_when_the_policy_would_still_ignore_it(cli: Cli, 
 # ------------------------------------------------------------------ prepare (root, udevd, loop devices)
 @pytest.fixture
 def blank_loop(udevd, tmp_path: Path):
+    @contextlib.contextmanager
     def attach(size: str = "64M"):
         image = tmp_path / f"blank-{size}.img"
         run("truncate", "-s", size, str(image))
-        return loop_device(image)
+        with loop_device(image) as dev:
+            udevd.settle()  # udevd has handled the add event, so its inotify watch on the node is set
+            yield dev
 
     return attach
 
@@ -201,7 +206,8 @@ def test_prepare_small_device_gets_fat16_and_a_label_matching_the_policy(cli: Cl
         assert made["fat_bits"] == 16 and made["label"] == "PANOLAB"
         assert any("FAT16" in w for w in made["warnings"])
         fsck(dev)
-        assert cli.json("prepare", dev, "--force", "--label", "much too long a label", expect=ExitCode.VALIDATION)
+        refused = cli.json("prepare", dev, "--force", "--label", "much too long a label", expect=ExitCode.VALIDATION)
+        assert refused["reason"] == "stick-label"
 
 
 @needs_root
