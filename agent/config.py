@@ -9,12 +9,16 @@ Every value remembers where it came from, for ``panostage config show``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
+import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
 
@@ -24,14 +28,96 @@ RESERVED_ENV = {"PANOSTAGE_CONFIG", "PANOSTAGE_SYSTEM_CONFIG", "PANOSTAGE_DEBUG"
 
 
 def _opt(default: Any, doc: str, **rules: Any) -> Any:
-    """A configuration key: its default, a one-line doc, and rules (choices, min, max)."""
+    """A configuration key: its default, a one-line doc, and rules (choices, min, max, check).
+
+    ``check`` is a function of the value returning the rule it breaks, or None.
+    """
     return field(default=default, metadata={"doc": doc, **rules})
+
+
+#: Markers of PEM key material: never a configuration value that ends up in the hand-off log.
+KEY_MARKERS = ("PRIVATE KEY", "-----BEGIN")
+OPERATOR_MAX = 128
+_HOST_LABELS = re.compile(r"^((?!-)[a-z\d-]{1,63}(?<!-)\.)*((?!-)[a-z\d-]{1,63}(?<!-))\.?$", re.IGNORECASE)
+URL_RULE = "must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8750"
+
+
+def _looks_like_key(value: str) -> bool:
+    return any(marker in value for marker in KEY_MARKERS)
+
+
+def _control_chars(value: str) -> list[str]:
+    """Control, format and line/paragraph separator characters in ``value`` (as U+XXXX)."""
+    return sorted({f"U+{ord(c):04X}" for c in value if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")})
+
+
+def endpoint_url_problem(value: str) -> str | None:
+    """The rule an endpoint URL breaks (None when it is empty or a usable http(s) URL)."""
+    if not value:
+        return None
+    if _control_chars(value) or any(c.isspace() for c in value):
+        return URL_RULE + " (no spaces or control characters)"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        return f"{URL_RULE} ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return URL_RULE + (f" (scheme {parts.scheme!r} is not http or https)" if parts.scheme else " (no scheme)")
+    host = parts.hostname or ""
+    if not host:
+        return URL_RULE + " (no host)"
+    if parts.netloc.rsplit("@", 1)[-1].startswith("["):
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return URL_RULE + f" ({host!r} is not an IPv6 address)"
+    elif len(host) > 253 or not _HOST_LABELS.match(host):
+        return URL_RULE + f" ({host!r} is not a host name or address)"
+    return None
+
+
+def operator_problem(value: str) -> str | None:
+    """The rule an operator name breaks (None when it is fine; empty means: use $USER)."""
+    if _looks_like_key(value):
+        return "must be a person's or an account's name, not key material (it holds '-----BEGIN' or 'PRIVATE KEY')"
+    if len(value) > OPERATOR_MAX:
+        return f"must be at most {OPERATOR_MAX} characters (it has {len(value)})"
+    bad = _control_chars(value)
+    if bad:
+        return f"must not contain control characters (it holds {', '.join(bad[:5])})"
+    return None
+
+
+def check_operator(value: str, source: str) -> str:
+    """``value`` if it is a fine operator name for the hand-off log, else a :class:`ConfigError`.
+
+    ``source`` names where the value came from (``"environment USER"``, ``"login name"``) for the
+    message; the same rules hold for ``stage.operator`` and for the fallback to the login name.
+    """
+    problem = operator_problem(value)
+    if problem:
+        raise ConfigError(
+            f"{source}: the operator name {_shown(value)} {problem}",
+            hint="set stage.operator (PANOSTAGE_STAGE_OPERATOR) to the name to record in the hand-off log",
+            details={"source": source, "key": "stage.operator", "value": _shown(value), "rule": problem},
+        )
+    return value
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` fit for a message: shortened, and never echoing key material."""
+    if isinstance(value, str) and _looks_like_key(value):
+        return f"<{len(value)} characters withheld: they look like key material>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 @dataclass(frozen=True)
 class BackendSettings:
     name: str = _opt("local", "which authority to talk to: local (embedded) or aws", choices=("local", "aws"))
-    endpoint_url: str = _opt("", "an authority that speaks the protocol; overrides name")
+    endpoint_url: str = _opt("", "an authority that speaks the protocol, as an http:// or https:// URL; overrides name",
+                             check=endpoint_url_problem)
     region: str = _opt("us-east-1", "region for signing and for the aws endpoints")
     profile: str = _opt("", "AWS profile for the aws and endpoint backends (empty: default chain)")
     connect_timeout: float = _opt(5.0, "seconds to wait for a connection", min=0.1)
@@ -68,7 +154,8 @@ class StageSettings:
     margin_seconds: float = _opt(60.0, "do not write when less validity than this is left; start over instead", min=0.0)
     skew_seconds: float = _opt(30.0, "tolerated difference between our clock and the certificate's issuer", min=0.0)
     restarts: int = _opt(1, "times to start over when a fresh archive is already inside the margin", min=0, max=5)
-    operator: str = _opt("", "who stages (recorded in the hand-off log; empty: $USER)")
+    operator: str = _opt("", f"who stages (recorded in the hand-off log; empty: $USER); at most {OPERATOR_MAX} "
+                         "characters, no control characters", check=operator_problem)
     allow_non_fat: bool = _opt(False, "accept a directory on a non-FAT filesystem as a stick (lab use)")
 
 
@@ -214,11 +301,14 @@ def _check_rules(fld: dataclasses.Field, value: Any, where: str, key: str) -> No
         problem = f"must be at least {meta['min']}"
     elif "max" in meta and value > meta["max"]:
         problem = f"must be at most {meta['max']}"
+    elif "check" in meta:
+        problem = meta["check"](value)
     if problem:
+        withheld = isinstance(value, str) and _looks_like_key(value)
         raise ConfigError(
-            f"{where}: {key} = {value!r} {problem}",
+            f"{where}: {key} = {_shown(value)} {problem}",
             hint=f"{key}: {meta['doc']}",
-            details={"source": where, "key": key, "value": value, "rule": problem},
+            details={"source": where, "key": key, "value": _shown(value) if withheld else value, "rule": problem},
         )
 
 

@@ -37,3 +37,12 @@ def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (mode 0700) if needed and return it."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory, so the names created, renamed or removed in it are durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -101,6 +101,32 @@ _WRITERS: dict[Path, threading.RLock] = {}
 _WRITERS_GUARD = threading.Lock()
 
 
+class _Connection(sqlite3.Connection):
+    """A connection whose errors name its database file (``exc.database``, for agent.errors.to_error)."""
+
+    def __init__(self, database: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        self.database_path = str(database)
+        try:
+            super().__init__(database, *args, **kwargs)
+        except sqlite3.Error as exc:
+            exc.database = self.database_path  # type: ignore[attr-defined]
+            raise
+
+    def execute(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
+        try:
+            return super().execute(*args, **kwargs)
+        except sqlite3.Error as exc:
+            exc.database = self.database_path  # type: ignore[attr-defined]
+            raise
+
+    def executescript(self, script: str) -> sqlite3.Cursor:
+        try:
+            return super().executescript(script)
+        except sqlite3.Error as exc:
+            exc.database = self.database_path  # type: ignore[attr-defined]
+            raise
+
+
 def _writer_lock(path: Path) -> threading.RLock:
     with _WRITERS_GUARD:
         return _WRITERS.setdefault(path.resolve(), threading.RLock())
@@ -130,10 +156,14 @@ class StateDB:
         self.state_dir = Path(self.state_dir)
         self.path = self.state_dir / DB_NAME
         self._local = threading.local()
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._writer = _writer_lock(self.path)
-        # private whatever the umask: SQLite gives the -wal and -shm files the database's mode
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # private whatever the umask: SQLite gives the -wal and -shm files the database's mode
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            exc.database = str(self.path)  # type: ignore[attr-defined]  # for agent.errors.to_error
+            raise
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StateError(f"{self.path} was written by a newer panostage (schema {version})",
@@ -148,7 +178,8 @@ class StateDB:
     def db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=True)
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=True,
+                                   factory=_Connection)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")

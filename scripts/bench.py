@@ -10,6 +10,9 @@ Rows (select with --only NAME,...):
                  authority and with one in its own process answering    periodic wake-ups
                  100 ms late (a service on the network); the idle
                  daemon's RSS and wake-ups
+  trust          peak RSS of stage onto a stick with a 1 GiB junk archive  goal <= 100 MiB each;
+                 and of verify on a 3 GiB file; the checks before          checks <= 5 ms
+                 ProvisionDevice on the warm path (scripts/bench_trust.py)
   stage          `panostage stage` to a FAT image vs the documented        goal <= 1/5 of the recipe
                  aws-cli recipe (provision-device | base64 -d; mcopy;
                  sync), same authority, same kind of image, interleaved;
@@ -465,11 +468,18 @@ def _idle_footprint(pid: int, seconds: float) -> dict[str, Any]:
             "threads": proc.num_threads(), "window_seconds": seconds}
 
 
+def _trust_rows(runs: int) -> list[dict[str, Any]]:
+    from bench_trust import bench_trust  # a module of its own: the stick-trust rows
+
+    return bench_trust(runs)
+
+
 ROWS: dict[str, Callable[[argparse.Namespace], list[dict[str, Any]]]] = {
     "cold_start": lambda a: bench_cold_start(a.runs),
     "throughput": lambda a: bench_throughput(a.calls, a.threads),
     "stage": lambda a: bench_stage(a.runs),
     "daemon": lambda a: bench_daemon(a.runs, a.idle_seconds),
+    "trust": lambda a: _trust_rows(a.runs),
 }
 
 

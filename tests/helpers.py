@@ -15,10 +15,12 @@ _DROP = ("AWS_", "PANOSTAGE_", "XDG_", "NOTIFY_SOCKET", "INVOCATION_ID", "JOURNA
 
 
 def clean_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A minimal environment: nothing of the caller's AWS or panostage settings."""
+    """A minimal environment: nothing of the caller's AWS or panostage settings, and a state directory of
+    its own under ``home`` (as root the default is the system's /var/lib/panostage: never for a test)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_DROP)}
     env.update({
         "HOME": str(home),
+        "PANOSTAGE_PATHS_STATE_DIR": str(home / "state"),
         "XDG_CONFIG_HOME": str(home / "xdg-config"),
         "PANOSTAGE_SYSTEM_CONFIG": str(home / "no-system-config.toml"),
         "PYTHONDONTWRITEBYTECODE": "1",

@@ -124,3 +124,76 @@ def test_config_error_exit_code_and_message_from_the_cli(tmp_path):
     result = run_cli("--config", str(bad), "config", "show", "--json", env=isolated_env(tmp_path), home=tmp_path)
     error = json.loads(result.stderr)["error"]
     assert error["exit_name"] == "CONFIG" and error["details"]["key"] == "wait.timeout_seconds"
+
+
+PEM_HEADER = "-----BEGIN " + "PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize("value", ["notaurl", "ftp://authority.example", "http://", "https:///path",
+                                   "http://-bad-.example", "http://host:99999", "http://a b.example",
+                                   "http://[nope]:80"])
+def test_endpoint_url_must_be_an_http_url_with_a_host(tmp_path, value):
+    with pytest.raises(ConfigError) as info:
+        config.load(env=isolated_env(tmp_path, PANOSTAGE_BACKEND_ENDPOINT_URL=value))
+    message = info.value.message
+    assert "PANOSTAGE_BACKEND_ENDPOINT_URL" in message and "backend.endpoint_url" in message
+    assert repr(value) in message and "http:// or https:// URL with a host, e.g. http://127.0.0.1:8750" in message
+    assert info.value.exit_code == ExitCode.CONFIG
+
+
+@pytest.mark.parametrize("value", ["", "http://127.0.0.1:8750", "https://panorama.us-east-1.amazonaws.com/",
+                                   "http://[::1]:8750", "HTTP://Authority.Example.:80"])
+def test_endpoint_url_accepts_http_urls(tmp_path, value):
+    loaded = config.load(env=isolated_env(tmp_path, PANOSTAGE_BACKEND_ENDPOINT_URL=value))
+    assert loaded.settings.backend.endpoint_url == value
+
+
+def test_endpoint_url_rule_holds_in_files_and_flags(tmp_path):
+    path = write(tmp_path / "bad.toml", '[backend]\nendpoint_url = "localhost:8750"\n')
+    with pytest.raises(ConfigError, match=r"bad.toml: backend.endpoint_url = 'localhost:8750' must be an http"):
+        config.load(str(path), env=isolated_env(tmp_path))
+    with pytest.raises(ConfigError, match=r"command line: backend.endpoint_url = 'x' must be an http"):
+        config.load(env=isolated_env(tmp_path), flags={"backend.endpoint_url": "x"})
+
+
+@pytest.mark.parametrize(("value", "rule"), [
+    (PEM_HEADER, "not key material"),
+    ("ops\nsecond line", "control characters"),
+    ("x" * 129, "at most 128 characters"),
+    ("alice\x1b[2J", "control characters"),
+    ("alice\u202e", "control characters"),
+])
+def test_operator_rules(tmp_path, value, rule):
+    with pytest.raises(ConfigError) as info:
+        config.load(env=isolated_env(tmp_path, PANOSTAGE_STAGE_OPERATOR=value))
+    assert "PANOSTAGE_STAGE_OPERATOR" in info.value.message and "stage.operator" in info.value.message
+    assert rule in info.value.message and info.value.exit_code == ExitCode.CONFIG
+    path = write(tmp_path / "op.toml", f"[stage]\noperator = {json.dumps(value)}\n")
+    with pytest.raises(ConfigError, match=rule):
+        config.load(str(path), env=isolated_env(tmp_path))
+
+
+def test_operator_key_material_is_not_repeated(tmp_path):
+    secret = PEM_HEADER + "\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n"
+    with pytest.raises(ConfigError) as info:
+        config.load(env=isolated_env(tmp_path, PANOSTAGE_STAGE_OPERATOR=secret))
+    shown = json.dumps(info.value.to_dict())
+    assert "MIGHAgEA" not in shown and "withheld" in info.value.message
+
+
+def test_check_operator_for_the_login_name_fallback():
+    assert config.check_operator("alice", "login name") == "alice"
+    assert config.check_operator("Zoë Ångström", "login name") == "Zoë Ångström"
+    with pytest.raises(ConfigError) as info:
+        config.check_operator("bob\nseq 7 forged", "environment USER")
+    assert info.value.message.startswith("environment USER: ") and "U+000A" in info.value.message
+    assert info.value.exit_code == ExitCode.CONFIG and "PANOSTAGE_STAGE_OPERATOR" in info.value.hint
+
+
+def test_operator_refused_by_the_cli_before_anything_runs(tmp_path):
+    result = run_cli("config", "show", env=isolated_env(tmp_path, PANOSTAGE_STAGE_OPERATOR=PEM_HEADER), home=tmp_path)
+    assert result.returncode == ExitCode.CONFIG and "Traceback" not in result.stderr
+    assert "PRIVATE KEY" not in result.stdout
+    result = run_cli("device", "list", env=isolated_env(tmp_path, PANOSTAGE_BACKEND_ENDPOINT_URL="notaurl"), home=tmp_path)
+    assert result.returncode == ExitCode.CONFIG, result.stderr
+    assert "PANOSTAGE_BACKEND_ENDPOINT_URL" in result.stderr and "'notaurl'" in result.stderr

@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from agent.handoff_log import HandoffLog, Journal, KeyMaterialRefused
+from agent.errors import ExitCode, PanostageError
+from agent.handoff_log import HandoffLog, Journal, KeyMaterialRefused, line_hash
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 
@@ -69,9 +70,74 @@ def test_appending_to_a_damaged_tail_is_refused(log):
 def test_key_material_is_never_written(tmp_path):
     log = HandoffLog(tmp_path)
     pem = "-----BEGIN " + "PRIVATE KEY-----\nMIG...\n-----END " + "PRIVATE KEY-----\n"
-    with pytest.raises(KeyMaterialRefused):
-        log.append("handoff", time=NOW, note=pem)
+    with pytest.raises(KeyMaterialRefused) as info:
+        log.append("handoff", time=NOW, device={"name": "cam-1"}, stick={"label": "PANO", "note": pem})
+    assert info.value.exit_code == ExitCode.VALIDATION
+    assert "stick.note" in info.value.message and info.value.details["fields"] == ["stick.note"]
+    assert "MIG" not in info.value.message  # the key itself is not repeated
     assert not log.path.exists() or b"PRIVATE" not in log.path.read_bytes()
+
+
+def test_check_appendable_on_a_new_and_on_a_sound_log(tmp_path, log):
+    fresh = HandoffLog(tmp_path / "new" / "state")
+    fresh.check_appendable()  # creates the directory and an empty log: nothing to refuse
+    assert fresh.path.read_bytes() == b"" and fresh.verify().ok
+    before = log.path.read_bytes(), log.head_path.read_bytes()
+    log.check_appendable()
+    assert (log.path.read_bytes(), log.head_path.read_bytes()) == before
+
+
+@pytest.mark.parametrize("damage", ["last-line-edited", "last-line-garbage", "head-missing", "head-garbage",
+                                    "last-line-cut-off", "log-emptied"])
+def test_check_appendable_refuses_a_damaged_log(log, damage):
+    lines = lines_of(log)
+    if damage == "last-line-edited":
+        log.path.write_bytes(b"".join([*lines[:-1], lines[-1].replace(b'"dev5"', b'"devZ"')]))
+    elif damage == "last-line-garbage":
+        log.path.write_bytes(log.path.read_bytes() + b"garbage\n")
+    elif damage == "head-missing":
+        log.head_path.unlink()
+    elif damage == "head-garbage":
+        log.head_path.write_text("not a head\n")
+    elif damage == "last-line-cut-off":
+        log.path.write_bytes(b"".join(lines[:-1]))
+    else:
+        log.path.write_bytes(b"")
+    with pytest.raises(PanostageError) as info:
+        log.check_appendable()
+    assert info.value.exit_code == ExitCode.VERIFY_CORRUPT and info.value.reason == "log-damaged"
+    assert "panostage log verify" in info.value.hint
+    assert str(log.path.parent) in info.value.message
+
+
+@pytest.mark.parametrize("records", [1, 6])
+def test_a_head_one_record_behind_is_a_crash_between_record_and_head_and_is_brought_forward(tmp_path, records):
+    """Power lost after a record was flushed but before its head was renamed: the chain is whole, the head
+    lags by one.  That is neither an edit nor a cut (a forger could rewrite the head as easily), so verify
+    accepts it and the next hand-off's check brings the head forward instead of refusing every hand-off."""
+    log = HandoffLog(tmp_path)
+    for index in range(records):
+        head_before = log.head_path.read_bytes() if log.head_path.exists() else None
+        log.append("handoff", time=NOW, device={"name": f"dev{index}"}, outcome="ready")
+    if head_before is None:
+        log.head_path.unlink()
+    else:
+        log.head_path.write_bytes(head_before)
+    assert log.verify().ok
+    log.check_appendable()
+    seq, digest = log.head_path.read_text().split()
+    assert (int(seq), digest) == (records, line_hash(lines_of(log)[-1]))
+    assert log.verify().ok
+    log.append("handoff", time=NOW, device={"name": "next"}, outcome="ready")
+    assert log.verify().ok and log.verify().records == records + 1
+
+
+def test_a_head_two_records_behind_is_still_refused(log):
+    log.head_path.write_text(f"4 {line_hash(lines_of(log)[3])}\n")
+    assert [p["problem"] for p in log.verify().problems] == ["edited"]
+    with pytest.raises(PanostageError) as info:
+        log.check_appendable()
+    assert info.value.reason == "log-damaged"
 
 
 def _append_many(state_dir: str, worker: int) -> None:
@@ -109,3 +175,11 @@ def test_journal_gets_structured_fields(tmp_path):
     # a value with a newline uses journald's binary-safe framing
     message = b"line one\nline two"
     assert b"PANOSTAGE_ERROR_MESSAGE\n" + len(message).to_bytes(8, "little") + message in datagram
+
+
+def test_a_record_longer_than_the_first_tail_window_still_chains(tmp_path):
+    log = HandoffLog(tmp_path)
+    log.append("handoff", time=NOW, outcome="failed", error={"message": "y" * 20_000})
+    log.check_appendable()
+    log.append("handoff", time=NOW, outcome="ready")
+    assert log.verify().ok and [r["seq"] for r in log.records()] == [1, 2]

@@ -10,47 +10,14 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ExitCode
-from tests.helpers import run_cli, wait_until
+from tests.helpers import wait_until
+from tests.station import files_on
 from tests.fat_kit import IS_ROOT, fsck, loop_device, make_image, mtools, raw_contains
-
-
-class Station:
-    """One staging laptop: a state dir, a runtime dir, and the CLI."""
-
-    def __init__(self, home: Path, **env: str) -> None:
-        self.home = home
-        self.state = home / "state"
-        self.env = {"PANOSTAGE_PATHS_STATE_DIR": str(self.state), "PANOSTAGE_PATHS_RUNTIME_DIR": str(home / "run"), **env}
-
-    def run(self, *args: str, **env: str):
-        return run_cli(*args, env={**self.env, **env}, home=self.home)
-
-    def json(self, *args: str, expect: int = 0, **env: str) -> dict:
-        result = self.run(*args, "--json", **env)
-        assert result.returncode == expect, f"exit {result.returncode}\n{result.stderr}"
-        return json.loads(result.stdout) if result.stdout else json.loads(result.stderr)
-
-    def log(self) -> list[dict]:
-        return self.json("log", "show")
-
-    def devices(self) -> list[dict]:
-        """Devices that exist (a deleted one stays DELETING for a moment)."""
-        return [d for d in self.json("device", "list") if d["ProvisioningStatus"] != "DELETING"]
-
-
-@pytest.fixture
-def station(tmp_path) -> Station:
-    return Station(tmp_path)
 
 
 @pytest.fixture
 def image(tmp_path) -> Path:
     return make_image(tmp_path / "stick.img", 32)
-
-
-def files_on(image: Path) -> list[str]:
-    out = mtools("mdir", "-b", "-i", str(image), "::/").stdout.decode()
-    return sorted(line.rsplit("/", 1)[-1] for line in out.split() if line)
 
 
 def test_stage_to_a_fat_image(station, image):
@@ -103,7 +70,7 @@ def test_another_devices_live_archive_blocks_unless_replace(station, image):
     station.json("stage", "--name", "cam-01", "--to", str(image))
     refused = station.run("stage", "--name", "cam-02", "--to", str(image))
     assert refused.returncode == ExitCode.CONFLICT
-    assert "certificates-omni_cam-01.zip is a live archive for another device" in refused.stderr
+    assert "certificates-omni_cam-01.zip is the live archive of device cam-01" in refused.stderr
     assert [d["Name"] for d in station.devices()] == ["cam-01"]  # nothing provisioned for cam-02
     old = mtools("mtype", "-i", str(image), "::/certificates-omni_cam-01.zip").stdout
     station.json("stage", "--name", "cam-02", "--to", str(image), "--replace")
@@ -205,7 +172,7 @@ def test_full_stick_fails_cleanly_without_orphans(station, tmp_path):
     assert files_on(image) == ["filler.bin"]
     assert station.devices() == []
     [record] = station.log()
-    assert (record["outcome"], record["failed_step"], record["error"]["reason"]) == ("failed", "inspect_stick", "stick-full")
+    assert (record["outcome"], record["failed_step"], record["error"]["reason"]) == ("failed", "check_room", "stick-full")
     fsck(image)
 
 

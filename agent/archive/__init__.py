@@ -25,6 +25,7 @@ from agent.archive.verify import (
     NETWORK_MEMBER,
     archive_file_name,
     device_name_from_file_name,
+    too_large,
     verify_archive,
 )
 
@@ -41,5 +42,6 @@ __all__ = [
     "Problem",
     "archive_file_name",
     "device_name_from_file_name",
+    "too_large",
     "verify_archive",
 ]

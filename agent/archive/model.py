@@ -22,6 +22,13 @@ class Limits:
     ratio_floor_bytes: int = 4096  # members declaring no more than this are not judged by ratio
     max_objects: int = 32  # certificates + private keys parsed from the whole archive
 
+    @property
+    def max_file_bytes(self) -> int:
+        """The largest file that can hold an archive within these limits (its members stored, plus room
+        for headers, names and the comment).  A larger file is refused from its size, never read."""
+        payload = min(self.max_total_bytes, self.max_members * self.max_member_bytes)
+        return payload + payload // 64 + self.max_members * 1024 + 65536 + 22
+
 
 class Outcome(Enum):
     """The verdict; ordered by precedence (first wins) in :data:`PRECEDENCE`."""
@@ -53,6 +60,7 @@ _C, _U, _X, _W, _OK = Outcome.CORRUPT, Outcome.UNVERIFIABLE, Outcome.EXPIRED, Ou
 #: Every problem code and the outcome it forces.  Codes are part of the interface: never rename.
 CODES: dict[str, Outcome] = {
     # structure (decided before inflating anything)
+    "too_large": _C,  # the file is larger than any archive within the limits: judged by its size, unread
     "not_zip": _C,  # no ZIP end record anywhere
     "truncated": _C,  # looks like a ZIP but ends early / has trailing bytes
     "malformed": _C,  # inconsistent headers, multi-disk, local header disagrees with the directory
@@ -160,7 +168,7 @@ class ArchiveReport:
     """Everything the verifier found.  Holds no key material and no member bytes."""
 
     outcome: Outcome
-    sha256: str
+    sha256: str | None  # None: judged by its size alone, never read
     size: int
     checked_at: datetime
     members: list[MemberInfo] = field(default_factory=list)

@@ -22,11 +22,26 @@ _DEVICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _FILE_NAME = re.compile(re.escape(FILE_PREFIX) + r"([A-Za-z0-9_-]{1,255})" + re.escape(FILE_SUFFIX))
 
 
-def archive_file_name(device_name: str) -> str:
-    """``certificates-omni_<device_name>.zip``; the name must follow ProvisionDevice's rules."""
+#: The longest device name whose archive name still fits FAT's 255 characters.
+MAX_STAGED_NAME = 255 - len(FILE_PREFIX) - len(FILE_SUFFIX)
+
+
+def staged_name_violations(device_name: Any, field: str = "Name") -> list[Violation]:
+    """Why ``device_name`` cannot be staged onto a stick (ProvisionDevice allows names FAT cannot hold)."""
     if not isinstance(device_name, str) or not _DEVICE_NAME.fullmatch(device_name):
-        raise InputValidationError([Violation("device_name", device_name, "1-255 characters of [a-zA-Z0-9-_]")],
-                                   subject="device name")
+        return [Violation(field, device_name, "1-255 characters of [a-zA-Z0-9-_]")]
+    if len(device_name) > MAX_STAGED_NAME:
+        return [Violation(field, device_name, f"{len(device_name)} characters: the archive name {FILE_PREFIX}<name>"
+                          f"{FILE_SUFFIX} would be {len(device_name) + 22}, FAT allows 255; a staged device name has at "
+                          f"most {MAX_STAGED_NAME}")]
+    return []
+
+
+def archive_file_name(device_name: str) -> str:
+    """``certificates-omni_<device_name>.zip``; the name must follow ProvisionDevice's rules and fit FAT."""
+    violations = staged_name_violations(device_name, "device_name")
+    if violations:
+        raise InputValidationError(violations, subject="device name")
     return f"{FILE_PREFIX}{device_name}{FILE_SUFFIX}"
 
 
@@ -52,6 +67,8 @@ def verify_archive(
     ``now`` is the workstation's time (see :mod:`agent.clock`); ``skew_seconds`` is how far that
     clock may be from the appliance's; ``margin_seconds`` is the least time that must be left.
     """
+    if len(data) > limits.max_file_bytes:
+        return too_large(len(data), now=now, limits=limits, file_name=file_name, device_name=device_name)
     data = bytes(data)
     now = utc(now)
     report = ArchiveReport(outcome=Outcome.OK, sha256=hashlib.sha256(data).hexdigest(), size=len(data),
@@ -84,6 +101,18 @@ def verify_archive(
     _check_manifest(report, directory.entries, first, contents)
     _check_pki(report, directory.entries, contents, now, skew_seconds, margin_seconds, limits)
     report.outcome = decide(problems)
+    return report
+
+
+def too_large(size: int, *, now: datetime, limits: Limits = Limits(), file_name: str | None = None,
+              device_name: str | None = None) -> ArchiveReport:
+    """The report for a file judged by its size alone: larger than any archive can be (CORRUPT, unread)."""
+    report = ArchiveReport(outcome=Outcome.CORRUPT, sha256=None, size=size, checked_at=utc(now), file_name=file_name)
+    _check_file_name(report, file_name, device_name)
+    report.problems.append(Problem("too_large", f"{size} bytes: no configuration archive is larger than "
+                                   f"{limits.max_file_bytes} bytes within the verify limits; not read",
+                                   hint="it is no configuration archive: remove it"))
+    report.outcome = decide(report.problems)
     return report
 
 

@@ -3,6 +3,7 @@ state directory, created once (under a file lock) and kept in memory afterwards.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -16,6 +17,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agent.paths import fsync_dir
+
+from agent.errors import ExitCode, PanostageError
 
 CA_KEY_FILE = "ca-key.pem"
 CA_CERT_FILE = "ca.pem"
@@ -100,19 +105,36 @@ class CertificateAuthority:
         """The CA kept in ``directory``; created there first if missing.
 
         A lock file serialises concurrent starters, so two processes starting together
-        end up with one CA.  The key is written mode 0600 and renamed into place.
+        end up with one CA.  The pair is used only when both files exist (and match); when
+        either is missing, the other is removed and a new pair written: the key (0600),
+        then the certificate, each through a fsync'd temporary file renamed into place,
+        then the directory fsync'd.  The certificate landing commits the pair, so a crash
+        or a failed write never leaves a key beside a certificate that is not its own, and
+        no temporary file is left behind.
         """
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         key_path, cert_path = directory / CA_KEY_FILE, directory / CA_CERT_FILE
-        lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise _io_failed(exc, directory, "create the authority's directory and lock file") from exc
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             if key_path.exists() and cert_path.exists():
                 return cls._load(key_path, cert_path)
             ca = cls.generate(now or datetime.now(timezone.utc))
-            write_atomic(key_path, private_key_pem(ca.key))
-            write_atomic(cert_path, ca.cert_pem, mode=0o644)
-            fsync_dir(directory)
+            try:
+                orphans = [path for path in (cert_path, key_path) if path.exists()]
+                for orphan in orphans:  # half a pair is never completed, only replaced
+                    orphan.unlink()
+                if orphans:
+                    fsync_dir(directory)
+                write_atomic(key_path, private_key_pem(ca.key))
+                write_atomic(cert_path, ca.cert_pem, mode=0o644)
+                fsync_dir(directory)
+            except OSError as exc:
+                _discard(key_path)  # without its certificate the key is useless: do not leave it
+                raise _io_failed(exc, directory, "write a new CA key and certificate") from exc
             return ca
         finally:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
@@ -120,12 +142,17 @@ class CertificateAuthority:
 
     @classmethod
     def _load(cls, key_path: Path, cert_path: Path) -> "CertificateAuthority":
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except OSError as exc:
+            raise _io_failed(exc, key_path.parent, "read the CA key and certificate") from exc
+        except (ValueError, TypeError) as exc:
+            raise _damaged(key_path, cert_path, f"cannot be parsed ({exc})") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{key_path}: not an EC private key")
+            raise _damaged(key_path, cert_path, f"{key_path.name} is not an EC private key")
         if cert.public_key().public_numbers() != key.public_key().public_numbers():
-            raise ValueError(f"{cert_path} does not belong to the key in {key_path}")
+            raise _damaged(key_path, cert_path, f"{cert_path.name} does not belong to the key in {key_path.name}")
         return cls(key, cert)
 
     def issue(
@@ -174,23 +201,55 @@ def _key_usage(ca: bool) -> x509.KeyUsage:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to a new temporary file of ``mode`` and rename it over ``path``."""
+    """Write ``data`` to a new temporary file of ``mode``, fsync it and rename it over ``path``.
+
+    On any failure (or interruption) the temporary file is removed and ``path`` is untouched.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:  # a nearly full filesystem takes part of a write
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def _discard(path: Path) -> None:
+    """Best effort removal (cleaning up after a failure that is already being reported)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _io_failed(exc: OSError, directory: Path, step: str) -> PanostageError:
+    name = errno.errorcode.get(exc.errno or 0, "error")
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return PanostageError(
+        f"local authority: cannot {step} in {directory}: {exc.strerror or exc} [{name}]"
+        + (f" ({exc.filename})" if exc.filename else ""),
+        exit_code=ExitCode.IO, reason="ca-io",
+        hint=(f"free space on the filesystem holding {directory}" if full else
+              f"check the filesystem holding {directory} (read-only? permissions? dmesg)") + ", then start again",
+        details={"directory": str(directory), "step": step, "errno": name},
+    )
+
+
+def _damaged(key_path: Path, cert_path: Path, problem: str) -> PanostageError:
+    return PanostageError(
+        f"local authority: the CA in {key_path.parent} is damaged: {problem}",
+        exit_code=ExitCode.VERIFY_CORRUPT, reason="ca-damaged",
+        hint=f"restore {key_path.name} and {cert_path.name} from a backup, or move both aside to have a new CA "
+             "created (certificates issued by the old one will no longer verify)",
+        details={"key": str(key_path), "certificate": str(cert_path)},
+    )
 
 
 def sha256_hex(data: bytes) -> str:

@@ -94,7 +94,7 @@ def load_or_create_credentials(state_dir: Path) -> tuple[str, str, Path]:
     import json
     import os
 
-    from agent.authority.ca import fsync_dir
+    from agent.paths import fsync_dir
     from agent.errors import ConfigError
 
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

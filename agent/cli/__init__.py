@@ -116,6 +116,8 @@ def report(error: PanostageError, exc: BaseException, *, json_mode: bool, debug:
         sys.stderr.write(dumps({"error": error.to_dict()}) + "\n")
         return
     sys.stderr.write(f"error: {error.message}\n")
+    for also in error.details.get("also", []):
+        sys.stderr.write(f"also: {also}\n")
     if error.hint:
         sys.stderr.write(f"hint: {error.hint}\n")
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
-from pathlib import Path
+import os
 from typing import Any, Callable
 
 import click
 
-from agent.errors import UsageError
+from agent.errors import ExitCode, PanostageError, UsageError
 from agent.provision_request import PORTS, PortInput, build_request, parse_tags
 
 
@@ -36,17 +37,78 @@ def provision_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+#: ``--input-json`` limits: a ProvisionDevice request is a few KiB, nested fewer than 10 levels.
+INPUT_JSON_MAX_BYTES = 1 << 20
+INPUT_JSON_MAX_DEPTH = 32
+_USAGE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO}
+
+
+def read_input_json(path: str) -> dict[str, Any]:
+    """The JSON object in ``--input-json FILE``, within the size and nesting limits."""
+    flag = f"--input-json {path}"
+    what = "a ProvisionDevice request as one JSON object in UTF-8"
+    try:
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if info.st_size > INPUT_JSON_MAX_BYTES:
+                raise _too_big(flag, info.st_size)
+            data = handle.read(INPUT_JSON_MAX_BYTES + 1)  # a pipe or device has no size to stat
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno or 0, "error")
+        if exc.errno in _USAGE_ERRNOS:
+            raise UsageError(f"{flag}: cannot read it: {exc.strerror} [{name}]",
+                             hint=f"give a readable file holding {what}", details={"path": path, "errno": name}) from None
+        raise PanostageError(f"{flag}: cannot read it: {exc.strerror} [{name}]", exit_code=ExitCode.IO,
+                             reason="io", hint="check the file's filesystem (dmesg), or copy the file elsewhere",
+                             details={"path": path, "errno": name}) from None
+    if len(data) > INPUT_JSON_MAX_BYTES:
+        raise _too_big(flag, None)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{flag}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+                         hint=f"save the file as UTF-8: it must hold {what}") from None
+    try:
+        base = json.loads(text)
+    except RecursionError:
+        raise _too_deep(flag) from None
+    except ValueError as exc:
+        raise UsageError(f"{flag}: not valid JSON: {exc}", hint=f"the file must hold {what}") from None
+    if _depth(base) > INPUT_JSON_MAX_DEPTH:
+        raise _too_deep(flag)
+    if not isinstance(base, dict):
+        raise UsageError(f"{flag}: must hold a JSON object (the ProvisionDevice request), not {type(base).__name__}",
+                         hint=f"the file must hold {what}")
+    return base
+
+
+def _too_big(flag: str, size: int | None) -> UsageError:
+    found = f"{size} bytes" if size is not None else "more than that"
+    return UsageError(f"{flag}: larger than the {INPUT_JSON_MAX_BYTES} bytes allowed ({found})",
+                      hint="a ProvisionDevice request is a few KiB: check that this is the right file")
+
+
+def _too_deep(flag: str) -> UsageError:
+    return UsageError(f"{flag}: JSON nested more than {INPUT_JSON_MAX_DEPTH} levels deep, the limit",
+                      hint="a ProvisionDevice request is nested fewer than 10 levels: check that this is the right file")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level <= INPUT_JSON_MAX_DEPTH:
+                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def request_from_options(opts: dict[str, Any]) -> dict[str, Any]:
     """Pop the provision options out of a command's kwargs and build the request."""
-    base = None
     path = opts.pop("input_json", None)
-    if path:
-        try:
-            base = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UsageError(f"--input-json {path}: not valid JSON: {exc}") from None
-        if not isinstance(base, dict):
-            raise UsageError(f"--input-json {path}: must hold a JSON object (the ProvisionDevice request)")
+    base = read_input_json(path) if path else None
     ports = {
         port: PortInput(
             mode=opts.pop(f"{port}_mode", None),

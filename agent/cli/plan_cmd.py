@@ -57,6 +57,7 @@ def _short(text: str | None, width: int = 60) -> str | None:
 @pass_app
 def add(app: App, ota_version: str | None, allow_major: bool, reboot: bool, **inputs: Any) -> None:
     """Append one device to the plan (the same inputs as `device provision`)."""
+    from agent.archive.verify import staged_name_violations
     from agent.aws import validation
     from agent.errors import InputValidationError
     from agent.staging.plan import build_actions, check_actions
@@ -65,9 +66,12 @@ def add(app: App, ota_version: str | None, allow_major: bool, reboot: bool, **in
     actions = build_actions(ota_version, allow_major, reboot)
     violations = validation.check("ProvisionDevice", request) + check_actions(
         actions, {"ota": "--ota", "ota.image_version": "--ota", "ota.allow_major": "--allow-major", "reboot": "--reboot"})
+    if not any(v.path == "Name" for v in violations):
+        violations += staged_name_violations(request["Name"], "--name")
     if violations:
         raise InputValidationError(violations, subject="plan entry")
     db = _db(app)
+    _warn_fat_clashes(app, [request["Name"]], [entry["name"] for entry in db.plan()])
     (entry_id,) = db.add_entries([(request["Name"], request, actions)])
     entry = db.entry(entry_id)
     position = len(db.plan())
@@ -94,6 +98,7 @@ def import_(app: App, file: str, fmt: str | None, dry_run: bool) -> None:
     existing = {entry["name"] for entry in db.plan()}
     entries = read_plan_file(file, fmt, existing=existing)
     source = "<stdin>" if file == "-" else file
+    _warn_fat_clashes(app, [e.name for e in entries], sorted(existing))
     shown = [{"line": e.line, "name": e.name, "network": _network_text(e.request),
               "actions": describe_actions(e.actions)} for e in entries]
     if dry_run:
@@ -109,6 +114,16 @@ def import_(app: App, file: str, fmt: str | None, dry_run: bool) -> None:
     app.out.data(data, f"imported {len(ids)} {'entry' if len(ids) == 1 else 'entries'} from {source} "
                        f"(positions {first}–{total} of the plan)" if len(ids) > 1 else
                        f"imported {entries[0].name} from {source} (position {total} of the plan)")
+
+
+def _warn_fat_clashes(app: App, new: list[str], existing: list[str]) -> None:
+    """Names whose archives are one name on a FAT stick (cam-1 / CAM-1): allowed, but worth knowing."""
+    from agent.stick.names import clashes
+
+    for name, other in clashes(new, existing):
+        app.out.warn(f"{name} and {other} have the same archive name on a FAT stick "
+                     f"(certificates-omni_{name}.zip): one stick cannot hold both; staging one onto a stick that "
+                     "holds the other's live archive is refused")
 
 
 def _network_text(request: dict[str, Any]) -> str:

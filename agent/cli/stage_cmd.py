@@ -40,13 +40,17 @@ def stage(app: App, target_spec: str, replace: bool, replace_device: bool, margi
     the hand-off is logged; the certificate's deadline is printed.
     """
     from agent import paths
+    from agent.archive.verify import staged_name_violations
     from agent.aws import validation
-    from agent.errors import PanostageError
+    from agent.errors import InputValidationError, LocalIOError, PanostageError
     from agent.staging.factory import log_unopened_stick, make_stager
     from agent.stick import open_target
 
     request = request_from_options(inputs)
     validation.validate("ProvisionDevice", request)
+    too_long = staged_name_violations(request["Name"], "--name")  # its archive's name must fit FAT
+    if too_long:
+        raise InputValidationError(too_long, subject="stage request")
     allow = app.settings.stage.allow_non_fat if allow_non_fat is None else allow_non_fat
     try:
         opened = open_target(target_spec, allow_non_fat=allow, runtime_dir=paths.runtime_dir(app.settings))
@@ -59,6 +63,12 @@ def stage(app: App, target_spec: str, replace: bool, replace_device: bool, margi
         result = stager.stage(request, target)
     data = result.to_dict()
     app.out.data(data, lambda: stage_summary(data, result.deadline))
+    for warning in result.stick_warnings:
+        app.out.warn(f"the stick: {warning}; its FAT checks out, so it was written (`fsck.fat -a` clears the flag)")
+    if result.log_error:
+        raise LocalIOError(f"{result.device['name']} is staged and verified on the stick (take it to the appliance), but "
+                           f"the hand-off log could not record it: {result.log_error}", reason="log-append-failed",
+                           hint="free space in, or repair, the state directory; `panostage log verify` checks the log")
 
 
 def stage_summary(data: dict[str, Any], deadline: datetime) -> str:

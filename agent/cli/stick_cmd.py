@@ -31,16 +31,18 @@ def collect(app: App, target_spec: str, then_wipe: bool) -> None:
     """Copy the appliance's /panorama/*.log into the hand-off folder, check the device, log the outcome."""
     from agent import paths
     from agent.staging import returns
-    from agent.staging.factory import handoff_log, operator_name
+    from agent.staging.factory import handoff_log, operator_name, verify_limits
 
     log = handoff_log(app.settings)
     with _open(app, target_spec) as target:
         result = returns.collect(target, app.backend(), log, app.get_clock(), paths.state_dir(app.settings),
-                                 socket.gethostname(), operator_name(app.settings))
+                                 socket.gethostname(), operator_name(app.settings), verify_limits(app.settings))
         data = result.to_dict()
         if then_wipe:
             data["wipe"] = returns.wipe(target, log, app.get_clock(), socket.gethostname(), operator_name(app.settings))
     device = result.device.get("name") or "unknown device"
+    for refused in result.refused:
+        app.out.warn(f"{refused['name']} in /panorama not collected: {refused['reason']}")
     app.out.data(data, f"{device}: {result.outcome} (status {result.provisioning_status or 'unknown'}); "
                        f"{len(result.logs)} log(s)" + (f" saved in {result.folder}" if result.folder else ""))
 

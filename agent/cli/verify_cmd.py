@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,9 @@ import click
 from agent.cli.app import App, command_options, pass_app
 from agent.cli.stage_cmd import format_left
 
-#: What a stick itself can be wrong about (beyond each archive's own checks).
-STICK_PROBLEMS = {"no_archive": "unverifiable", "several_archives": "corrupt", "archive_not_a_file": "corrupt"}
+#: What a stick itself can be wrong about (beyond each archive's own checks), and the outcome it forces.
+STICK_PROBLEMS = {"no_archive": "unverifiable", "several_archives": "corrupt", "archive_not_a_file": "corrupt",
+                  "stick_damaged": "corrupt", "stick_unclean": "ok", "archive_unreadable": "corrupt"}
 SEVERITY = ["ok", "expiring", "expired", "unverifiable", "corrupt"]
 
 
@@ -39,7 +41,6 @@ def verify(app: App, target_spec: str, device_name: str | None, margin: float | 
 
     Exit codes: 0 ok, 20 expiring within the margin, 21 expired, 22 corrupt, 23 unverifiable.
     """
-    from agent.archive import verify_archive
     from agent.errors import ExitCode
     from agent.staging.factory import verify_limits
 
@@ -54,7 +55,7 @@ def verify(app: App, target_spec: str, device_name: str | None, margin: float | 
     path = Path(target_spec)
     stick_problems: list[dict[str, str]] = []
     if looks_like_archive_file(path):
-        kind, reports = "archive", [verify_archive(path.read_bytes(), file_name=path.name, **checks)]
+        kind, reports = "archive", [_verify_file(path, checks)]
     else:
         kind, reports, stick_problems = "stick", *_verify_stick(app, target_spec, checks)
     outcomes = [r.outcome.value for r in reports] + [STICK_PROBLEMS[p["code"]] for p in stick_problems]
@@ -68,12 +69,18 @@ def verify(app: App, target_spec: str, device_name: str | None, margin: float | 
 
 def _verify_stick(app: App, spec: str, checks: dict[str, Any]):
     from agent import paths
-    from agent.archive import verify_archive
+    from agent.archive import too_large, verify_archive
+    from agent.errors import PanostageError
     from agent.stick import archives, open_target
+    from agent.stick.errors import StickDamaged
 
     problems: list[dict[str, str]] = []
     reports = []
     with open_target(spec, allow_non_fat=True, runtime_dir=paths.runtime_dir(app.settings)) as target:
+        try:
+            problems += [{"code": "stick_unclean", "message": f"the stick: {w}"} for w in target.check_sound()]
+        except StickDamaged as exc:
+            problems.append({"code": "stick_damaged", "message": exc.message.replace(": nothing was written", "")})
         found = archives(target)
         if not found:
             problems.append({"code": "no_archive", "message": "no certificates-omni_*.zip at the root of the stick"})
@@ -84,8 +91,39 @@ def _verify_stick(app: App, spec: str, checks: dict[str, Any]):
             if entry.kind != "file":
                 problems.append({"code": "archive_not_a_file", "message": f"{entry.name} is a {entry.kind}"})
                 continue
-            reports.append(verify_archive(target.read(entry.name, bypass_cache=True), file_name=entry.name, **checks))
+            limit = checks["limits"].max_file_bytes
+            if entry.size > limit:
+                reports.append(too_large(entry.size, now=checks["now"], limits=checks["limits"], file_name=entry.name,
+                                         device_name=checks["device_name"]))
+                continue
+            try:
+                data = target.read(entry.name, bypass_cache=True, limit=limit)
+            except PanostageError as exc:  # its chain is the damage, or the stick failed: a finding, not the end
+                problems.append({"code": "archive_unreadable", "message": f"{entry.name}: {exc.message}"})
+                continue
+            reports.append(verify_archive(data, file_name=entry.name, **checks))
     return reports, problems
+
+
+def _verify_file(path: Path, checks: dict[str, Any]):
+    """An archive file, judged by its size before a byte is read (a 3 GB file is refused, not loaded)."""
+    from agent.archive import too_large, verify_archive
+    from agent.errors import LocalIOError
+
+    limit = checks["limits"].max_file_bytes
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > limit:
+                return too_large(size, now=checks["now"], limits=checks["limits"], file_name=path.name,
+                                 device_name=checks["device_name"])
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise LocalIOError(f"cannot read {path}: {exc.strerror or exc}", hint="check the path and its permissions") from exc
+    if len(data) > limit:  # it grew while we looked
+        return too_large(len(data), now=checks["now"], limits=checks["limits"], file_name=path.name,
+                         device_name=checks["device_name"])
+    return verify_archive(data, file_name=path.name, **checks)
 
 
 def _human(data: dict[str, Any]) -> str:
@@ -93,7 +131,8 @@ def _human(data: dict[str, Any]) -> str:
     lines += [f"  ! {p['message']}" for p in data["problems"]]
     for report in data["archives"]:
         lines.append(f"{report.get('file_name') or 'archive'}: {report['outcome'].upper()}")
-        lines.append(f"  archive   {report['size']} bytes, {len(report['members'])} members, sha256 {report['sha256'][:16]}…")
+        digest = f"sha256 {report['sha256'][:16]}…" if report["sha256"] else "not read"
+        lines.append(f"  archive   {report['size']} bytes, {len(report['members'])} members, {digest}")
         cert = report.get("device_certificate")
         if cert:
             lines.append(f"  cert      {cert['subject']}  serial {cert['serial']}")

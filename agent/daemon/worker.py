@@ -120,15 +120,22 @@ class StickWorker:
             self._stage(target, entry)
 
     def _look(self, target: Any) -> tuple[Verdict, str, StickFacts]:
-        from agent.archive import verify_archive
+        from agent.archive import too_large, verify_archive
+        from agent.staging.factory import verify_limits
         from agent.stick import LOG_DIR, archives
 
+        target.check_sound()  # a damaged stick is refused before anything on it is judged or touched
         found = [e for e in archives(target) if e.kind == "file"]
-        has_logs = target.lookup(LOG_DIR) is not None and bool(target.list_dir(LOG_DIR))
+        logs = target.lookup(LOG_DIR)
+        has_logs = logs is not None and logs.kind == "dir" and bool(target.list_dir(LOG_DIR))
         facts = StickFacts(has_logs=has_logs, archive_count=len(found))
         if found and not has_logs:
-            report = verify_archive(target.read(found[0].name), now=self.ctx.clock.now(), margin_seconds=0,
-                                    skew_seconds=self.ctx.settings.stage.skew_seconds)
+            limits = verify_limits(self.ctx.settings)
+            if found[0].size > limits.max_file_bytes:
+                report = too_large(found[0].size, now=self.ctx.clock.now(), limits=limits, file_name=found[0].name)
+            else:
+                report = verify_archive(target.read(found[0].name, limit=limits.max_file_bytes), now=self.ctx.clock.now(),
+                                        margin_seconds=0, skew_seconds=self.ctx.settings.stage.skew_seconds, limits=limits)
             device_id = (report.manifest or {}).get("device_id")
             status = self._device_status(device_id)
             facts = StickFacts(has_logs=False, archive=found[0].name, archive_count=len(found),
@@ -154,9 +161,11 @@ class StickWorker:
     def _return_trip(self, target: Any) -> bool:
         """Collect the appliance's logs; True when the stick is clean afterwards and may be staged."""
         from agent.staging import returns
+        from agent.staging.factory import verify_limits
 
         ctx = self.ctx
-        result = returns.collect(target, ctx.backend, ctx.handoff_log, ctx.clock, ctx.state_dir, ctx.station, ctx.operator)
+        result = returns.collect(target, ctx.backend, ctx.handoff_log, ctx.clock, ctx.state_dir, ctx.station, ctx.operator,
+                                 verify_limits(ctx.settings))
         name = result.device.get("name")
         entry = self._entry_named(name)
         if entry is not None and entry["status"] == "staged":  # never undo progress the follow-up made

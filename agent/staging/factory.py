@@ -8,7 +8,7 @@ from typing import Any
 
 from agent import paths
 from agent.clock import Clock
-from agent.config import Settings
+from agent.config import Settings, check_operator
 from agent.handoff_log import HandoffLog, Journal
 from agent.staging.stage import Stager, StageOptions
 
@@ -20,12 +20,14 @@ def handoff_log(settings: Settings) -> HandoffLog:
 
 
 def operator_name(settings: Settings) -> str:
+    """Who stages: ``stage.operator`` (checked when the configuration loads), else the login name, checked alike."""
     if settings.stage.operator:
         return settings.stage.operator
     try:
-        return getpass.getuser()
+        user = getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+    return check_operator(user, "the login name ($USER, $LOGNAME)")
 
 
 def verify_limits(settings: Settings) -> Any:
@@ -37,12 +39,20 @@ def verify_limits(settings: Settings) -> Any:
 
 
 def log_unopened_stick(settings: Settings, clock: Clock, name: str, spec: str, error: Any) -> None:
-    """Log a hand-off that failed at its first step: the stick was refused (not FAT ...) or could not be opened."""
-    handoff_log(settings).append(
-        "handoff", time=clock.now(), outcome="failed", station=socket.gethostname(), operator=operator_name(settings),
-        device={"name": name}, stick={"path": str(spec)}, failed_step="open_stick",
-        error={"reason": error.reason, "message": error.message[:500]}, durations_ms={},
-    )
+    """Log a hand-off that failed at its first step: the stick was refused (not FAT ...) or could not be opened.
+
+    A log that cannot take the record is named after the stick's error (in ``error.details["also"]``), never
+    instead of it."""
+    from agent.errors import to_error
+
+    try:
+        handoff_log(settings).append(
+            "handoff", time=clock.now(), outcome="failed", station=socket.gethostname(), operator=operator_name(settings),
+            device={"name": name}, stick={"path": str(spec)}, failed_step="open_stick",
+            error={"reason": error.reason, "message": error.message[:500]}, durations_ms={},
+        )
+    except Exception as exc:  # noqa: BLE001 - the stick's error comes first
+        error.details.setdefault("also", []).append(f"the hand-off log could not record this: {to_error(exc).message}")
 
 
 def make_stager(settings: Settings, backend: Any, clock: Clock, **overrides: Any) -> Stager:

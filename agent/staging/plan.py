@@ -356,6 +356,10 @@ def _entry(fields: Any, *, csv_cells: bool) -> tuple[str | None, PlanEntry | Non
         where = _user_field(violation.path, given, base is not None)
         if where not in named:
             found.append(Violation(where, violation.value, violation.rule))
+    if not any(v.path == "name" for v in found):
+        from agent.archive.verify import staged_name_violations
+
+        found += staged_name_violations(request.get("Name"), "name")
     name = request.get("Name")
     if not isinstance(name, str) or any(v.path == "name" for v in found):
         name = None

@@ -1,25 +1,35 @@
 """The return trip: a stick comes back from the appliance.
 
-:func:`collect` copies ``/panorama/*.log`` into the hand-off's folder in the state
-directory, asks the service how the device fared, and logs the outcome
-(provisioned / failed / never used).  :func:`wipe` removes archives and logs from
-the stick, overwriting the archive's clusters first (they held a private key).
+:func:`collect` copies the appliance's logs - regular files named ``*.log`` directly in
+``/panorama``, each at most :data:`MAX_LOG_BYTES` - into the hand-off's folder in the state
+directory (0700, files 0600), asks the service how the device fared, and logs the outcome
+(provisioned / failed / never used).  Every byte it would keep is scanned for private key
+material first (:mod:`agent.archive.keyscan`); such a file is not kept, and the record names
+it as refused.  :func:`wipe` removes only what panostage owns - archives, its temporaries and
+the appliance's logs - overwriting files first (an archive held a private key); every other
+file on the stick stays as it was.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.archive import device_name_from_file_name, verify_archive
+from agent.archive import Limits, device_name_from_file_name, verify_archive
+from agent.archive.keyscan import key_material
 from agent.clock import Clock
 from agent.handoff_log import HandoffLog
-from agent.stick import LOG_DIR, archives, leftovers
+from agent.stick import LOG_DIR, archives, leftovers, names
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+#: The largest appliance log collected (a larger one is left on the stick and named in the record).
+MAX_LOG_BYTES = 16 * 1024 * 1024
+#: At most this many logs are collected from one stick.
+MAX_LOGS = 64
 
 
 @dataclass
@@ -29,20 +39,26 @@ class Collected:
     provisioning_status: str | None
     logs: dict[str, dict[str, Any]] = field(default_factory=dict)
     folder: str | None = None
+    #: Files in /panorama that were not kept: (name, why) - key material, too large, not a log.
+    refused: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"outcome": self.outcome, "device": self.device, "provisioning_status": self.provisioning_status,
-                "logs": self.logs, "folder": self.folder}
+                "logs": self.logs, "folder": self.folder, "refused": self.refused}
 
 
-def stick_device(target: Any, clock: Clock) -> dict[str, Any]:
+def stick_device(target: Any, clock: Clock, limits: Limits = Limits()) -> dict[str, Any]:
     """Which device the stick was staged for: from its archive's manifest or file name."""
     found = [e for e in archives(target) if e.kind == "file"]
     if not found:
         return {}
     entry = found[0]
     device: dict[str, Any] = {"name": device_name_from_file_name(entry.name), "archive": entry.name}
-    report = verify_archive(target.read(entry.name), now=clock.now(), margin_seconds=0)
+    if entry.size > limits.max_file_bytes:
+        device["archive_outcome"] = "corrupt"
+        return device
+    report = verify_archive(target.read(entry.name, limit=limits.max_file_bytes), now=clock.now(), margin_seconds=0,
+                            limits=limits)
     manifest = report.manifest or {}
     device["id"] = manifest.get("device_id")
     device["name"] = manifest.get("device_name") or device["name"]
@@ -65,25 +81,66 @@ def _judge(status: str | None, has_logs: bool) -> str:
 
 
 def collect(target: Any, backend: Any, log: HandoffLog, clock: Clock, state_dir: Path,
-            station: str, operator: str) -> Collected:
-    """Copy the appliance's logs off the stick, check the device, record the outcome."""
-    device = stick_device(target, clock)
-    logs = {e.name: target.read(f"{LOG_DIR}/{e.name}") for e in target.list_dir(LOG_DIR) if e.kind == "file"} \
-        if target.lookup(LOG_DIR) else {}
+            station: str, operator: str, limits: Limits = Limits()) -> Collected:
+    """Copy the appliance's logs off the stick (key material refused), check the device, record the outcome."""
+    target.check_sound()
+    device = stick_device(target, clock, limits)
     status = _status(backend, device)
-    result = Collected(outcome=_judge(status, bool(logs)), device=device, provisioning_status=status)
-    if logs:
-        stamp = clock.now().strftime("%Y%m%dT%H%M%SZ")
-        folder = state_dir / "handoffs" / SAFE_NAME.sub("_", device.get("name") or "unknown") / stamp
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for name, data in logs.items():
-            (folder / SAFE_NAME.sub("_", name)).write_bytes(data)
-            result.logs[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    result = Collected(outcome="pending", device=device, provisioning_status=status)
+    folder = state_dir / "handoffs" / SAFE_NAME.sub("_", device.get("name") or "unknown") / clock.now().strftime("%Y%m%dT%H%M%SZ")
+    found_logs = _appliance_logs(target)
+    for entry, why in found_logs:
+        if why is None:
+            data = target.read(f"{LOG_DIR}/{entry.name}", bypass_cache=False, limit=MAX_LOG_BYTES)
+            found = key_material(data, limits)
+            why = f"it holds {found}: not kept" if found else None
+        if why is not None:
+            result.refused.append({"name": entry.name, "reason": why})
+            continue
+        _keep(folder, entry.name, data)
+        result.logs[entry.name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         result.folder = str(folder)
+    result.outcome = _judge(status, bool(found_logs))
     log.append("collect", time=clock.now(), station=station, operator=operator, outcome=result.outcome,
                device={k: v for k, v in device.items() if k in ("name", "id", "certificate_serial")},
-               stick=target.describe(), provisioning_status=status, logs=result.logs, folder=result.folder)
+               stick=target.describe(), provisioning_status=status, logs=result.logs, folder=result.folder,
+               refused=result.refused)
     return result
+
+
+def _appliance_logs(target: Any) -> list[tuple[Any, str | None]]:
+    """The files of /panorama, each with why it is not collected (None: collect it)."""
+    entry = target.lookup(LOG_DIR)
+    if entry is None or entry.kind != "dir":
+        return []
+    out: list[tuple[Any, str | None]] = []
+    for item in target.list_dir(LOG_DIR):
+        if item.kind != "file":
+            out.append((item, f"a {item.kind}, not a log file: left on the stick"))
+        elif not names.fold(item.name).endswith(".log"):
+            out.append((item, "not an appliance log (*.log): left on the stick"))
+        elif item.size > MAX_LOG_BYTES:
+            out.append((item, f"{item.size} bytes, more than the {MAX_LOG_BYTES} collected: left on the stick"))
+        elif sum(1 for _, why in out if why is None) >= MAX_LOGS:
+            out.append((item, f"more than {MAX_LOGS} logs: left on the stick"))
+        else:
+            out.append((item, None))
+    return out
+
+
+def _keep(folder: Path, name: str, data: bytes) -> None:
+    """Write one log into the hand-off's folder: a new file, 0600, flushed (never through a symlink)."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / SAFE_NAME.sub("_", name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, 0o600)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _status(backend: Any, device: dict[str, Any]) -> str | None:
@@ -111,22 +168,29 @@ def _status(backend: Any, device: dict[str, Any]) -> str | None:
 
 def wipe(target: Any, log: HandoffLog, clock: Clock, station: str, operator: str, *,
          reformat: bool = False, label: str | None = None) -> dict[str, Any]:
-    """Remove archives, appliance logs and stale temporaries; or reformat keeping the label."""
+    """Remove what panostage owns - archives, its temporaries, the appliance's logs - or reformat keeping the label.
+
+    Every other file stays as it was; /panorama itself goes only when nothing else is left in it.
+    """
     removed: list[str] = []
     if reformat:
         info = target.fs_info()
         target.format(label if label is not None else info.label)
         removed.append("(reformatted)")
     else:
+        target.check_sound()
         for entry in archives(target) + leftovers(target):
             if entry.kind == "file":
                 target.wipe(entry.name)
+            elif entry.kind == "dir" and target.list_dir(entry.name):
+                continue  # a directory with files in it is never removed for you
             else:
                 target.remove(entry.name)
             removed.append(entry.name)
-        if target.lookup(LOG_DIR):
+        logs = target.lookup(LOG_DIR)
+        if logs is not None and logs.kind == "dir":
             for entry in target.list_dir(LOG_DIR):
-                if entry.kind == "file":
+                if entry.kind == "file" and names.fold(entry.name).endswith(".log"):
                     target.wipe(f"{LOG_DIR}/{entry.name}")
                     removed.append(f"{LOG_DIR}/{entry.name}")
             if not target.list_dir(LOG_DIR):

@@ -18,14 +18,14 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from agent import interrupts
-from agent.archive import ArchiveReport, Outcome, archive_file_name, verify_archive
+from agent.archive import ArchiveReport, Limits, Outcome, archive_file_name, verify_archive
 from agent.aws import validation
 from agent.aws.provisioning import Provisioned, clock_offset, devices_named, provision_device
 from agent.clock import Clock, iso, utc
 from agent.errors import ExitCode, PanostageError, to_error
 from agent.handoff_log import HandoffLog
 from agent.timing import StepTimer
-from agent.stick import checks
+from agent.stick import checks, names
 from agent.stick.errors import StickConflict
 
 #: A guess at an archive's size before we have it (they are a few KB): refuse a full stick early.
@@ -72,6 +72,10 @@ class StageResult:
     removed_from_stick: list[str] = field(default_factory=list)
     devices_deleted: list[dict[str, Any]] = field(default_factory=list)
     attempts: int = 1
+    #: What the stick's census found odd but harmless (it was not cleanly unmounted ...).
+    stick_warnings: list[str] = field(default_factory=list)
+    #: Set when the hand-off is ready but its record could not be appended to the hand-off log.
+    log_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +90,8 @@ class StageResult:
             "removed_from_stick": self.removed_from_stick,
             "devices_deleted": self.devices_deleted,
             "provision_attempts": self.attempts,
+            "stick_warnings": self.stick_warnings,
+            "log_error": self.log_error,
         }
 
 
@@ -98,8 +104,35 @@ class StickPlan:
 
     target_name: str
     replace_existing: bool = False
-    remove_before: list[str] = field(default_factory=list)  # a symlink or empty directory at the name (--replace)
-    remove_after: list[str] = field(default_factory=list)  # other devices' archives, once ours is proven
+    #: removed before the device is provisioned (once every check has passed): what is dead or in the way -
+    #: expired archives, and with --replace junk, anything at a FAT-equal name, a symlink or empty directory
+    remove_before: list[str] = field(default_factory=list)
+    #: other devices' live archives (--replace), removed once ours is proven on the stick
+    remove_after: list[str] = field(default_factory=list)
+    #: harmless oddities of the stick (it was not cleanly unmounted ...), reported with the hand-off
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OnStick:
+    """An archive-like file found on a stick: whose it is and whether it still matters."""
+
+    name: str
+    device: str | None = None
+    not_after: datetime | None = None  # set when it is a live archive
+    expired: bool = False
+    problem: str | None = None  # not a usable archive (too large, unreadable, corrupt ...)
+    too_large: bool = False  # judged by its size alone, never read
+
+    @property
+    def live(self) -> bool:
+        return self.not_after is not None
+
+    def describe(self) -> str:
+        whose = f" of device {self.device}" if self.device else ""
+        if self.live:
+            return f"{self.name} is the live archive{whose} (until {iso(self.not_after)})"
+        return f"{self.name} is not a usable configuration archive ({self.problem})"
 
 
 class Stager:
@@ -132,11 +165,20 @@ class Stager:
         try:
             with timer.step("validate"):
                 validation.validate("ProvisionDevice", request)
+                archive_file_name(name)  # a name FAT cannot hold is the input's fault, not the stick's
+            # everything that can refuse comes first; the stick changes only once nothing will
             with timer.step("inspect_stick"):
                 context["stick"] = {**target.describe(), **(stick_extra or {})}
                 plan = self._inspect(target, name)
+                self.log.check_appendable()  # a log that cannot take the record must not cost a device
+            with timer.step("check_room"):
+                target.check_room(plan.target_name, EXPECTED_ARCHIVE_BYTES, freeing=plan.remove_before)
             with timer.step("existing_device"):
                 self._clear_stale_device(name, context)
+            if plan.remove_before:
+                with timer.step("clear_stick"):
+                    context["removed"] = self._clear(target, plan.remove_before)
+                    target.check_room(plan.target_name, EXPECTED_ARCHIVE_BYTES)
             for attempt in range(self.options.restarts + 1):
                 self.checkpoint("provisioning", name=name, started=self.clock.now())
                 # SIGTERM waits for the answer: the undo must know the device to delete it
@@ -161,6 +203,9 @@ class Stager:
             result = self._write_and_prove(provisioned, report, plan, target, timer, context)
         except BaseException as exc:
             self._fail(exc, provisioned, target, context, timer)
+            if context.get("log_errors") and isinstance(exc, PanostageError):
+                exc.details.setdefault("also", []).extend(
+                    f"the hand-off log could not record this: {message}" for message in dict.fromkeys(context["log_errors"]))
             raise
         return result
 
@@ -181,8 +226,6 @@ class Stager:
         self.checkpoint("writing", device_id=provisioned.device_id, sha256=digest, file=plan.target_name)
         context["writing"] = (plan.target_name, digest)
         with timer.step("write"):
-            for entry in plan.remove_before:
-                target.remove(entry)
             write_report = target.write_atomic(plan.target_name, data)
         context["written"] = plan.target_name
         self.checkpoint("written", device_id=provisioned.device_id, sha256=digest, file=plan.target_name)
@@ -198,15 +241,8 @@ class Stager:
             stick_report = self._verify(on_stick, name, margin=0.0, file_name=plan.target_name)
         if stick_report.outcome is not Outcome.OK:
             raise ArchiveRejected(stick_report, "read back from the stick")
-        removed = []
         with timer.step("tidy_stick"):
-            for other in plan.remove_after:
-                entry = target.lookup(other)
-                if entry is not None and entry.kind == "file":
-                    target.wipe(other)
-                elif entry is not None:
-                    target.remove(other)
-                removed.append(other)
+            removed = context.get("removed", []) + self._clear(target, plan.remove_after)
         self.checkpoint("verified", device_id=provisioned.device_id, sha256=digest)
         cert = stick_report.device_certificate
         now = self.clock.now()
@@ -224,11 +260,14 @@ class Stager:
             devices_deleted=context["deleted"],
             attempts=provisioned.attempts,
         )
-        with timer.step("log"):
-            self.log.append("handoff", time=now, outcome="ready", station=self.station, operator=self.operator,
-                            device=result.device, stick=result.stick, archive={k: v for k, v in result.archive.items() if v is not None},
-                            certificate={k: (iso(v) if isinstance(v, datetime) else v) for k, v in result.certificate.items()},
-                            removed_from_stick=removed, durations_ms=dict(timer.durations_ms))
+        result.stick_warnings = plan.warnings
+        with timer.step("log"):  # the archive is proven on the stick: a log that fails now is reported, never undone
+            self._record(context, "handoff", time=now, outcome="ready", device=result.device, stick=result.stick,
+                         archive={k: v for k, v in result.archive.items() if v is not None},
+                         certificate={k: (iso(v) if isinstance(v, datetime) else v)
+                                      for k, v in result.certificate.items()},
+                         removed_from_stick=removed, stick_warnings=plan.warnings, durations_ms=dict(timer.durations_ms))
+        result.log_error = "; ".join(dict.fromkeys(context.get("log_errors", []))) or None
         result.durations_ms = dict(timer.durations_ms)
         self.checkpoint("ready", device_id=provisioned.device_id, deadline=result.deadline)
         return result
@@ -243,38 +282,48 @@ class Stager:
                               margin_seconds=margin, file_name=file_name, device_name=name, **kwargs)
 
     def _inspect(self, target: Any, name: str) -> StickPlan:
-        """Decide what happens to what the stick already holds, before any device is made.
+        """Decide what happens to what the stick already holds, before any device is made (reads only).
 
-        The same device's older archive is replaced atomically; another device's expired
-        archive is wiped.  A live archive of another device, or a directory, symlink or
-        read-only file at the target name, blocks the write unless ``--replace``.
+        The stick must be sound (a damaged FAT is refused).  Every entry a FAT reader could take for an
+        archive, or for this archive's name, is judged by what it is, not by its name alone: the same
+        device's older archive is replaced atomically; an expired archive, or (with ``--replace``) junk
+        or an entry in the way, is removed before provisioning; another device's live archive blocks
+        the write unless ``--replace`` (then it goes once ours is proven, or first when its name is
+        FAT-equal to ours: the stick cannot hold both).
         """
         plan = StickPlan(target_name=archive_file_name(name))
         target.require_writable()
-        checks.check_space(target, EXPECTED_ARCHIVE_BYTES)
+        plan.warnings = target.check_sound()
+        replace = self.options.replace
         blockers: list[str] = []
         at_name = target.lookup(plan.target_name)
-        for entry in [e for e in [at_name] if e] + [e for e in checks.archives(target) if e != at_name]:
-            same = entry is at_name
-            what = {"dir": "a directory", "symlink": "a symlink", "other": "a special file"}.get(
-                entry.kind, "a read-only file" if entry.readonly else "a file")
+        others = [e for e in checks.archives(target) if at_name is None or e.name != at_name.name]
+        for entry in [e for e in [at_name] if e] + others:
+            ours = entry.name == plan.target_name  # this device's own name, exactly (device names are case-sensitive)
+            alike = names.same(entry.name, plan.target_name)
+            what = {"dir": "a directory", "symlink": "a symlink", "other": "a special file"}.get(entry.kind, "a file")
             if entry.kind == "dir" and target.list_dir(entry.name):
                 raise StickConflict(f"{entry.name} on the stick is a directory with files in it; it is never removed for you",
                                     reason="stick-name-is-dir", hint="move its contents away, or use another stick")
-            if same and entry.kind == "file":
-                if entry.readonly and not self.options.replace:
-                    blockers.append(f"{entry.name} is a read-only file")
-                plan.replace_existing = True
-            elif same:
-                if not self.options.replace:
+            if entry.kind != "file":
+                if not replace:
                     blockers.append(f"{entry.name} is {what} (a symlink is never followed)")
+                (plan.remove_before if alike else plan.remove_after).append(entry.name)
+                continue
+            if ours and entry.readonly and not replace:
+                blockers.append(f"{entry.name} is a read-only file")
+            found = self._archive_on_stick(target, entry)
+            if ours and not found.too_large:
+                plan.replace_existing = True
+            elif ours or found.expired:
                 plan.remove_before.append(entry.name)
-            elif entry.kind == "file" and (self.options.replace or self._expired_archive(target, entry.name)):
-                plan.remove_after.append(entry.name)
-            elif entry.kind != "file" and self.options.replace:
-                plan.remove_after.append(entry.name)
+            elif not replace:
+                blockers.append(found.describe() + (f"; on FAT its name is the same as {plan.target_name}, so the stick "
+                                                    "cannot hold both" if alike else ""))
+            elif alike or not found.live:
+                plan.remove_before.append(entry.name)
             else:
-                blockers.append(f"{entry.name} is {'a live archive for another device' if entry.kind == 'file' else what}")
+                plan.remove_after.append(entry.name)
         if blockers:
             raise StickConflict(
                 "the stick already holds: " + "; ".join(blockers) + " (the appliance must meet exactly one archive)",
@@ -283,13 +332,36 @@ class Stager:
             )
         return plan
 
-    def _expired_archive(self, target: Any, file_name: str) -> bool:
+    def _archive_on_stick(self, target: Any, entry: Any) -> "OnStick":
+        """What an archive-like file on the stick is, judged by its size first and read only when it could be one."""
+        limits = self.verify_limits or Limits()
+        if entry.size > limits.max_file_bytes:
+            return OnStick(entry.name, problem=f"{entry.size} bytes, larger than any configuration archive",
+                           too_large=True)
         try:
-            data = target.read(file_name, bypass_cache=False)
-        except PanostageError:
-            return False
-        report = verify_archive(data, now=self.clock.now(), skew_seconds=self.options.skew_seconds, margin_seconds=0)
-        return report.outcome is Outcome.EXPIRED
+            data = target.read(entry.name, bypass_cache=False, limit=limits.max_file_bytes)
+        except PanostageError as exc:
+            return OnStick(entry.name, problem=f"unreadable: {exc.message}")
+        report = verify_archive(data, now=self.clock.now(), skew_seconds=self.options.skew_seconds, margin_seconds=0,
+                                limits=limits)
+        device = report.device_name or (report.device_certificate.subject if report.device_certificate else None)
+        if report.outcome is Outcome.EXPIRED:
+            return OnStick(entry.name, device=device, expired=True)
+        if report.outcome in (Outcome.OK, Outcome.EXPIRING):
+            return OnStick(entry.name, device=device, not_after=report.not_after)
+        return OnStick(entry.name, device=device, problem=report.summary())
+
+    def _clear(self, target: Any, entries: list[str]) -> list[str]:
+        """Remove ``entries`` from the stick: files are wiped (overwritten, then deleted), the rest removed."""
+        removed = []
+        for name in entries:
+            entry = target.lookup(name)
+            if entry is not None and entry.kind == "file":
+                target.wipe(entry.name)
+            elif entry is not None:
+                target.remove(entry.name)
+            removed.append(name)
+        return removed
 
     def _clear_stale_device(self, name: str, context: dict[str, Any]) -> None:
         """Start over when a device of this name awaits an archive that expired or was never
@@ -333,12 +405,19 @@ class Stager:
                 until = (record.get("certificate") or {}).get("not_after")
         return utc(datetime.fromisoformat(until.replace("Z", "+00:00"))) if until else None
 
+    def _record(self, context: dict[str, Any], kind: str, **fields: Any) -> None:
+        """Append to the hand-off log; a failure is kept in ``context`` to be reported after the stick's outcome."""
+        try:
+            self.log.append(kind, station=self.station, operator=self.operator, **fields)
+        except Exception as exc:  # noqa: BLE001 - the stick's outcome comes first; the log's failure is named second
+            context.setdefault("log_errors", []).append(to_error(exc).message)
+
     def _delete(self, device_id: str, name: str, reason: str, context: dict[str, Any]) -> None:
         self.backend.panorama().delete_device(DeviceId=device_id)
         entry = {"id": device_id, "name": name, "reason": reason}
         context["deleted"].append(entry)
-        self.log.append("device-deleted", time=self.clock.now(), station=self.station, operator=self.operator,
-                        device={"name": name, "id": device_id}, reason=reason)
+        self._record(context, "device-deleted", time=self.clock.now(), device={"name": name, "id": device_id},
+                     reason=reason)
         self.on_event("device-deleted", **entry)
 
     def _provision_event(self, context: dict[str, Any]) -> Callable[..., None]:
@@ -346,8 +425,8 @@ class Stager:
             if kind == "orphan-deleted":
                 entry = {"id": data["device_id"], "name": data["name"], "reason": "created by an attempt whose answer was lost"}
                 context["deleted"].append(entry)
-                self.log.append("device-deleted", time=self.clock.now(), station=self.station, operator=self.operator,
-                                device={"name": data["name"], "id": data["device_id"]}, reason=entry["reason"])
+                self._record(context, "device-deleted", time=self.clock.now(),
+                             device={"name": data["name"], "id": data["device_id"]}, reason=entry["reason"])
             self.on_event(kind, **data)
 
         return on_event
@@ -378,9 +457,9 @@ class Stager:
         self.checkpoint("failed", error=str(exc))
         if timer.current == "validate":
             return  # nothing was attempted: bad input is the caller's to report
-        self.log.append(
-            "handoff", time=self.clock.now(), outcome="failed", station=self.station, operator=self.operator,
-            device=context["device"], stick=context["stick"], failed_step=timer.current or timer.last,
+        self._record(
+            context, "handoff", time=self.clock.now(), outcome="failed", device=context["device"], stick=context["stick"],
+            failed_step=timer.current or timer.last,
             error={"reason": error.reason if error else type(exc).__name__, "message": (error.message if error else str(exc))[:500]},
             durations_ms=dict(timer.durations_ms),
         )

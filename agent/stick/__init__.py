@@ -15,11 +15,11 @@ from agent.stick.checks import NameState, Preflight, archives, check_space, left
 from agent.stick.directory import DirectoryTarget
 from agent.stick.errors import StickConflict, StickIOError, StickNameError, StickRefused
 from agent.stick.fat import FatTarget
-from agent.stick.model import ARCHIVE_RE, LOG_DIR, LOG_FILES, Entry, FsInfo, StickTarget, WriteReport
+from agent.stick.model import LOG_DIR, LOG_FILES, Entry, FsInfo, StickTarget, WriteReport
 from agent.stick.opener import open_target
 
 __all__ = [
-    "ARCHIVE_RE", "LOG_DIR", "LOG_FILES", "DirectoryTarget", "Entry", "FatTarget", "FsInfo", "NameState",
+    "LOG_DIR", "LOG_FILES", "DirectoryTarget", "Entry", "FatTarget", "FsInfo", "NameState",
     "Preflight", "StickConflict", "StickIOError", "StickNameError", "StickRefused", "StickTarget", "WriteReport", "archives",
     "check_space", "leftovers", "name_state", "open_target", "preflight", "require",
 ]

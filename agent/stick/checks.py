@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from agent.errors import ExitCode
 from agent.stick.errors import StickConflict, StickRefused
-from agent.stick.model import ARCHIVE_RE, TEMP_RE, Entry, FsInfo, StickTarget
+from agent.stick import names
+from agent.stick.model import Entry, FsInfo, StickTarget
 
 State = Literal["absent", "file", "dir", "symlink", "other"]
 
@@ -35,13 +36,13 @@ def name_state(target: StickTarget, name: str) -> NameState:
 
 
 def archives(target: StickTarget) -> list[Entry]:
-    """``certificates-omni_*.zip`` entries in the root (case-insensitive), of any kind."""
-    return [e for e in target.list_root() if ARCHIVE_RE.fullmatch(e.name)]
+    """Entries in the root a FAT reader could take for ``certificates-omni_*.zip``, of any kind."""
+    return [e for e in target.list_root() if names.is_archive_name(e.name)]
 
 
 def leftovers(target: StickTarget) -> list[Entry]:
-    """Temporary files an interrupted write left in the root."""
-    return [e for e in target.list_root() if TEMP_RE.fullmatch(e.name)]
+    """Temporary archive files an interrupted write left in the root (another program's are not ours)."""
+    return [e for e in target.list_root() if names.is_archive_temp(e.name)]
 
 
 def space_needed(size: int, cluster_size: int) -> int:
@@ -88,8 +89,8 @@ def preflight(target: StickTarget, name: str, size: int, *, replace: bool = True
     state = name_state(target, name)
     root = target.list_root()
     found = Preflight(
-        fs=info, target=state, archives=[e for e in root if ARCHIVE_RE.fullmatch(e.name)],
-        leftovers=[e for e in root if TEMP_RE.fullmatch(e.name)], needed_bytes=space_needed(size, info.cluster_size))
+        fs=info, target=state, archives=[e for e in root if names.is_archive_name(e.name)],
+        leftovers=[e for e in root if names.is_archive_temp(e.name)], needed_bytes=space_needed(size, info.cluster_size))
     if info.free_bytes is not None and info.free_bytes < found.needed_bytes:
         found.problems.append(f"not enough space: {info.free_bytes} bytes free, {found.needed_bytes} needed")
     if state.state in ("dir", "symlink", "other"):

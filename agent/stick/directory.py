@@ -9,17 +9,19 @@ workstation by accident.  Symlinks are never followed (``O_NOFOLLOW``, lstat).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from agent.stick import blockio
-from agent.stick.errors import StickConflict, StickIOError, StickRefused
-from agent.stick.fatfs import FatReader, NotFat, parse_boot_sector, split_rel
-from agent.stick.model import Entry, FsInfo, WriteReport, stale_temp_of, temp_name
+from agent.stick import blockio, names
+from agent.stick.errors import StickConflict, StickFileTooLarge, StickIOError, StickRefused
+from agent.stick.fatfs import FatReader, split_rel
+from agent.stick.fatgeo import NotFat, parse_boot_sector
+from agent.stick.model import READ_LIMIT, Entry, FsInfo, WriteReport, refuse_look_alikes, stale_temp_of, temp_name
 from agent.stick.mounts import FAT_FSTYPES, Mount, device_rdev, mount_of
 from agent.stick.mtools import check_name
 from agent.stick.steps import Stopwatch
@@ -94,6 +96,40 @@ class DirectoryTarget:
         if not os.access(self.path, os.W_OK) or not st.st_mode & 0o222:
             return "is not writable (permissions)"
         return None
+
+    def check_sound(self) -> list[str]:
+        """A mounted stick's structures are the kernel's to check and repair: nothing to add here."""
+        return []
+
+    def check_room(self, name: str, size: int, *, freeing: Iterable[str] = ()) -> None:
+        """Refuse, before anything exists, a ``name`` of ``size`` bytes that would not fit once the root files
+        ``freeing`` are removed: its length, the free space, and a free directory slot (proved by creating and
+        removing the temporary name; with files still to be removed a full directory is left to the kernel)."""
+        check_name(name)
+        self.require_writable()
+        from agent.stick.checks import check_space
+
+        going = [e for e in (self.lookup(n) for n in freeing) if e is not None and e.kind == "file"]
+        info = self.fs_info()
+        if info.free_bytes is not None:
+            cluster = max(info.cluster_size, 1)
+            info = dataclasses.replace(info, free_bytes=info.free_bytes + sum(-(-e.size // cluster) * cluster
+                                                                              for e in going))
+        check_space(self, size, info)
+        probe = temp_name(name, os.getpid())
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=self._dfd)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC and going:
+                return
+            if exc.errno == errno.ENOSPC:
+                raise StickRefused(f"the root directory of {self.path} has no room for {name}", reason="stick-root-full",
+                                   hint="delete files from the stick's root, or wipe it (panostage stick wipe)") from exc
+            if exc.errno != errno.EEXIST:
+                raise StickIOError.from_os("room", f"checking room for {name} on {self.path}", exc) from exc
+            return
+        os.close(fd)
+        os.unlink(probe, dir_fd=self._dfd)
 
     def require_writable(self) -> None:
         why = self._readonly_reason()
@@ -210,14 +246,17 @@ class DirectoryTarget:
             entries = self._entries(fd)
             stored = next((e.name for e in entries if e.name == leaf), None)
             if stored is None and self.fat:
-                stored = next((e.name for e in entries if e.name.casefold() == leaf.casefold()), leaf)
+                stored = next((e.name for e in entries if names.same(e.name, leaf)), leaf)
             return Entry(stored or leaf, _kind(st.st_mode), st.st_size if stat.S_ISREG(st.st_mode) else 0,
                          not st.st_mode & 0o222)
         finally:
             os.close(fd)
 
-    def read(self, rel: str, *, bypass_cache: bool = True) -> bytes:
-        """Read a file; with ``bypass_cache`` the bytes come from the medium (O_DIRECT, else fsync+DONTNEED)."""
+    def read(self, rel: str, *, bypass_cache: bool = True, limit: int = READ_LIMIT) -> bytes:
+        """Read a file; with ``bypass_cache`` the bytes come from the medium (O_DIRECT, else fsync+DONTNEED).
+
+        A file larger than ``limit`` is refused from its size (:class:`StickFileTooLarge`), unread.
+        """
         what = f"reading {rel} from {self.path}"
         step = "open"
         fd_dir = fd = None
@@ -236,6 +275,8 @@ class DirectoryTarget:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise StickConflict(f"{rel} on the stick is not a regular file", reason="stick-not-a-file")
+            if st.st_size > limit:
+                raise StickFileTooLarge(rel, st.st_size, limit)
             step = "read"
             data = None
             if mode == "O_DIRECT":
@@ -284,6 +325,8 @@ class DirectoryTarget:
                                     reason=f"stick-name-is-{existing.kind}", details={"entry": existing.to_dict()})
             if existing is not None and not replace:
                 raise StickConflict(f"{name} already exists on the stick", reason="stick-name-exists")
+            if self.fat:
+                refuse_look_alikes(name, [e.name for e in self._entries(self._dfd)])
         scrubbed = 0
         with sw.step("stale_temps"):
             scrubbed += self._remove_stale_temps(name)

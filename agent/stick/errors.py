@@ -16,6 +16,32 @@ class StickRefused(PanostageError):
     reason = "stick-refused"
 
 
+class StickDamaged(StickRefused):
+    """The stick's FAT contradicts itself where a write would land; nothing was written."""
+
+    reason = "stick-damaged"
+
+    def __init__(self, path: object, problems: list[str], *, block: bool = True) -> None:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        erase = f", or erase it with `panostage stick prepare {path}`" if block else ""
+        super().__init__(f"the stick's filesystem is damaged ({shown}): nothing was written",
+                         hint=f"repair it with `fsck.fat -a {path}`{erase}", details={"problems": problems})
+        self.problems = problems
+
+
+class StickFileTooLarge(StickRefused):
+    """A file on the stick is larger than anything panostage reads from a stick; it was not read."""
+
+    reason = "stick-file-too-large"
+
+    def __init__(self, name: str, size: int, limit: int) -> None:
+        super().__init__(f"{name} on the stick is {size} bytes, more than the {limit} bytes panostage reads; "
+                         "it was not read", hint="it is no configuration archive or appliance log: remove it, "
+                         "or pass --replace to let panostage remove it",
+                         details={"name": name, "size": size, "limit": limit})
+        self.name, self.size, self.limit = name, size, limit
+
+
 class StickConflict(PanostageError):
     """The target name is taken by something that must not be replaced (a directory, a symlink ...)."""
 

@@ -15,24 +15,23 @@ filesystem exactly as it was.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import os
 import stat
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from agent.stick import blockio
-from agent.stick.errors import StickConflict, StickIOError, StickNameError, StickRefused
-from agent.stick.fatfs import (FAT_PARTITION_TYPES, DirEntry, FatCorrupt, FatReader, Geometry, NotFat, Partition,
-                               identify, mbr_partitions, parse_boot_sector, runs, split_rel)
+from agent.stick import blockio, fatcheck, names
+from agent.stick.errors import (StickConflict, StickDamaged, StickFileTooLarge, StickIOError, StickNameError,
+                                StickRefused)
+from agent.stick.fatfs import DirEntry, FatCorrupt, FatReader, runs, split_rel
+from agent.stick.fatgeo import Geometry, NotFat, Partition, parse_boot_sector
+from agent.stick.fatopen import locate, open_held
 from agent.stick.journal import Snapshot
-from agent.stick.model import Entry, FsInfo, WriteReport, stale_temp_of, temp_name
-from agent.stick.mtools import Mtools, Wrap, dos_path, errno_in, memory_file
+from agent.stick.model import READ_LIMIT, Entry, FsInfo, WriteReport, refuse_look_alikes, stale_temp_of, temp_name
+from agent.stick.mtools import ADDRESSABLE, Mtools, Wrap, check_name, dos_path, errno_in, memory_file
 from agent.stick.steps import Stopwatch
-
-HEAD_BYTES = 72 * 1024
 
 
 def _entry(e: DirEntry) -> Entry:
@@ -57,11 +56,14 @@ class FatTarget:
         self.last_read_mode: str | None = None
         self._fd: int | None = fd
         self._dirty = False  # written without a flush yet (scrubbing)
+        self._census: fatcheck.Census | None = None
+        self._changed = True  # written since the census was taken (its free space is out of date)
         self._wrap = wrap
         self._rdev = os.fstat(fd).st_rdev if block else None
         self._set_geometry(geometry)
 
     def _set_geometry(self, geometry: Geometry) -> None:
+        self._census = None
         self.geo = geometry
         self.reader = FatReader(self.fd, geometry)
         self.mtools = Mtools(self.fd, geometry.offset, wrap=self._wrap)
@@ -80,20 +82,9 @@ class FatTarget:
         block = stat.S_ISBLK(st.st_mode)
         if not block and not stat.S_ISREG(st.st_mode):
             raise StickRefused(f"{path} is neither an image file nor a block device", reason="stick-not-fat")
-        fd, writable = _open_held(path, block, st)
+        fd, writable = open_held(path, block, st)
         try:
-            geo, part = _find_fat(fd, path, offset=offset, partition=partition)
-            if geo.fat_bits == 32 and geo.cluster_count < 65525:
-                raise StickRefused(
-                    f"{path}: FAT32 with only {geo.cluster_count} clusters (the minimum is 65525); Linux reads it "
-                    "as FAT32, mtools as FAT16, so it cannot be written safely here", reason="stick-unsupported-layout",
-                    hint="reformat the stick (mkfs.fat -F 32 on 1 GB or more), or mount it and pass the mount point")
-            size = blockio.size_of(fd)
-            if geo.offset + geo.size_bytes > size:
-                raise StickRefused(
-                    f"{path}: the FAT filesystem claims {geo.size_bytes} bytes at offset {geo.offset}, "
-                    f"but the {'device' if block else 'image'} holds only {size}",
-                    reason="stick-truncated", hint="the image is truncated or the partition table is wrong")
+            geo, part = locate(fd, path, block=block, offset=offset, partition=partition)
             return cls(path, fd, block=block, writable=writable, geometry=geo, partition=part, wrap=wrap,
                        runtime_dir=runtime_dir, readback=readback)
         except BaseException:
@@ -144,6 +135,52 @@ class FatTarget:
                           size_bytes=self.geo.cluster_count * self.geo.cluster_size,
                           free_bytes=free * self.geo.cluster_size, cluster_size=self.geo.cluster_size)
 
+    # ------------------------------------------------------------ soundness and room
+    def census(self) -> fatcheck.Census:
+        """The census of the whole filesystem, taken once: our own writes keep a sound stick sound."""
+        if self._census is None:
+            sw = Stopwatch(f"checking the filesystem of {self.path}")
+            with sw.step("census"):
+                self._census = fatcheck.take(self.reader)
+            self._changed = False
+        return self._census
+
+    def check_sound(self) -> list[str]:
+        """Raise :class:`StickDamaged` when the filesystem is damaged; return what is odd but harmless."""
+        census = self.census()
+        if census.problems:
+            raise StickDamaged(self.path, census.problems, block=self.block)
+        return list(census.warnings)
+
+    def check_room(self, name: str, size: int, *, freeing: Iterable[str] = ()) -> None:
+        """Refuse, before anything exists, a ``name`` of ``size`` bytes that could not be written to the root
+        once the root entries ``freeing`` are removed (counted as free: their clusters and slots)."""
+        check_name(name)
+        sw = Stopwatch(f"checking room for {name} on {self.path}")
+        with sw.step("room"):
+            self.reader.forget()
+            going = [e for e in (self.reader.find(None, n) for n in freeing) if e is not None and not e.is_dir]
+            fresh = self._census is not None and not self._changed and not going
+            room = self._census.room if fresh else fatcheck.room(self.reader, going)
+        cluster = self.geo.cluster_size
+        clusters = -(-size // cluster)
+        slots = names.slots_for(temp_name(name, os.getpid()))
+        if room.usable_free < clusters + (0 if room.root_free_run >= slots else 1):
+            free, needed = room.usable_free * cluster, (clusters + 1) * cluster
+            raise StickRefused(f"{self.path} has {free} bytes free; {name} needs {needed}", reason="stick-full",
+                               exit_code=StickIOError.exit_code, hint="free some space or wipe the stick",
+                               details={"free": free, "needed": needed})
+        if not room.fits(clusters, slots):
+            raise StickRefused(
+                f"the root directory of {self.path} is full: {name} needs {slots} free entries in a row, the longest "
+                f"run is {room.root_free_run} (a FAT{self.geo.fat_bits} root holds {self.geo.root_entries} entries)",
+                reason="stick-root-full", hint="delete files from the stick's root, or wipe it (panostage stick wipe)",
+                details={"slots_needed": slots, "longest_free_run": room.root_free_run})
+
+    def _require_sound(self) -> None:
+        if self._census is None or not self._census.sound:
+            self.check_sound()
+
     # ------------------------------------------------------------ reading
     def list_root(self) -> list[Entry]:
         return self.list_dir("")
@@ -165,7 +202,7 @@ class FatTarget:
             self.reader.forget()
             return self.reader.lookup(rel)
 
-    def read(self, rel: str, *, bypass_cache: bool = True) -> bytes:
+    def read(self, rel: str, *, bypass_cache: bool = True, limit: int = READ_LIMIT) -> bytes:
         """Read a file.
 
         ``bypass_cache`` (the read-back after a write): with ``readback="direct"`` (default) an
@@ -173,10 +210,11 @@ class FatTarget:
         all come from the medium and nobody's cache is disturbed; with ``readback="mtools"`` (or
         where O_DIRECT is unsupported) caches are dropped (fsync, DONTNEED, BLKFLSBUF) and
         ``mcopy ::file -`` reads it.  Without ``bypass_cache``: mcopy through the caches.
+        A file larger than ``limit`` is refused from its directory entry (:class:`StickFileTooLarge`).
         """
         what = f"reading {rel} from {self.path}"
         if bypass_cache and self.readback == "direct":
-            data = self._read_direct(rel, what)
+            data = self._read_direct(rel, what, limit)
             if data is not None:
                 self.last_read_mode = "O_DIRECT"
                 return data
@@ -189,15 +227,17 @@ class FatTarget:
             raise StickIOError("lookup", what, errno=errno.ENOENT)
         if entry.is_dir:
             raise StickConflict(f"{rel} on the stick is a directory", reason="stick-not-a-file")
+        if entry.size > limit:
+            raise StickFileTooLarge(rel, entry.size, limit)
         with sw.step("read"):
-            data = self.mtools.run("mcopy", dos_path(rel), "-", step="read", what=what).stdout
+            data = self.mtools.run("mcopy", self._addr(rel), "-", step="read", what=what).stdout
         if len(data) != entry.size:
             raise StickIOError("read", what, errno=errno.EIO,
                                detail=f"mcopy returned {len(data)} bytes, the directory says {entry.size}")
         self.last_read_mode = "mtools+drop-cache" if bypass_cache else "mtools"
         return data
 
-    def _read_direct(self, rel: str, what: str) -> bytes | None:
+    def _read_direct(self, rel: str, what: str, limit: int) -> bytes | None:
         """Read ``rel`` natively through a fresh O_DIRECT descriptor; None when O_DIRECT is unsupported."""
         try:
             fd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
@@ -211,7 +251,7 @@ class FatTarget:
                 try:
                     reader = FatReader(fd, self.geo, direct=True)
                     entry = reader.lookup(rel)
-                    data = None if entry is None or entry.is_dir else reader.read_file(entry)
+                    data = None if entry is None or entry.is_dir else reader.read_file(entry, limit=limit)
                 except OSError as exc:
                     if exc.errno == errno.EINVAL:
                         return None
@@ -232,6 +272,7 @@ class FatTarget:
 
     def _journaled(self, sw: Stopwatch, snap: Snapshot, what: str, steps: list[tuple[str, Any]]) -> None:
         """Run ``steps`` (name, callable); on any failure restore ``snap``, flush, re-raise."""
+        self._changed = True
         try:
             for name, action in steps:
                 with sw.step(name):
@@ -249,6 +290,7 @@ class FatTarget:
     def write_atomic(self, name: str, data: bytes, *, replace: bool = True) -> WriteReport:
         """mcopy to a temp name in the root, fsync, mren onto ``name``, fsync - all inside the undo journal."""
         self.require_writable()
+        self._require_sound()
         dos_path(name)
         if len(split_rel(name)) != 1:
             raise StickNameError(f"write_atomic writes to the root only, not {name!r}")
@@ -262,7 +304,9 @@ class FatTarget:
                                     reason="stick-name-is-dir", details={"entry": _entry(existing).to_dict()})
             if existing is not None and not replace:
                 raise StickConflict(f"{name} already exists on the stick", reason="stick-name-exists")
-            stale = [e.name for e in self.reader.dir_entries(None) if not e.is_dir and stale_temp_of(e.name, name)]
+            root = self.reader.dir_entries(None)
+            refuse_look_alikes(name, [e.name for e in root])
+            stale = [e.name for e in root if not e.is_dir and stale_temp_of(e.name, name)]
         with sw.step("stale_temps"):
             scrubbed = sum(self.wipe(leftover) for leftover in stale)
         with sw.step("snapshot"):
@@ -294,7 +338,8 @@ class FatTarget:
                 self.reader.forget()
                 # mren (4.0.x) exits 0 when its directory write fails (buffer_flush): check it took
                 renamed = self.reader.lookup(name)
-                if self.reader.lookup(tmp) is not None or renamed is None or renamed.size != len(data):
+                if self.reader.lookup(tmp) is not None or renamed is None or renamed.name.lower() != name.lower() \
+                        or renamed.size != len(data):
                     said = " ".join(done.stderr.split())
                     raise StickIOError("rename", what, errno=errno_in(said) or errno.EIO,
                                        detail=f"mren exited 0 but {name} is not in place: {said or 'no message'}")
@@ -324,6 +369,7 @@ class FatTarget:
             return 0
 
     def _zero_clusters(self, clusters: list[int]) -> int:
+        self._changed = True
         size = self.geo.cluster_size
         for first, count in runs(clusters):
             blockio.zero_range(self.fd, self.geo.cluster_offset(first), count * size)
@@ -342,6 +388,7 @@ class FatTarget:
     def write(self, rel: str, data: bytes) -> None:
         """Write ``rel`` (replacing it), creating parent directories; journaled and flushed."""
         self.require_writable()
+        self._require_sound()
         path = dos_path(rel)
         parts = split_rel(rel)
         what = f"writing {rel} to {self.path}"
@@ -378,7 +425,7 @@ class FatTarget:
     def remove(self, rel: str, *, missing_ok: bool = False) -> None:
         """Delete a file (read-only too) or an empty directory."""
         self.require_writable()
-        path = dos_path(rel)
+        self._require_sound()
         what = f"removing {rel} from {self.path}"
         sw = Stopwatch(what)
         with sw.step("inspect"):
@@ -388,6 +435,7 @@ class FatTarget:
                 if missing_ok:
                     return
                 raise StickIOError("inspect", what, errno=errno.ENOENT)
+            path = self._addr(rel)
             snap = Snapshot.take(self.reader, self._path_dirs(split_rel(rel)))
 
         def delete() -> None:
@@ -395,14 +443,47 @@ class FatTarget:
                 self.mtools.run("mattrib", "-r", path, step="remove", what=what)
             self.mtools.run("mrd" if entry.is_dir else "mdel", path, step="remove", what=what)
             self.reader.forget()
-            if self.reader.lookup(rel) is not None:  # mtools can exit 0 when its write failed
+            if self._still_there(rel, entry):  # mtools can exit 0 when its write failed
                 raise StickIOError("remove", what, errno=errno.EIO, detail=f"{rel} is still there after mdel/mrd")
 
         self._journaled(sw, snap, what, [("remove", delete), ("fsync", lambda: os.fsync(self.fd))])
 
+    def _addr(self, rel: str) -> str:
+        """The mtools path of an existing entry: each part by its long name, else its 8.3 name - the first that
+        mtools takes as typed and that finds no other entry of its directory; refused when neither does."""
+        parts = split_rel(rel)
+        out: list[str] = []
+        cluster: int | None = None
+        for i, part in enumerate(parts):
+            entries = self.reader.dir_entries(cluster)
+            found = [e for e in entries if e.matches(part)]
+            entry = next((e for e in found if e.name == part), found[0] if found else None)
+            if entry is None:
+                raise StickIOError("lookup", f"finding {rel} on {self.path}", errno=errno.ENOENT)
+            name = next((n for n in (entry.name, entry.short_name) if ADDRESSABLE.fullmatch(n)
+                         and not any(e is not entry and e.matches(n) for e in entries)), None)
+            if name is None:
+                raise StickConflict(f"{entry.name!r} on the stick cannot be named unambiguously to mtools",
+                                    reason="stick-ambiguous-name", hint="rename or remove it with another tool, "
+                                    "or erase the stick (panostage stick prepare)")
+            out.append(name)
+            if i < len(parts) - 1:
+                cluster = self.reader.subdir_cluster(entry)
+        return "::/" + "/".join(out)
+
+    def _still_there(self, rel: str, entry: DirEntry) -> bool:
+        """Is this very entry (same slot) still in its directory?"""
+        parts = split_rel(rel)
+        cluster = None if len(parts) == 1 else self.reader.dir_cluster("/".join(parts[:-1]))
+        return any(e.slots[-1] == entry.slots[-1] for e in self.reader.dir_entries(cluster))
+
     def wipe(self, rel: str, *, missing_ok: bool = False) -> int:
-        """Overwrite the file's clusters with zeros in place, flush, then delete it; returns bytes zeroed."""
+        """Overwrite the file's clusters with zeros in place, flush, then delete it; returns bytes zeroed.
+
+        Only clusters the census found owned by this file alone are zeroed (a damaged stick is refused).
+        """
         self.require_writable()
+        self._require_sound()
         what = f"wiping {rel} on {self.path}"
         sw = Stopwatch(what)
         with sw.step("inspect"):
@@ -413,6 +494,7 @@ class FatTarget:
                 raise StickIOError("inspect", what, errno=errno.ENOENT)
             if entry.is_dir:
                 raise StickConflict(f"{rel} on the stick is a directory", reason="stick-not-a-file")
+            self._addr(rel)  # a name mtools could not be given is refused before a byte is zeroed
             clusters = self.reader.chain(entry.first_cluster)
         with sw.step("zero"):
             zeroed = self._zero_clusters(clusters)
@@ -425,6 +507,10 @@ class FatTarget:
         """mkfs.fat over the same extent, keeping FAT type, cluster size, volume id and (unless given) label."""
         self.require_writable()
         geo = self.geo
+        if geo.offset % geo.bytes_per_sector:
+            raise StickRefused(f"{self.path}: the filesystem starts at byte {geo.offset}, no multiple of its "
+                               f"{geo.bytes_per_sector}-byte sectors; mkfs.fat places filesystems at whole sectors only",
+                               reason="stick-unsupported-layout", hint="wipe it instead (without --format)")
         keep_label = self._label() if label is None else (label or None)
         argv = ["mkfs.fat", "-F", str(geo.fat_bits), "-S", str(geo.bytes_per_sector), "-s", str(geo.sectors_per_cluster),
                 "-f", str(geo.num_fats), "-M", f"0x{geo.media:02X}"]
@@ -458,7 +544,7 @@ class FatTarget:
             finally:
                 with sw.step("reclaim"):
                     try:
-                        fd, _ = _open_held(self.path, True, os.stat(self.path))
+                        fd, _ = open_held(self.path, True, os.stat(self.path))
                     except StickRefused:
                         raise
                     if os.fstat(fd).st_rdev != self._rdev:
@@ -474,7 +560,11 @@ class FatTarget:
             raise StickIOError("mkfs", what, detail=f"mkfs.fat exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
         with sw.step("reread"):
             os.fsync(self.fd)
-            self._set_geometry(parse_boot_sector(os.pread(self.fd, 512, geo.offset), geo.offset))
+            try:
+                self._set_geometry(parse_boot_sector(os.pread(self.fd, 512, geo.offset), geo.offset))
+            except NotFat as exc:
+                raise StickIOError("reread", what, detail=f"mkfs.fat exited 0 but no FAT is at byte {geo.offset}: "
+                                   f"{exc.found}") from exc
 
     # ------------------------------------------------------------ lifetime
     def close(self) -> None:
@@ -501,87 +591,3 @@ def _close_memory(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
-
-
-def _open_held(path: Path, block: bool, st: os.stat_result) -> tuple[int, bool]:
-    """Open the image/device for the target's lifetime: (fd, writable).  Block devices with O_EXCL."""
-    flags = os.O_CLOEXEC | (os.O_EXCL if block else 0)
-    writable = bool(st.st_mode & 0o222) or block
-    fd = None
-    if writable:
-        try:
-            fd = os.open(path, os.O_RDWR | flags)
-        except OSError as exc:
-            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-                fd = _refuse_busy(path, exc)
-            writable = False
-    if fd is None:
-        try:
-            fd = os.open(path, os.O_RDONLY | flags)
-        except OSError as exc:
-            fd = _refuse_busy(path, exc)
-    try:
-        if block:
-            if blockio.block_readonly(fd):
-                writable = False
-        else:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_EX if writable else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise StickRefused(f"{path} is in use by another process", reason="stick-busy") from exc
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, writable
-
-
-def _refuse_busy(path: Path, exc: OSError) -> int:
-    if exc.errno == errno.EBUSY:
-        raise StickRefused(
-            f"{path} is busy: mounted (perhaps in another mount namespace) or claimed by another program",
-            reason="stick-busy", hint="unmount it, or pass the mount point instead") from exc
-    raise StickIOError.from_os("open", f"opening {path}", exc) from exc
-
-
-def _find_fat(fd: int, path: Path, *, offset: int | None, partition: int | None) -> tuple[Geometry, Partition | None]:
-    """Locate the FAT filesystem: at ``offset``, in MBR ``partition``, at 0, or in the only FAT partition."""
-    head = os.pread(fd, HEAD_BYTES, 0)
-    if offset is not None:
-        try:
-            return parse_boot_sector(os.pread(fd, 512, offset), offset), None
-        except NotFat as exc:
-            found = identify(os.pread(fd, HEAD_BYTES, offset))
-            raise StickRefused(f"{path} at offset {offset} holds {found}, not FAT", reason="stick-not-fat",
-                               details={"found": found, "offset": offset}) from exc
-    if partition is None:
-        try:
-            return parse_boot_sector(head[:512], 0), None
-        except NotFat:
-            pass
-    parts = mbr_partitions(head[:512])
-    if not parts:
-        found = identify(head)
-        raise StickRefused(f"{path} holds {found}, not a FAT filesystem", reason="stick-not-fat",
-                           hint="the appliance reads FAT32: format the stick as FAT32", details={"found": found})
-    if any(p.type == 0xEE for p in parts):
-        raise StickRefused(f"{path} has a GPT partition table", reason="stick-unsupported-layout",
-                           hint="pass the partition's device (/dev/sdX1) or IMAGE@@BYTE_OFFSET")
-    if partition is not None:
-        chosen = [p for p in parts if p.index == partition]
-    else:
-        chosen = [p for p in parts if p.type in FAT_PARTITION_TYPES] or parts
-    if len(chosen) != 1:
-        listing = ", ".join(f"{p.index}: type 0x{p.type:02x} at {p.start}" for p in parts)
-        raise StickRefused(f"{path}: cannot tell which partition to use ({listing})", reason="stick-unsupported-layout",
-                           hint="name one: IMAGE@@BYTE_OFFSET, or the partition's device")
-    part = chosen[0]
-    try:
-        geo = parse_boot_sector(os.pread(fd, 512, part.start), part.start)
-    except NotFat as exc:
-        found = identify(os.pread(fd, HEAD_BYTES, part.start))
-        raise StickRefused(f"{path}: partition {part.index} holds {found}, not FAT", reason="stick-not-fat",
-                           details={"found": found, "partition": part.index}) from exc
-    if geo.size_bytes > part.size:
-        raise StickRefused(f"{path}: the filesystem in partition {part.index} is larger than the partition",
-                           reason="stick-truncated")
-    return geo, part

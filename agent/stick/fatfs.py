@@ -12,25 +12,17 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
+from agent.stick import names
 from agent.stick.blockio import pread_aligned
-from agent.stick.errors import StickNameError
+from agent.stick.errors import StickFileTooLarge, StickNameError
+from agent.stick.fatgeo import Geometry
+from agent.stick.model import READ_LIMIT
 
-SECTOR_SIZES = (512, 1024, 2048, 4096)
 ATTR_READONLY, ATTR_HIDDEN, ATTR_SYSTEM, ATTR_VOLUME, ATTR_DIR, ATTR_ARCHIVE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 ATTR_LFN = 0x0F
 _LOW_NIBBLE = bytes(b & 0x0F for b in range(256))
-#: MBR partition types that carry FAT.
-FAT_PARTITION_TYPES = {0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E, 0x11, 0x14, 0x16, 0x1B, 0x1C, 0x1E}
-
-
-class NotFat(Exception):
-    """What was found instead of a FAT filesystem (``found`` is human readable)."""
-
-    def __init__(self, found: str) -> None:
-        super().__init__(found)
-        self.found = found
 
 
 class InvalidPath(StickNameError, ValueError):
@@ -38,167 +30,7 @@ class InvalidPath(StickNameError, ValueError):
 
 
 class FatCorrupt(Exception):
-    """The filesystem contradicts itself (a broken chain, a loop)."""
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where everything is, in bytes from the start of the image or device."""
-
-    offset: int
-    bytes_per_sector: int
-    sectors_per_cluster: int
-    reserved_sectors: int
-    num_fats: int
-    root_entries: int
-    total_sectors: int
-    fat_sectors: int
-    fat_bits: int
-    cluster_count: int
-    root_cluster: int  # FAT32 only, else 0
-    fsinfo_sector: int  # FAT32 only, else 0
-    active_fat: int  # index of the FAT in use (FAT32 may disable mirroring)
-    mirrored: bool
-    serial: int | None
-    boot_label: str | None
-    media: int
-    hidden_sectors: int = 0
-
-    @property
-    def cluster_size(self) -> int:
-        return self.bytes_per_sector * self.sectors_per_cluster
-
-    @property
-    def size_bytes(self) -> int:
-        return self.total_sectors * self.bytes_per_sector
-
-    @property
-    def fat_bytes(self) -> int:
-        return self.fat_sectors * self.bytes_per_sector
-
-    def fat_offset(self, index: int) -> int:
-        return self.offset + (self.reserved_sectors + index * self.fat_sectors) * self.bytes_per_sector
-
-    @property
-    def root_dir_offset(self) -> int:
-        """FAT12/16: the fixed root directory region."""
-        return self.fat_offset(self.num_fats)
-
-    @property
-    def root_dir_bytes(self) -> int:
-        return self.root_entries * 32
-
-    @property
-    def data_offset(self) -> int:
-        root_sectors = -(-self.root_dir_bytes // self.bytes_per_sector)
-        return self.root_dir_offset + root_sectors * self.bytes_per_sector
-
-    def cluster_offset(self, cluster: int) -> int:
-        return self.data_offset + (cluster - 2) * self.cluster_size
-
-    @property
-    def eoc_min(self) -> int:
-        return {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}[self.fat_bits]
-
-    @property
-    def bad(self) -> int:
-        return {12: 0xFF7, 16: 0xFFF7, 32: 0x0FFFFFF7}[self.fat_bits]
-
-    @property
-    def uuid(self) -> str | None:
-        return None if self.serial is None else f"{self.serial >> 16:04X}-{self.serial & 0xFFFF:04X}"
-
-
-def parse_boot_sector(sector: bytes, offset: int = 0) -> Geometry:
-    """Parse a FAT boot sector; raise :class:`NotFat` when it is not one."""
-    if len(sector) < 512:
-        raise NotFat("too small to hold a filesystem")
-    if sector[0] not in (0xEB, 0xE9):
-        raise NotFat("no FAT boot sector (no x86 jump at byte 0)")
-    bps, spc, reserved, nfats, root_entries, tot16, media, fatsz16 = struct.unpack_from("<HBHBHHBH", sector, 11)
-    hidden, tot32 = struct.unpack_from("<II", sector, 28)
-    fatsz32, ext_flags, _ver, root_cluster, fsinfo = struct.unpack_from("<IHHIH", sector, 36)
-    if bps not in SECTOR_SIZES or spc == 0 or spc & (spc - 1) or reserved == 0 or nfats not in (1, 2, 3, 4):
-        raise NotFat("no FAT boot sector (implausible BIOS parameter block)")
-    if media not in (0xF0,) and media < 0xF8:
-        raise NotFat("no FAT boot sector (bad media byte)")
-    total = tot16 or tot32
-    fatsz = fatsz16 or fatsz32
-    if total == 0 or fatsz == 0:
-        raise NotFat("no FAT boot sector (zero size)")
-    root_sectors = -(-(root_entries * 32) // bps)
-    data_sectors = total - (reserved + nfats * fatsz + root_sectors)
-    if data_sectors <= 0:
-        raise NotFat("no FAT boot sector (inconsistent sizes)")
-    clusters = data_sectors // spc
-    # like Linux, mtools and dosfstools: FAT32 is told by its BPB (no 16-bit FAT size), FAT12 vs
-    # FAT16 by the cluster count (mkfs.fat makes FAT32 below the spec's 65525 clusters on request)
-    bits = 32 if fatsz16 == 0 else 12 if clusters < 4085 else 16
-    if bits == 32 and (root_entries != 0 or root_cluster < 2):
-        raise NotFat("no FAT boot sector (FAT32 fields inconsistent)")
-    if bits != 32 and root_entries == 0:
-        raise NotFat("no FAT boot sector (FAT12/16 without a root directory)")
-    if fatsz * bps * 8 < (clusters + 2) * bits:
-        raise NotFat("no FAT boot sector (FAT too small for the clusters)")
-    ext = 64 if bits == 32 else 36  # offset of BS_DrvNum
-    serial = label = None
-    if sector[ext + 2] == 0x29:
-        serial, = struct.unpack_from("<I", sector, ext + 3)
-        label = sector[ext + 7: ext + 18].decode("cp850", "replace").rstrip(" \x00") or None
-        if label == "NO NAME":
-            label = None
-    mirrored = not (bits == 32 and ext_flags & 0x80)
-    return Geometry(
-        offset=offset, bytes_per_sector=bps, sectors_per_cluster=spc, reserved_sectors=reserved, num_fats=nfats,
-        root_entries=root_entries, total_sectors=total, fat_sectors=fatsz, fat_bits=bits, cluster_count=clusters,
-        root_cluster=root_cluster if bits == 32 else 0, fsinfo_sector=fsinfo if bits == 32 else 0,
-        active_fat=0 if mirrored else (ext_flags & 0x0F), mirrored=mirrored, serial=serial, boot_label=label,
-        media=media, hidden_sectors=hidden,
-    )
-
-
-def identify(head: bytes) -> str:
-    """Name what a non-FAT volume holds, for error messages (``head``: its first 72 KiB or more)."""
-    def at(off: int, magic: bytes) -> bool:
-        return head[off: off + len(magic)] == magic
-
-    if len(head) >= 1024 + 58 and at(1024 + 56, b"\x53\xef"):
-        features, = struct.unpack_from("<I", head, 1024 + 0x60)
-        compat, = struct.unpack_from("<I", head, 1024 + 0x5C)
-        kind = "ext4" if features & 0x40 or features & 0x200 else "ext3" if compat & 0x4 else "ext2"
-        return f"an {kind} filesystem"
-    for off, magic, what in ((3, b"NTFS    ", "an NTFS filesystem"), (3, b"EXFAT   ", "an exFAT filesystem"),
-                             (0, b"LUKS\xba\xbe", "a LUKS encrypted volume"), (0, b"XFSB", "an XFS filesystem"),
-                             (0, b"hsqs", "a squashfs image"), (0x10040, b"_BHRfS_M", "a btrfs filesystem"),
-                             (0x8001, b"CD001", "an ISO 9660 image"), (512, b"EFI PART", "a GPT partition table"),
-                             (0, b"PK\x03\x04", "a ZIP file, not a filesystem")):
-        if at(off, magic):
-            return what
-    if len(head) >= 512 and at(510, b"\x55\xaa") and head[0] not in (0xEB, 0xE9):
-        return "an MBR partition table"
-    if not head.strip(b"\x00"):
-        return "only zeros (no filesystem)"
-    return "unrecognised data (no FAT boot sector)"
-
-
-@dataclass(frozen=True)
-class Partition:
-    index: int  # 1-based, as in /dev/sdX<index>
-    type: int
-    start: int  # bytes
-    size: int  # bytes
-
-
-def mbr_partitions(sector: bytes) -> list[Partition]:
-    """The primary partitions of an MBR (empty when the sector is not one)."""
-    if len(sector) < 512 or sector[510:512] != b"\x55\xaa":
-        return []
-    parts = []
-    for i in range(4):
-        status, ptype, lba, count = struct.unpack_from("<B3xB3xII", sector, 446 + 16 * i)
-        if ptype and count and status in (0x00, 0x80):
-            parts.append(Partition(i + 1, ptype, lba * 512, count * 512))
-    return parts
+    """The filesystem contradicts itself (a broken chain, a loop, a directory pointing back at the root)."""
 
 
 @dataclass(frozen=True)
@@ -222,8 +54,8 @@ class DirEntry:
         return bool(self.attr & ATTR_READONLY)
 
     def matches(self, name: str) -> bool:
-        wanted = name.casefold()
-        return self.name.casefold() == wanted or self.short_name.casefold() == wanted
+        """Would a FAT reader find this entry under ``name`` (long or 8.3 name, FAT-equal)?"""
+        return names.same(self.name, name) or names.same(self.short_name, name)
 
 
 def _lfn_checksum(short: bytes) -> int:
@@ -237,8 +69,9 @@ def _short_name(raw: bytes, case_flags: int) -> str:
     base = bytearray(raw[:8])
     if base[0] == 0x05:
         base[0] = 0xE5
-    stem = bytes(base).decode("cp850", "replace").rstrip()
-    ext = raw[8:11].decode("cp850", "replace").rstrip()
+    # a NUL ends the name, as mtools reads it
+    stem = bytes(base).split(b"\x00", 1)[0].decode("cp850", "replace").rstrip()
+    ext = raw[8:11].split(b"\x00", 1)[0].decode("cp850", "replace").rstrip()
     if case_flags & 0x08:
         stem = stem.lower()
     if case_flags & 0x10:
@@ -379,10 +212,14 @@ class FatReader:
         return None
 
     def _walk(self, cluster: int | None) -> Iterator[DirEntry]:
+        return self.entries_in(self.dir_extents(cluster))
+
+    def entries_in(self, extents: Iterable[tuple[int, int]]) -> Iterator[DirEntry]:
+        """Every entry stored in a directory's byte ranges (labels and dot entries included)."""
         lfn: dict[int, str] = {}
         lfn_sum = -1
         lfn_slots: list[int] = []
-        for base, length in self.dir_extents(cluster):
+        for base, length in extents:
             data = self.pread(base, length)
             for pos in range(0, length - 31, 32):
                 slot = data[pos: pos + 32]
@@ -415,19 +252,33 @@ class FatReader:
                 yield DirEntry(name, short, attr, first_cluster, size, tuple(lfn_slots) + (base + pos,))
                 lfn, lfn_slots = {}, []
 
+    def subdir_cluster(self, entry: DirEntry) -> int:
+        """The first cluster of a subdirectory entry; one that points at the root (or nowhere) is damage."""
+        first = entry.first_cluster
+        if first == 0 or (self.geo.fat_bits == 32 and first == self.geo.root_cluster):
+            raise FatCorrupt(f"directory {entry.name!r} points back at the root directory")
+        if not 2 <= first < self.geo.cluster_count + 2:
+            raise FatCorrupt(f"directory {entry.name!r} starts at cluster {first}, outside the volume")
+        return first
+
+    def find(self, cluster: int | None, name: str) -> DirEntry | None:
+        """The entry of directory ``cluster`` found under ``name``: the exact name first, else a FAT-equal one."""
+        found = [e for e in self.dir_entries(cluster) if e.matches(name)]
+        return next((e for e in found if e.name == name), found[0] if found else None)
+
     def lookup(self, rel: str) -> DirEntry | None:
-        """Find ``rel`` ("a/b.txt"), case-insensitively; None when any part is missing."""
+        """Find ``rel`` ("a/b.txt") as FAT does (exact name preferred); None when any part is missing."""
         cluster: int | None = None
         parts = split_rel(rel)
         entry: DirEntry | None = None
         for i, part in enumerate(parts):
-            entry = next((e for e in self.dir_entries(cluster) if e.matches(part)), None)
+            entry = self.find(cluster, part)
             if entry is None:
                 return None
             if i < len(parts) - 1:
                 if not entry.is_dir:
                     return None
-                cluster = entry.first_cluster or None
+                cluster = self.subdir_cluster(entry)
         return entry
 
     def dir_cluster(self, rel: str) -> int | None:
@@ -437,9 +288,12 @@ class FatReader:
         entry = self.lookup(rel)
         if entry is None or not entry.is_dir:
             raise FileNotFoundError(rel)
-        return entry.first_cluster or None
+        return self.subdir_cluster(entry)
 
-    def read_file(self, entry: DirEntry) -> bytes:
+    def read_file(self, entry: DirEntry, *, limit: int = READ_LIMIT) -> bytes:
+        """The file's bytes; one larger than ``limit`` is refused from its directory entry, unread."""
+        if entry.size > limit:
+            raise StickFileTooLarge(entry.name, entry.size, limit)
         clusters = self.chain(entry.first_cluster)
         if len(clusters) * self.geo.cluster_size < entry.size:
             raise FatCorrupt(f"{entry.name}: chain shorter than the file size")

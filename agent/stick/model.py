@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Iterable, Literal, Protocol, runtime_checkable
+
+from agent.stick import names
 
 EntryKind = Literal["file", "dir", "symlink", "other"]
 
-#: ``certificates-omni_<device-name>.zip`` (matched case-insensitively, as FAT does).
-ARCHIVE_RE = re.compile(r"certificates-omni_.+\.zip", re.IGNORECASE)
 #: The appliance's log directory on the stick and the logs it writes there.
 LOG_DIR = "panorama"
 LOG_FILES = ("occ.log", "ota_agent.log", "syslog.log", "kern.log")
+#: The most panostage reads of any one file on a stick unless told otherwise (an archive or a log
+#: is far smaller); a larger file is judged from its directory entry and never read.
+READ_LIMIT = 16 * 1024 * 1024
 
 
 def temp_name(name: str, pid: int) -> str:
@@ -29,19 +31,24 @@ def temp_name(name: str, pid: int) -> str:
     return full if len(full) <= 255 else f".{name[: 255 - 1 - len(suffix)]}{suffix}"
 
 
-TEMP_RE = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.tmp", re.IGNORECASE)
+#: The largest pid Linux hands out (``/proc/sys/kernel/pid_max`` cannot exceed it).
+PID_MAX = 4194304
 
 
 def stale_temp_of(entry_name: str, name: str) -> bool:
-    """Is ``entry_name`` a temporary of ``name`` left by a process that is gone (or by us)?"""
-    match = TEMP_RE.fullmatch(entry_name)
-    if not match:
+    """Is ``entry_name`` a temporary of ``name`` left by a process that is gone (or by us)?
+
+    Names are compared as FAT compares them (:mod:`agent.stick.names`).  A pid no process
+    can have is stale; a live process's temporary is another writer's and is left alone.
+    """
+    found = names.temp_of(entry_name)
+    if found is None:
         return False
-    stem, wanted = match["name"].casefold(), name.casefold()
-    if stem != wanted and not (len(entry_name) == 255 and wanted.startswith(stem)):
+    stem, pid = found
+    wanted = names.fold(name)
+    if stem != wanted and not (len(entry_name) == names.MAX_NAME and wanted.startswith(stem)):
         return False
-    pid = int(match["pid"])
-    if pid == os.getpid():
+    if pid == os.getpid() or not 0 < pid <= PID_MAX:
         return True
     try:
         os.kill(pid, 0)
@@ -50,6 +57,19 @@ def stale_temp_of(entry_name: str, name: str) -> bool:
     except PermissionError:
         return False  # alive, someone else's
     return False  # alive: another writer's temp file
+
+
+def refuse_look_alikes(name: str, present: list[str]) -> None:
+    """Refuse to write ``name`` beside a name FAT readers could take for it that mtools and the kernel
+    would not replace (``certificateſ-omni_x.zip`` for ``certificates-omni_x.zip``): two entries would
+    answer to one name.  Plain case variants are the same entry to every reader and are replaced."""
+    from agent.stick.errors import StickConflict
+
+    alike = [p for p in present if names.same(p, name) and p.lower() != name.lower()]
+    if alike:
+        raise StickConflict(f"{alike[0]!r} on the stick is a look-alike of {name!r}: FAT readers may take one for "
+                            "the other", reason="stick-look-alike", hint="remove it, or pass --replace",
+                            details={"look_alikes": alike})
 
 
 @dataclass(frozen=True)
@@ -126,9 +146,17 @@ class StickTarget(Protocol):
     def require_writable(self) -> None:
         """Raise ``stick-read-only`` unless the stick can be written."""
 
+    def check_sound(self) -> list[str]:
+        """Raise ``stick-damaged`` when the filesystem contradicts itself; return harmless oddities."""
+
+    def check_room(self, name: str, size: int, *, freeing: Iterable[str] = ()) -> None:
+        """Raise unless ``name`` (``size`` bytes) fits once the root entries ``freeing`` are gone: name length,
+        free space, root directory slots."""
+
     def write_atomic(self, name: str, data: bytes, *, replace: bool = True) -> WriteReport: ...
 
-    def read(self, rel: str, *, bypass_cache: bool = True) -> bytes: ...
+    def read(self, rel: str, *, bypass_cache: bool = True, limit: int = READ_LIMIT) -> bytes:
+        """The file's bytes; larger than ``limit``: ``stick-file-too-large``, unread."""
 
     def write(self, rel: str, data: bytes) -> None: ...
 

@@ -48,6 +48,9 @@ BASE_ENV = {
 
 #: Names mtools gets from us: no wildcards (``*?[]``), quotes or separators.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~ -]*|\.[A-Za-z0-9][A-Za-z0-9._+~ -]*")
+#: Names found on a stick that mtools takes as typed (C.UTF-8): no wildcard, separator, drive colon or
+#: control character, no leading or trailing space or dot (mtools would strip them).
+ADDRESSABLE = re.compile(r"(?![ .])[^*?\[\]/\\:\x00-\x1f\x7f]+(?<![ .])|\.[^*?\[\]/\\:\x00-\x1f\x7f.][^*?\[\]/\\:\x00-\x1f\x7f]*(?<![ .])")
 
 #: stderr lines that are only noise (loop devices have no geometry).
 _NOISE = re.compile(r"^(Could not get geometry of device.*|)$")

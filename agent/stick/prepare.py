@@ -29,7 +29,7 @@ from typing import Any, Callable
 from agent.errors import ExitCode, PanostageError
 from agent.stick import blockio
 from agent.stick.errors import StickIOError, StickRefused
-from agent.stick.fatfs import NotFat, parse_boot_sector
+from agent.stick.fatgeo import NotFat, parse_boot_sector
 from agent.stick.mounts import mounts_of_device
 
 FAT32_MIN_BYTES = 64 << 20

@@ -211,7 +211,8 @@ class Stick:
 
     def _label(self) -> str | None:
         """The volume label (fsck.fat lists its root entry like a file)."""
-        from agent.stick.fatfs import FatReader, parse_boot_sector
+        from agent.stick.fatfs import FatReader
+        from agent.stick.fatgeo import parse_boot_sector
 
         with open(self.image, "rb") as handle:
             geo = parse_boot_sector(handle.read(512))

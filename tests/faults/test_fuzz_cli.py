@@ -177,7 +177,9 @@ SWAPS = ['"x"', "-1", "0", "1e999", "nan", "inf", "true", "[]", "{}", '"""', "'"
          '"\\u0000"', "[[1]]", "= 1", "", "99999999999999999999999"]
 ENV = [("PANOSTAGE_BACKEND_MAX_ATTEMPTS", ["0", "3", "x", "1e3", ""]),
        ("PANOSTAGE_STAGE_MARGIN_SECONDS", ["-5", "nan", "12.5", "inf"]),
-       ("PANOSTAGE_NO_SUCH_KEY", ["1"]), ("PANOSTAGE_VERIFY_MAX_RATIO", ["0", "500", "many"])]
+       ("PANOSTAGE_NO_SUCH_KEY", ["1"]), ("PANOSTAGE_VERIFY_MAX_RATIO", ["0", "500", "many"]),
+       ("PANOSTAGE_BACKEND_ENDPOINT_URL", ["notaurl", "http://", "ftp://h", "http://127.0.0.1:1", "https://[::1"]),
+       ("PANOSTAGE_STAGE_OPERATOR", ["-----BEGIN PRIVATE KEY-----", "a\nb", "x" * 200, "lab"])]
 
 
 @st.composite
@@ -220,3 +222,45 @@ def test_mutated_config_through_the_cli(home, case):
         error = json.loads(result.stderr.decode().splitlines()[-1])["error"]
         assert error["exit_code"] == ExitCode.CONFIG and error["message"]
         assert str(path) in error["message"] or "PANOSTAGE_" in error["message"], error
+
+
+# ---------------------------------------------------------------------------- crafted stick paths
+
+
+SPEC_PARTS = ["", "@@", "@@0", "@@512", "@@-1", "@@99999999999999999999999", "@@1e3", "@@@@4", "/", "/.", "/..",
+              "\x00", "%", "*", "?", "[", " ", "\u017f"]
+
+
+@st.composite
+def crafted_specs(draw) -> tuple[str, str]:
+    base = draw(st.sampled_from(["image", "dir", "missing", "dev-null", "fifo", "symlink-loop", "ext4-ish"]))
+    tail = "".join(draw(st.lists(st.sampled_from(SPEC_PARTS), max_size=3)))
+    command = draw(st.sampled_from(["stage", "verify", "wipe", "collect"]))
+    return base + tail, command
+
+
+@CLI_FUZZ
+@given(case=crafted_specs())
+def test_crafted_stick_paths_through_the_cli(home, case):
+    """Whatever a TARGET names - an offset past the end, a FIFO, a loop of symlinks, NUL bytes - the
+    answer is a documented exit code and a message, never a traceback or a hang."""
+    spec, command = case
+    where = home / "targets"
+    if not where.exists():
+        where.mkdir()
+        (where / "image").write_bytes(b"\xeb" + bytes(4095))
+        (where / "dir").mkdir()
+        (where / "dev-null").symlink_to("/dev/null")
+        os.mkfifo(where / "fifo")
+        (where / "symlink-loop").symlink_to(where / "symlink-loop")
+        (where / "ext4-ish").write_bytes(bytes(1024) + bytes(56) + b"\x53\xef" + bytes(2048))
+    target = str(where / spec) if "\x00" not in spec else str(where) + "/" + spec
+    args = {"stage": ["stage", "--name", "cam-x", "--to", target], "verify": ["verify", target],
+            "wipe": ["stick", "wipe", target], "collect": ["stick", "collect", target]}[command]
+    try:
+        result = cli(home, *args)
+    except ValueError:  # a NUL byte cannot even be passed to a process: nothing to test
+        return
+    no_traceback(result)
+    allowed = {ExitCode.USAGE, ExitCode.VALIDATION, ExitCode.CONFLICT, ExitCode.IO, ExitCode.STICK_REFUSED} | VERIFY_CODES
+    assert result.returncode in allowed, (result.returncode, result.stderr.decode("utf-8", "replace"))

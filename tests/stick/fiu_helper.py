@@ -49,19 +49,25 @@ def main() -> int:
     parser.add_argument("--allow-non-fat", action="store_true")
     args = parser.parse_args()
     data = bytes([0x5A]) * args.size
-    result: dict = {"ok": True}
     with open_target(args.spec, allow_non_fat=args.allow_non_fat) as target:
-        calls = arm(args.point, args.at, getattr(errno, args.errno))
-        try:
-            target.write_atomic(args.name, data)
-        except PanostageError as exc:
-            result = {"ok": False, "error": exc.to_dict(), "step": getattr(exc, "step", None),
-                      "errno": getattr(exc, "errno", None)}
-        finally:
-            LIB.fiu_disable(args.point.encode())
-        result["calls"] = calls[0]
+        result = run_armed(args.point, args.at, args.errno, lambda: target.write_atomic(args.name, data))
     json.dump(result, sys.stdout)
     return 0
+
+
+def run_armed(point: str, at: int, err: str, action) -> dict:  # noqa: ANN001 - any callable
+    """Run ``action`` with the ``at``-th call of ``point`` failing with ``err``: its outcome as a dict."""
+    result: dict = {"ok": True}
+    calls = arm(point, at, getattr(errno, err))
+    try:
+        action()
+    except PanostageError as exc:
+        result = {"ok": False, "error": exc.to_dict(), "step": getattr(exc, "step", None),
+                  "errno": getattr(exc, "errno", None)}
+    finally:
+        LIB.fiu_disable(point.encode())
+    result["calls"] = calls[0]
+    return result
 
 
 if __name__ == "__main__":

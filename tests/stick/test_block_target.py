@@ -9,7 +9,7 @@ import pytest
 
 from agent.errors import ExitCode
 from agent.stick import DirectoryTarget, FatTarget, StickRefused, open_target
-from agent.stick.fat import _open_held
+from agent.stick.fatopen import open_held
 from tests.fat_kit import ext4_image, fsck, loop_device, make_image, mounted, needs_root, run
 
 pytestmark = needs_root
@@ -39,7 +39,7 @@ def test_exclusive_hold_blocks_mount(tmp_path: Path) -> None:
     where = tmp_path / "mnt"
     where.mkdir()
     with loop_device(img) as dev:
-        fd, writable = _open_held(Path(dev), True, os.stat(dev))
+        fd, writable = open_held(Path(dev), True, os.stat(dev))
         try:
             assert writable
             busy = run("mount", dev, str(where), check=False)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.stick.fatfs import FatReader, NotFat, identify, mbr_partitions, parse_boot_sector, split_rel
+from agent.stick.fatfs import FatReader, split_rel
+from agent.stick.fatgeo import NotFat, identify, mbr_partitions, parse_boot_sector
 
 from tests.fat_kit import SIZES, ext4_image, make_image, make_mbr_image, mtools
 
