@@ -89,6 +89,18 @@ def operator_problem(value: str) -> str | None:
     return None
 
 
+#: A region name as botocore accepts one for signing (``us-east-1``, ``eu-central-1``, a lab's ``zz-lab-1``).
+_REGION_NAME = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+
+
+def regions_problem(value: tuple[str, ...]) -> str | None:
+    """The rule a list of region names breaks (None when every entry is a region name)."""
+    for region in value:
+        if not _REGION_NAME.match(region):
+            return f"must hold region names such as us-east-1 (letters, digits and '-'); {_shown(region)} is not one"
+    return None
+
+
 def check_operator(value: str, source: str) -> str:
     """``value`` if it is a fine operator name for the hand-off log, else a :class:`ConfigError`.
 
@@ -133,6 +145,9 @@ class AuthoritySettings:
     device_quota: int = _opt(0, "devices it will hold before answering 402 (0: no limit)", min=0)
     unique_names: bool = _opt(True, "answer 409 to ProvisionDevice for a name already in use")
     job_step_seconds: float = _opt(2.0, "seconds each job, import or task state lasts", min=0.0)
+    regions: tuple[str, ...] = _opt((), "regions a request's credential scope may name, others are refused (403 "
+                                    "InvalidSignatureException); empty: backend.region only; in the environment "
+                                    "comma-separated", check=regions_problem)
     access_key_id: str = _opt("", "access key it accepts (empty: generated into its state dir)")
     secret_access_key: str = _opt("", "secret for access_key_id (prefer the environment to the file)")
 
@@ -154,6 +169,11 @@ class StageSettings:
     margin_seconds: float = _opt(60.0, "do not write when less validity than this is left; start over instead", min=0.0)
     skew_seconds: float = _opt(30.0, "tolerated difference between our clock and the certificate's issuer", min=0.0)
     restarts: int = _opt(1, "times to start over when a fresh archive is already inside the margin", min=0, max=5)
+    certificate_seconds: int = _opt(300, "how long the service's certificates live (documented: 5 minutes): a device "
+                                    "awaiting provisioning younger than this may be on another station's stick (the "
+                                    "local backend uses authority.cert_validity_seconds)", min=1)
+    station: str = _opt("", "this station's name, in the hand-off log and on the devices it provisions (empty: the "
+                        "host name); give each station sharing one service its own", check=operator_problem)
     operator: str = _opt("", f"who stages (recorded in the hand-off log; empty: $USER); at most {OPERATOR_MAX} "
                          "characters, no control characters", check=operator_problem)
     allow_non_fat: bool = _opt(False, "accept a directory on a non-FAT filesystem as a stick (lab use)")
@@ -212,6 +232,7 @@ class LoadedConfig:
         out = []
         for section, key, fld in iter_keys():
             value = getattr(getattr(self.settings, section), key)
+            value = list(value) if isinstance(value, tuple) else value
             secret = "secret" in key
             out.append(
                 {
@@ -240,7 +261,8 @@ def _section_fields() -> dict[str, dict[str, dataclasses.Field]]:
 
 
 def _type_name(fld: dataclasses.Field) -> str:
-    return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}[_type_of(fld).__name__]
+    return {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
+            "tuple": "list of strings"}[_type_of(fld).__name__]
 
 
 def _a(noun: str) -> str:
@@ -248,7 +270,7 @@ def _a(noun: str) -> str:
 
 
 def _type_of(fld: dataclasses.Field) -> type:
-    return {"str": str, "int": int, "float": float, "bool": bool}[str(fld.type)]
+    return {"str": str, "int": int, "float": float, "bool": bool, "tuple[str, ...]": tuple}[str(fld.type)]
 
 
 def _coerce(fld: dataclasses.Field, value: Any, where: str, key: str) -> Any:
@@ -256,7 +278,12 @@ def _coerce(fld: dataclasses.Field, value: Any, where: str, key: str) -> Any:
     want = _type_of(fld)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+    if want is tuple:  # a TOML array of strings
+        fits = isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
+        value = tuple(value) if fits else value
+    else:
+        fits = isinstance(value, want) and not (want is int and isinstance(value, bool))
+    if not fits:
         raise ConfigError(
             f"{where}: {key} must be {_a(_type_name(fld))}, got {type(value).__name__} {value!r}",
             hint=f"{key}: {fld.metadata['doc']}",
@@ -278,6 +305,8 @@ def _parse_env(fld: dataclasses.Field, raw: str, var: str, key: str) -> Any:
                 value = False
             else:
                 raise ValueError(raw)
+        elif want is tuple:  # a comma-separated list
+            value = tuple(item.strip() for item in raw.split(",") if item.strip())
         else:
             value = want(raw.strip()) if want is not str else raw
     except ValueError:

@@ -13,6 +13,8 @@ Rows (select with --only NAME,...):
   trust          peak RSS of stage onto a stick with a 1 GiB junk archive  goal <= 100 MiB each;
                  and of verify on a 3 GiB file; the checks before          checks <= 5 ms
                  ProvisionDevice on the warm path (scripts/bench_trust.py)
+  stations       (root) two daemons, four sticks each, one authority        goal all ready <= 2x one stick
+                 in its own process (scripts/bench_stations.py)
   stage          `panostage stage` to a FAT image vs the documented        goal <= 1/5 of the recipe
                  aws-cli recipe (provision-device | base64 -d; mcopy;
                  sync), same authority, same kind of image, interleaved;
@@ -468,6 +470,12 @@ def _idle_footprint(pid: int, seconds: float) -> dict[str, Any]:
             "threads": proc.num_threads(), "window_seconds": seconds}
 
 
+def _stations_rows(runs: int) -> list[dict[str, Any]]:
+    from bench_stations import bench_stations  # a module of its own: two stations on one authority
+
+    return bench_stations(runs)
+
+
 def _trust_rows(runs: int) -> list[dict[str, Any]]:
     from bench_trust import bench_trust  # a module of its own: the stick-trust rows
 
@@ -480,6 +488,7 @@ ROWS: dict[str, Callable[[argparse.Namespace], list[dict[str, Any]]]] = {
     "stage": lambda a: bench_stage(a.runs),
     "daemon": lambda a: bench_daemon(a.runs, a.idle_seconds),
     "trust": lambda a: _trust_rows(a.runs),
+    "stations": lambda a: _stations_rows(a.runs),
 }
 
 

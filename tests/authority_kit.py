@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (tests/ is one below it)
 TEST_KEY = "AKIDPANOSTAGETEST01"
 TEST_SECRET = "panostage-test-secret-0123456789abcdefghij"
 REGION = "eu-central-1"
@@ -30,6 +30,7 @@ def _base_env(tmp: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
         PANOSTAGE_CONFIG=str(config),
         PANOSTAGE_AUTHORITY_ACCESS_KEY_ID=TEST_KEY,
         PANOSTAGE_AUTHORITY_SECRET_ACCESS_KEY=TEST_SECRET,
+        PANOSTAGE_BACKEND_REGION=REGION,  # the region the authority accepts and its clients sign for
         PYTHONPATH=str(ROOT),
     )
     env.update(extra or {})

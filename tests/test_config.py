@@ -113,6 +113,31 @@ def test_config_show_cli_reports_sources_and_hides_secrets(tmp_path):
     assert data["resolved"]["state_dir"]
 
 
+def test_authority_regions_is_a_list_in_files_comma_separated_in_the_environment(tmp_path):
+    assert config.load(env=isolated_env(tmp_path)).settings.authority.regions == ()  # empty: the backend region
+    path = write(tmp_path / "regions.toml", '[authority]\nregions = ["us-east-1", "eu-west-1"]\n')
+    assert config.load(str(path), env=isolated_env(tmp_path)).settings.authority.regions == ("us-east-1", "eu-west-1")
+    loaded = config.load(env=isolated_env(tmp_path, PANOSTAGE_AUTHORITY_REGIONS=" us-west-2 , ap-south-1,,"))
+    assert loaded.settings.authority.regions == ("us-west-2", "ap-south-1")
+    assert loaded.sources["authority.regions"] == "env PANOSTAGE_AUTHORITY_REGIONS"
+    for text, needle in [('regions = "us-east-1"', "authority.regions must be a list of strings, got str"),
+                         ("regions = [1]", "authority.regions must be a list of strings, got list"),
+                         ('regions = ["us east-1"]', "must hold region names such as us-east-1")]:
+        bad = write(tmp_path / "bad.toml", f"[authority]\n{text}\n")
+        with pytest.raises(ConfigError) as info:
+            config.load(str(bad), env=isolated_env(tmp_path))
+        assert needle in info.value.message and str(bad) in info.value.message
+    with pytest.raises(ConfigError) as info:
+        config.load(env=isolated_env(tmp_path, PANOSTAGE_AUTHORITY_REGIONS="eu-west-1,eu_west_2"))
+    assert "PANOSTAGE_AUTHORITY_REGIONS" in info.value.message and "'eu_west_2' is not one" in info.value.message
+    shown = run_cli("config", "show", "--json", env=isolated_env(tmp_path, PANOSTAGE_AUTHORITY_REGIONS="eu-west-1"),
+                    home=tmp_path)
+    row = {row["key"]: row for row in json.loads(shown.stdout)["settings"]}["authority.regions"]
+    assert (row["value"], row["type"]) == (["eu-west-1"], "list of strings"), row
+    human = run_cli("config", "show", env=isolated_env(tmp_path), home=tmp_path)
+    assert human.returncode == 0 and "authority.regions" in human.stdout
+
+
 def test_config_error_exit_code_and_message_from_the_cli(tmp_path):
     bad = write(tmp_path / "bad.toml", '[wait]\ntimeout_seconds = "long"\n')
     result = run_cli("--config", str(bad), "config", "show", env=isolated_env(tmp_path), home=tmp_path)

@@ -94,7 +94,7 @@ def test_same_device_restaged_replaces_atomically_and_starts_over(station, image
     first = station.json("stage", "--name", "cam-01", "--to", str(image))
     # its archive is live on this stick: restaging needs --replace-device
     refused = station.run("stage", "--name", "cam-01", "--to", str(image))
-    assert refused.returncode == ExitCode.CONFLICT and "live archive" in refused.stderr
+    assert refused.returncode == ExitCode.CONFLICT and "may be live on a stick" in refused.stderr
     second = station.json("stage", "--name", "cam-01", "--to", str(image), "--replace-device")
     assert second["device"]["id"] != first["device"]["id"]
     assert second["devices_deleted"] == [{"id": first["device"]["id"], "name": "cam-01", "reason": "--replace-device"}]
@@ -105,10 +105,15 @@ def test_same_device_restaged_replaces_atomically_and_starts_over(station, image
     fsck(image)
 
 
-def test_device_whose_archive_was_never_written_is_started_over(station, image):
+def test_a_young_device_made_elsewhere_is_refused_unless_replace_device(station, image):
+    """The service cannot tell an archive thrown away from one on another station's stick: a device still
+    awaiting provisioning is left alone while its certificate could live (tests/test_stations.py: until it dies)."""
     made = station.json("device", "provision", "--name", "cam-01")  # no --out: its archive is gone
-    data = station.json("stage", "--name", "cam-01", "--to", str(image))
-    assert data["devices_deleted"] == [{"id": made["DeviceId"], "name": "cam-01", "reason": "its archive was never written"}]
+    refused = station.run("stage", "--name", "cam-01", "--to", str(image))
+    assert refused.returncode == ExitCode.CONFLICT and "not by panostage" in refused.stderr
+    assert [d["DeviceId"] for d in station.devices()] == [made["DeviceId"]] and files_on(image) == []
+    data = station.json("stage", "--name", "cam-01", "--to", str(image), "--replace-device")
+    assert data["devices_deleted"] == [{"id": made["DeviceId"], "name": "cam-01", "reason": "--replace-device"}]
     assert [d["DeviceId"] for d in station.devices()] == [data["device"]["id"]]
 
 

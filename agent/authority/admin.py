@@ -15,6 +15,15 @@ ADMIN_SIGNING_NAME = "panostage"
 _EXIT_BY_STATUS = {400: ExitCode.VALIDATION, 403: ExitCode.ACCESS_DENIED, 404: ExitCode.NOT_FOUND}
 
 
+def _hint(status: int, message: str) -> str | None:
+    """What to do about a refused admin call."""
+    if status != 403:
+        return None
+    if "valid region" in message:
+        return "sign for a region the authority takes ([authority] regions, else its backend.region): --region"
+    return "the admin API takes the authority's own credentials"
+
+
 class AdminError(PanostageError):
     """The authority refused an admin call, or could not be reached."""
 
@@ -62,7 +71,7 @@ class AdminClient:
                 f"authority at {self.endpoint_url} answered {exc.code} {exc.headers.get('x-amzn-ErrorType', '')}: {message}",
                 exit_code=_EXIT_BY_STATUS.get(exc.code, ExitCode.SERVICE),
                 details={"status": exc.code, "body": detail},
-                hint="the admin API takes the authority's own credentials" if exc.code == 403 else None,
+                hint=_hint(exc.code, str(message)),
             ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)

@@ -8,6 +8,10 @@ from typing import Any, Iterable
 from agent.errors import Violation
 
 QUOTA_CODE = "L-PANOSTAGE-DEVICES"
+SIGNATURE_MISMATCH = (
+    "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key "
+    "and signing method. Consult the service documentation for details."
+)
 
 
 class ApiError(Exception):
@@ -60,6 +64,40 @@ def quota_exceeded(message: str, quota_code: str = QUOTA_CODE, service_code: str
 
 def access_denied(message: str) -> ApiError:
     return ApiError(403, "AccessDeniedException", message)
+
+
+# SigV4 refusals, as AWS's JSON services answer them.  All are HTTP 403: AWS's query services (and some
+# documentation of the common errors) give IncompleteSignature 400, but its JSON and REST-JSON services,
+# Panorama's kind, answer IncompleteSignatureException with 403 like every other signing failure.
+
+def missing_authentication() -> ApiError:
+    """No Authorization header (and no presigned query)."""
+    return ApiError(403, "MissingAuthenticationTokenException", "Missing Authentication Token")
+
+
+def incomplete_signature(message: str) -> ApiError:
+    """An Authorization header or credential scope that cannot be read."""
+    return ApiError(403, "IncompleteSignatureException", message)
+
+
+def unrecognized_client() -> ApiError:
+    """An access key ID this authority does not know."""
+    return ApiError(403, "UnrecognizedClientException", "The security token included in the request is invalid.")
+
+
+def invalid_signature(message: str = SIGNATURE_MISMATCH) -> ApiError:
+    """A signature that does not verify: mismatch, expired, or scoped to another region or service."""
+    return ApiError(403, "InvalidSignatureException", message)
+
+
+def serialization_error(message: str) -> ApiError:
+    """A body the JSON protocol cannot take (AWS: 400 SerializationException)."""
+    return ApiError(400, "SerializationException", message)
+
+
+def too_large(message: str) -> ApiError:
+    """A request body over the size limit."""
+    return ApiError(413, "RequestEntityTooLargeException", message)
 
 
 def throttled(message: str) -> ApiError:

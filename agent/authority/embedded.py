@@ -37,13 +37,16 @@ def open_server(
     port: int = 0,
     clock: Clock | None = None,
     faults: FaultInjector | None = None,
+    region: str,
 ):
-    """The authority's HTTP server over ``state_dir``, bound to ``host:port`` (0: ephemeral)."""
+    """The authority's HTTP server over ``state_dir``, bound to ``host:port`` (0: ephemeral), accepting
+    credential scopes of ``settings.regions`` (empty: ``region``, the backend's)."""
     from agent.authority.server import AuthorityHTTPServer
     from agent.authority.service import AuthorityService
 
     service = AuthorityService.open(settings, state_dir, clock if isinstance(clock, ShiftableClock) else ShiftableClock(clock))
-    return AuthorityHTTPServer((host, port), service, dict(credentials), faults or FaultInjector())
+    regions = tuple(settings.regions) or (region,)
+    return AuthorityHTTPServer((host, port), service, dict(credentials), faults or FaultInjector(), regions)
 
 
 @dataclass
@@ -76,9 +79,13 @@ def start_embedded(
     settings: AuthoritySettings, state_dir: Path, *, region: str, clock: Clock | None = None,
     faults: FaultInjector | None = None,
 ) -> EmbeddedAuthority:
-    """Start an authority in this process on 127.0.0.1 (ephemeral port) with fresh credentials."""
+    """Start an authority in this process on 127.0.0.1 (ephemeral port) with fresh credentials; it takes
+    requests signed for ``region`` (this process's) and for ``settings.regions``."""
+    import dataclasses
+
     access_key_id, secret = new_credentials()
-    server = open_server(settings, state_dir, {access_key_id: secret}, clock=clock, faults=faults).start()
+    settings = dataclasses.replace(settings, regions=tuple(dict.fromkeys((region, *settings.regions))))
+    server = open_server(settings, state_dir, {access_key_id: secret}, clock=clock, faults=faults, region=region).start()
     return EmbeddedAuthority(server.endpoint_url, access_key_id, secret, region, state_dir, server)
 
 

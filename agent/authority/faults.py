@@ -24,6 +24,7 @@ PANORAMA_OPERATIONS = (
 SNOW_OPERATIONS = ("CreateTask", "DescribeTask", "DescribeExecution", "ListTasks", "ListExecutions", "CancelTask", "ListDevices")
 LOCAL_OPERATIONS = ("Claim",)
 FAULT_STATUSES = (500, 429, 409, 402, 403)
+MAX_LATENCY_MS = 600_000
 
 
 def known_operations() -> set[str]:
@@ -91,8 +92,8 @@ def rule_from_mapping(operation: str, values: Mapping[str, Any]) -> FaultRule:
         raise FaultSpecError(f"rate={rule.rate}: must be between 0 and 1")
     if rule.count is not None and rule.count < 1:
         raise FaultSpecError(f"count={rule.count}: must be at least 1")
-    if rule.latency_ms < 0:
-        raise FaultSpecError(f"latency_ms={rule.latency_ms}: must not be negative")
+    if not 0 <= rule.latency_ms <= MAX_LATENCY_MS:  # NaN fails this too
+        raise FaultSpecError(f"latency_ms={rule.latency_ms}: must be between 0 and {MAX_LATENCY_MS} (ten minutes)")
     if rule.archive is not None:
         if rule.archive not in DEFECTS:
             raise FaultSpecError(f"archive={rule.archive}: must be one of {', '.join(DEFECTS)}")

@@ -14,7 +14,7 @@ import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from agent.clock import Clock, SystemClock
 
@@ -30,8 +30,21 @@ JOB_TERMINAL = ("COMPLETED", "FAILED")
 EXECUTION_TERMINAL = ("CANCELED", "FAILED", "SUCCEEDED", "REJECTED", "TIMED_OUT")
 
 
+#: How far the authority's clock may be shifted from its base, either way: ten years.
+MAX_OFFSET_SECONDS = 10 * 365.25 * 86400
+
+
+def offset_problem(seconds: float) -> str | None:
+    """The rule a clock offset breaks (None when it is a finite number within ten years)."""
+    if not math.isfinite(seconds):
+        return "must be a finite number of seconds"
+    if abs(seconds) > MAX_OFFSET_SECONDS:
+        return f"the clock offset must stay within ±{MAX_OFFSET_SECONDS:.0f} s (ten years); it would be {seconds:g} s"
+    return None
+
+
 class ShiftableClock:
-    """Another clock plus an offset that can be changed while the authority runs."""
+    """Another clock plus an offset that can be changed while the authority runs (within ten years)."""
 
     def __init__(self, base: Clock | None = None, offset_seconds: float = 0.0) -> None:
         self.base = base or SystemClock()
@@ -43,12 +56,23 @@ class ShiftableClock:
         return self._offset
 
     def set_offset(self, seconds: float) -> None:
-        with self._lock:
-            self._offset = float(seconds)
+        """Set the offset; ValueError (nothing changed) for one that is not finite or over ten years."""
+        self._shift(lambda _old: float(seconds))
 
     def advance(self, seconds: float) -> None:
+        """Move the offset on; ValueError (nothing changed) when the step or the result breaks the bounds."""
+        step = float(seconds)
+        if not math.isfinite(step):
+            raise ValueError("must be a finite number of seconds")
+        self._shift(lambda old: old + step)
+
+    def _shift(self, new_offset: Callable[[float], float]) -> None:
         with self._lock:
-            self._offset += float(seconds)
+            offset = new_offset(self._offset)
+            problem = offset_problem(offset)
+            if problem:
+                raise ValueError(problem)
+            self._offset = offset
 
     def now(self) -> datetime:
         return self.base.now() + timedelta(seconds=self._offset)

@@ -6,6 +6,10 @@ Panorama, botocore's for Snow Device Management), so the server and an unmodifie
 client agree by construction.  Local (non-AWS) routes live under ``/_local/``:
 ``GET /_local/health`` (unsigned), ``POST /_local/claim`` (authenticated by the device
 certificate), and the SigV4-signed admin API ``/_local/faults`` and ``/_local/clock``.
+
+Request bodies are JSON objects of at most :data:`MAX_BODY` bytes (413), nested at most
+:data:`MAX_DEPTH` deep and without NaN/Infinity (400 SerializationException); every error
+answer, http.server's own included, is JSON with ``x-amzn-ErrorType``.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import re
 import selectors
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -29,7 +35,8 @@ from urllib.parse import unquote, urlsplit
 from agent import __version__
 from agent.authority import sigv4
 from agent.authority.apierror import (
-    ApiError, cannot_parse, injected, internal, invalid_request, unknown_operation, validation_error,
+    ApiError, cannot_parse, injected, internal, invalid_request, serialization_error, too_large, unknown_operation,
+    validation_error,
 )
 from agent.authority.faults import NO_FAULT, FaultAction, FaultInjector, FaultSpecError, rule_from_mapping
 from agent.authority.service import PANORAMA, SNOW, AuthorityService, RequestContext
@@ -37,6 +44,8 @@ from agent.errors import Violation
 
 log = logging.getLogger("agent.authority")
 MAX_BODY = 1024 * 1024
+MAX_DEPTH = 64  # arrays and objects in a request body, nested
+_JSON_SPECIAL = re.compile(r'[\[\]{}"\\]')
 SUPPORTED = {
     PANORAMA: (
         "ProvisionDevice", "DescribeDevice", "ListDevices", "DeleteDevice", "CreateJobForDevices",
@@ -96,10 +105,60 @@ def encode(value: Any) -> bytes:
     return json.dumps(value, default=_wire, separators=(",", ":")).encode()
 
 
+def nested_too_deeply(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether arrays and objects in the JSON ``text`` nest deeper than ``limit`` (one linear pass that
+    skips strings; it runs before the parser, which recurses once per level)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth, in_string, escaped = 0, False, -1
+    for match in _JSON_SPECIAL.finditer(text):
+        at, char = match.start(), match.group()
+        if in_string:
+            if at == escaped:
+                continue
+            if char == "\\":
+                escaped = at + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+class _NotJsonNumber(ValueError):
+    """NaN, Infinity, or a number out of a double's range: not JSON numbers."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NotJsonNumber(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJsonNumber(f"the number {text[:40]} is out of range")
+    return value
+
+
 def load_json_object(body: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 CANNOT_PARSE saying what is wrong with it."""
+    """The request body as a JSON object, or a 400 saying what is wrong with it: CANNOT_PARSE, or a
+    SerializationException for nesting deeper than :data:`MAX_DEPTH` and for NaN/Infinity."""
     try:
-        parsed = json.loads(body)
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise cannot_parse(f"request body is not valid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if nested_too_deeply(text):
+        raise serialization_error(f"request body is nested too deeply: more than {MAX_DEPTH} levels of arrays and objects")
+    try:
+        parsed = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+    except _NotJsonNumber as exc:
+        raise serialization_error(f"request body is not valid JSON: {exc}") from None
     except ValueError as exc:
         raise cannot_parse(f"request body is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
@@ -119,11 +178,13 @@ class AuthorityHTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(
-        self, address: tuple[str, int], service: AuthorityService, credentials: dict[str, str], faults: FaultInjector
+        self, address: tuple[str, int], service: AuthorityService, credentials: dict[str, str], faults: FaultInjector,
+        regions: tuple[str, ...] | None = None,
     ) -> None:
         self.service = service
         self.credentials = credentials
         self.faults = faults
+        self.regions = regions  # the regions a credential scope may name (None: any)
         self.routes = build_routes()
         self._connections: set[socket.socket] = set()
         self._conn_lock = threading.Lock()
@@ -141,6 +202,14 @@ class AuthorityHTTPServer(ThreadingHTTPServer):
     def track(self, sock: socket.socket, open_: bool) -> None:
         with self._conn_lock:
             (self._connections.add if open_ else self._connections.discard)(sock)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed outside a request's dispatch: a client's reset is one log line."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.warning("authority: connection from %s lost: %s", client_address[0], exc)
+        else:
+            log.exception("authority: connection from %s failed", client_address[0])
 
     def start(self) -> "AuthorityHTTPServer":
         """Serve in a daemon thread."""
@@ -207,6 +276,7 @@ class AuthorityHandler(BaseHTTPRequestHandler):
 
     def finish(self) -> None:
         self.server.track(self.connection, False)
+        self.server.service.store.release()  # this thread's database connection ends with it
         try:
             super().finish()
         except OSError:
@@ -236,6 +306,11 @@ class AuthorityHandler(BaseHTTPRequestHandler):
         except _Drop:
             self.close_connection = True
             status = 0
+        except (ConnectionError, TimeoutError) as exc:  # the client reset, left or stalled: nobody to answer
+            self.close_connection = True
+            status = 0
+            log.warning("authority: %s %s: connection from %s lost: %s", self.command, self.path.split("?")[0],
+                        self.client_address[0], exc)
         except ApiError as error:
             status = error.status
             self._send_error(error)
@@ -255,7 +330,7 @@ class AuthorityHandler(BaseHTTPRequestHandler):
             raise cannot_parse("Content-Length is not a number") from None
         if length > MAX_BODY:
             self.close_connection = True
-            raise validation_error(f"request body of {length} bytes is over the {MAX_BODY} byte limit", reason="OTHER")
+            raise too_large(f"Request must be smaller than {MAX_BODY} bytes (this one has {length})")
         return self.rfile.read(length) if length > 0 else b""
 
     def _aws(self, path: str, query: str, body: bytes) -> tuple[int, Any]:
@@ -271,7 +346,7 @@ class AuthorityHandler(BaseHTTPRequestHandler):
     def _verify(self, path: str, query: str, body: bytes, services: tuple[str, ...] | None, now: datetime) -> sigv4.Caller:
         return sigv4.verify(
             method=self.command, raw_path=path, query=query, headers=self.headers, body=body,
-            credentials=self.server.credentials, now=now, services=services,
+            credentials=self.server.credentials, now=now, services=services, regions=self.server.regions,
         )
 
     def _fault(self, service: str, operation: str) -> FaultAction:
@@ -358,7 +433,10 @@ class AuthorityHandler(BaseHTTPRequestHandler):
                 value = data[key]
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise invalid_request([Violation(key, value, "must be a number of seconds")])
-                apply(value)
+                try:
+                    apply(value)  # refuses, before storing, a value that is not finite or leaves the bounds
+                except (ValueError, OverflowError) as exc:
+                    raise invalid_request([Violation(key, value, str(exc))]) from None
                 return
         raise invalid_request([Violation("offset_seconds", None, "required (or advance_seconds)")])
 
@@ -389,7 +467,7 @@ class AuthorityHandler(BaseHTTPRequestHandler):
             "Content-Type: application/json",
             f"Content-Length: {len(body)}",
             f"x-amzn-RequestId: {uuid.uuid4()}",
-            f"Date: {self.date_time_string()}",
+            f"Date: {self.date_time_string(self.server.service.clock.now().timestamp())}",  # the service's clock
             f"Server: {self.server_version}",
         ]
         for name, value in (headers or {}).items():
@@ -407,3 +485,12 @@ class AuthorityHandler(BaseHTTPRequestHandler):
             self._send(error.status, encode(error.body()), headers)
         except OSError:
             self.close_connection = True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (400 bad request line, 414, 431, 501 unsupported method, ...) in the
+        same JSON shape as every other error, typed after the status (``RequestURITooLongException``)."""
+        phrase = self.responses.get(code, ("Error",))[0]
+        error_type = "".join(word[:1].upper() + word[1:] for word in re.split(r"[^A-Za-z0-9]+", phrase)) + "Exception"
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        self._send_error(ApiError(code, error_type, f"{message or phrase}" + (f": {explain}" if explain else "")))

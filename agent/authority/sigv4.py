@@ -2,8 +2,10 @@
 
 The signature is recomputed with botocore's own :class:`botocore.auth.SigV4Auth` over the
 request as received (method, raw path, query, the headers the client signed, body), so the
-algorithm is never re-implemented here.  Every refusal is an ``AccessDeniedException``
-with a message that says what was wrong.
+algorithm is never re-implemented here.  Every refusal is an HTTP 403 with the error code and
+message shape AWS's JSON services answer: MissingAuthenticationTokenException (unsigned),
+IncompleteSignatureException (unreadable header or scope), UnrecognizedClientException
+(unknown key), InvalidSignatureException (mismatch, expired, wrong region or service).
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from agent.authority.apierror import ApiError, access_denied
+from agent.authority.apierror import (
+    ApiError, incomplete_signature, invalid_signature, missing_authentication, unrecognized_client,
+)
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 MAX_SKEW = timedelta(minutes=15)
-_AUTH = re.compile(
-    r"^AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s]+),\s*SignedHeaders=(?P<signed>[^,\s]+),\s*Signature=(?P<signature>[0-9a-f]{64})\s*$"
-)
+_STAMP = "%Y%m%dT%H%M%SZ"
+_STAMP_SHAPE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
+_ECHO_MAX = 256  # the Authorization header echoed in a message, at most
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,63 @@ def query_pairs(query: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _echo(auth: str) -> str:
+    return auth if len(auth) <= _ECHO_MAX else auth[: _ECHO_MAX - 3] + "..."
+
+
+def parse_authorization(auth: str, has_date: bool) -> dict[str, str]:
+    """``Credential``, ``SignedHeaders`` and ``Signature`` of a SigV4 Authorization header, or the
+    IncompleteSignatureException AWS answers for it."""
+    algorithm, _, rest = auth.strip().partition(" ")
+    if algorithm.startswith("AWS4-") and algorithm != ALGORITHM:
+        raise incomplete_signature(f"Unsupported AWS 'algorithm': '{algorithm}'. Only '{ALGORITHM}' is accepted.")
+    params: dict[str, str] = {}
+    if algorithm == ALGORITHM:
+        for item in (part.strip() for part in rest.split(",")):
+            if not item:
+                continue
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise incomplete_signature(
+                    f"'{item}' not a valid key=value pair (missing equal-sign) in Authorization header: '{_echo(auth)}'."
+                )
+            params[key.strip()] = value.strip()
+    missing = [f"Authorization header requires '{name}' parameter." for name in ("Credential", "Signature", "SignedHeaders")
+               if not params.get(name)]
+    if not has_date:
+        missing.append("Authorization header requires existence of a 'X-Amz-Date' header.")
+    if missing:
+        raise incomplete_signature(" ".join(missing) + f" Authorization={_echo(auth)}")
+    return params
+
+
+def _signed_at(amz_date: str) -> datetime:
+    """X-Amz-Date (``yyyymmddTHHMMSSZ``) as a datetime, or IncompleteSignatureException."""
+    try:
+        if not _STAMP_SHAPE.fullmatch(amz_date):
+            raise ValueError(amz_date)
+        return datetime.strptime(amz_date, _STAMP).replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise incomplete_signature(
+            f"X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\", got '{_echo(amz_date)}'"
+        ) from None
+
+
+def check_time(signed_at: datetime, now: datetime) -> None:
+    """Refuse a signature more than 15 minutes from ``now``, with AWS's message."""
+    stamp = signed_at.strftime(_STAMP)
+    if signed_at < now - MAX_SKEW:
+        raise invalid_signature(
+            f"Signature expired: {stamp} is now earlier than {(now - MAX_SKEW).strftime(_STAMP)} "
+            f"({now.strftime(_STAMP)} - 15 min.)"
+        )
+    if signed_at > now + MAX_SKEW:
+        raise invalid_signature(
+            f"Signature not yet current: {stamp} is still later than {(now + MAX_SKEW).strftime(_STAMP)} "
+            f"({now.strftime(_STAMP)} + 15 min.)"
+        )
+
+
 def verify(
     *,
     method: str,
@@ -58,77 +119,69 @@ def verify(
     credentials: Mapping[str, str],
     now: datetime,
     services: tuple[str, ...] | None,
+    regions: tuple[str, ...] | None = None,
 ) -> Caller:
     """Check the request's SigV4 signature; return the caller or raise :class:`ApiError` (403).
 
     ``headers`` is an :class:`email.message.Message`-like object (``get``/``get_all``).
-    ``services``: the signing names this route accepts (None: any).
+    ``services``: the signing names this route accepts (None: any); ``regions``: the regions a
+    credential scope may name (None: any).
     """
     auth = headers.get("Authorization")  # type: ignore[union-attr]
     if not auth:
-        raise access_denied("request is not signed: missing Authorization header (AWS Signature Version 4 required)")
-    if not auth.startswith(ALGORITHM):
-        algorithm = auth.split(" ", 1)[0]
-        raise access_denied(f"unsupported signature algorithm {algorithm!r}: only {ALGORITHM} is accepted")
-    match = _AUTH.match(auth)
-    if not match:
-        raise access_denied("malformed Authorization header: expected Credential=..., SignedHeaders=..., Signature=...")
-    parts = match.group("credential").split("/")
-    if len(parts) != 5 or parts[4] != "aws4_request":
-        raise access_denied("malformed credential scope: expected KEY/yyyymmdd/region/service/aws4_request")
-    access_key, scope_date, region, service, _ = parts
+        raise missing_authentication()
+    amz_date = headers.get("X-Amz-Date")  # type: ignore[union-attr]
+    params = parse_authorization(auth, bool(amz_date))
+    signed_at = _signed_at(amz_date)
+    credential = params["Credential"]
+    parts = credential.split("/")
+    if len(parts) != 5:
+        raise incomplete_signature(
+            f"Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, "
+            f"got '{_echo(credential)}'"
+        )
+    access_key, scope_date, region, service, terminator = parts
+    if terminator != "aws4_request":
+        raise incomplete_signature(f"Credential should be scoped with a valid terminator: 'aws4_request', not '{terminator}'.")
+    if scope_date != amz_date[:8]:
+        raise invalid_signature(
+            f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
+            f"'{scope_date}' != '{amz_date[:8]}', from '{amz_date}'."
+        )
+    if regions is not None and region not in regions:
+        raise invalid_signature("Credential should be scoped to a valid region. ")
+    if services is not None and service not in services:
+        raise invalid_signature(f"Credential should be scoped to correct service: '{services[0]}'. ")
+    check_time(signed_at, now)
     secret = credentials.get(access_key)
     if secret is None:
-        raise access_denied(f"the access key ID {access_key} is not known to this authority")
-    if services is not None and service not in services:
-        raise access_denied(
-            f"credential scope names service {service!r}, but this operation is signed for {' or '.join(services)!r}"
-        )
-    amz_date = headers.get("X-Amz-Date")  # type: ignore[union-attr]
-    if not amz_date:
-        raise access_denied("missing X-Amz-Date header")
-    try:
-        if len(amz_date) != 16 or amz_date[8] != "T" or amz_date[15] != "Z":
-            raise ValueError(amz_date)
-        d, t = amz_date[:8], amz_date[9:15]
-        signed_at = datetime(int(d[:4]), int(d[4:6]), int(d[6:]), int(t[:2]), int(t[2:4]), int(t[4:]), tzinfo=timezone.utc)
-    except ValueError:
-        raise access_denied(f"X-Amz-Date {amz_date!r} is not in the form yyyymmddTHHMMSSZ") from None
-    if scope_date != amz_date[:8]:
-        raise access_denied(f"credential scope date {scope_date} does not match X-Amz-Date {amz_date}")
-    if abs(signed_at - now) > MAX_SKEW:
-        raise access_denied(
-            f"signature expired: X-Amz-Date {amz_date} is more than 15 minutes from the authority's time "
-            f"{now.strftime('%Y%m%dT%H%M%SZ')}; check the clock"
-        )
-    signed_names = match.group("signed").split(";")
+        raise unrecognized_client()
+    signature = params["Signature"]
+    signed = params["SignedHeaders"]
+    signed_names = signed.split(";")
     if "host" not in signed_names:
-        raise access_denied("SignedHeaders must include host")
+        raise incomplete_signature("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
     content_sha = headers.get("X-Amz-Content-SHA256")  # type: ignore[union-attr]
     if content_sha is not None and "x-amz-content-sha256" in signed_names:
         if content_sha != hashlib.sha256(body).hexdigest():
-            raise access_denied("X-Amz-Content-SHA256 does not match the request body")
+            raise invalid_signature("The provided 'x-amz-content-sha256' header does not match what was computed.")
 
     request = AWSRequest(method=method, url=f"http://{headers.get('Host', '')}{raw_path}", data=body)  # type: ignore[union-attr]
     for name in signed_names:
         values = headers.get_all(name) or []  # type: ignore[union-attr]
-        if not values:
-            raise access_denied(f"signed header {name!r} is missing from the request")
+        if not values:  # signed but not sent: AWS computes a signature that cannot match
+            raise invalid_signature()
         for value in values:
             request.headers[name] = value
     request.params = query_pairs(query)
     request.context["timestamp"] = amz_date
     signer = SigV4Auth(Credentials(access_key, secret), service, region)
-    headers_to_sign = signer.headers_to_sign(request)
-    if signer.signed_headers(headers_to_sign) != match.group("signed"):
-        raise access_denied("SignedHeaders is not in canonical form (sorted, lowercase, no hop-by-hop headers)")
+    if signer.signed_headers(signer.headers_to_sign(request)) != signed:
+        raise invalid_signature()  # not in canonical form (sorted, lowercase, no hop-by-hop headers)
     expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
-    if not hmac.compare_digest(expected, match.group("signature")):
-        raise access_denied(
-            "the request signature does not match the signature the authority computed: "
-            "check the secret access key and the signing method"
-        )
+    if not signature.isascii() or not hmac.compare_digest(expected, signature):
+        raise invalid_signature()
     return Caller(access_key, region, service)
 
 
-__all__ = ["ApiError", "Caller", "verify", "query_pairs", "MAX_SKEW"]
+__all__ = ["ApiError", "Caller", "verify", "query_pairs", "check_time", "parse_authorization", "MAX_SKEW"]

@@ -1,5 +1,5 @@
-"""The authority's state in SQLite: WAL, a busy timeout, one connection per thread, and a
-schema versioned with ``PRAGMA user_version``.
+"""The authority's state in SQLite: WAL, a busy timeout, one connection per thread (closed when the
+thread's HTTP connection ends), and a schema versioned with ``PRAGMA user_version``.
 
 Only facts are stored (who asked for what, and when); every state the API reports is
 derived from these timestamps and the clock on each read (see :mod:`lifecycle`).  The
@@ -122,6 +122,7 @@ class Store:
         self._local = threading.local()
         self._migrate(now)
         self.account_id = self.meta("account_id")
+        self.close()  # from here on only request threads hold connections, each while its HTTP connection lasts
 
     # -------------------------------------------------------------- connections
 
@@ -152,10 +153,14 @@ class Store:
         conn.execute("COMMIT")
 
     def close(self) -> None:
+        """Close this thread's connection (the next :meth:`conn` opens a new one)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
-            conn.close()
             self._local.conn = None
+            conn.close()
+
+    #: a request handler thread calls this when its HTTP connection ends, so no connection outlives its thread
+    release = close
 
     def _migrate(self, now: float) -> None:
         with self.write() as conn:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from agent.aws.errors import mend_error_body
 from agent.aws.model import PANORAMA, SNOW, new_botocore_session
 from agent.config import Settings
 
@@ -49,8 +50,10 @@ class Backend:
                 retries={"mode": "standard", "total_max_attempts": attempts},
                 user_agent_extra=USER_AGENT,
             )
-            self._clients[key] = self.session.create_client(service, region_name=self.region,
-                                                           endpoint_url=self.endpoint_url, config=config)
+            client = self.session.create_client(service, region_name=self.region, endpoint_url=self.endpoint_url,
+                                                config=config)
+            client.meta.events.register("before-parse", mend_error_body)  # no error body may crash the parser
+            self._clients[key] = client
         return self._clients[key]
 
     def panorama(self, *, max_attempts: int | None = None) -> Any:

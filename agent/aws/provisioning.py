@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from agent import interrupts
-from agent.aws.errors import error_code
+from agent.aws.errors import error_code, service_time
 from agent.aws.paging import pages
 from agent.clock import Clock, utc
 from agent.errors import ExitCode, PanostageError
@@ -64,6 +64,56 @@ def devices_named(client: Any, name: str) -> list[dict[str, Any]]:
     return [d for d in pages(client.list_devices, "Devices", NameFilter=name, MaxResults=25) if d.get("Name") == name]
 
 
+def devices_named_at(client: Any, name: str) -> tuple[list[dict[str, Any]], datetime | None]:
+    """:func:`devices_named`, and the service's clock when it answered (its HTTP ``Date``), to judge their age
+    on the service's time rather than this workstation's."""
+    found: list[dict[str, Any]] = []
+    server_time: datetime | None = None
+    kwargs: dict[str, Any] = {"NameFilter": name, "MaxResults": 25}
+    while True:
+        response = client.list_devices(**kwargs)
+        server_time = service_time(response) or server_time
+        found += [d for d in response.get("Devices", []) if d.get("Name") == name]
+        token = response.get("NextToken")
+        if not token:
+            return found, server_time
+        kwargs["NextToken"] = token
+
+
+#: Tags panostage puts on every device it provisions, so another station can say whose it is.
+TAG_STATION = "panostage:station"
+TAG_HANDOFF = "panostage:handoff"
+MAX_TAGS = 50
+
+
+def handoff_of(client: Any, device: dict[str, Any]) -> str | None:
+    """The hand-off ID a device is tagged with (asking DescribeDevice when a listing leaves tags out)."""
+    from botocore.exceptions import ClientError
+
+    tags = device.get("Tags")
+    if tags is None:
+        try:
+            tags = client.describe_device(DeviceId=device["DeviceId"]).get("Tags") or {}
+        except ClientError:
+            tags = {}
+    return tags.get(TAG_HANDOFF)
+
+
+def ours(client: Any, device: dict[str, Any], handoff_id: str | None) -> bool:
+    """Did the hand-off ``handoff_id`` make ``device``?  Without a hand-off ID (an untagged request) nothing
+    tells: a device that carries another hand-off's tag is still not ours."""
+    tag = handoff_of(client, device)
+    return tag == handoff_id if handoff_id else tag is None
+
+
+def tagged(request: dict[str, Any], station: str, handoff_id: str) -> dict[str, Any]:
+    """``request`` with the provisioning station and hand-off ID as tags (when the 50 tags allow it)."""
+    tags = {k: v for k, v in (request.get("Tags") or {}).items() if k not in (TAG_STATION, TAG_HANDOFF)}
+    if len(tags) + 2 > MAX_TAGS:
+        return request
+    return {**request, "Tags": {**tags, TAG_STATION: station[:256], TAG_HANDOFF: handoff_id}}
+
+
 def resolve_device_id(client: Any, ref: str) -> str:
     """Accept a device ID or an exact, unambiguous device name."""
     from botocore.exceptions import ClientError
@@ -86,16 +136,6 @@ def resolve_device_id(client: Any, ref: str) -> str:
         f"{len(matches)} devices are named {ref!r}: " + ", ".join(d["DeviceId"] for d in matches),
         exit_code=ExitCode.CONFLICT, reason="ambiguous-name", hint="give the device ID instead",
     )
-
-
-def _http_date(response: dict[str, Any]) -> datetime | None:
-    from email.utils import parsedate_to_datetime
-
-    value = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-    try:
-        return utc(parsedate_to_datetime(value)) if value else None
-    except (TypeError, ValueError):
-        return None
 
 
 def clock_offset(provisioned: Provisioned, received_at: datetime) -> float | None:
@@ -140,6 +180,7 @@ def provision_device(
     client = backend.panorama(max_attempts=1)
     lister = backend.panorama()
     name = request["Name"]
+    handoff = (request.get("Tags") or {}).get(TAG_HANDOFF)  # what tells our devices from another station's
     first_started = clock.now()
     orphans: list[str] = []
     last_exc: BaseException | None = None
@@ -168,7 +209,7 @@ def provision_device(
                 attempts=attempt,
                 orphans_deleted=orphans,
                 request_started=started,
-                server_time=_http_date(response),
+                server_time=service_time(response),
             )
         on_event("provision-attempt-failed", attempt=attempt, error=str(last_exc))
         if _still_in_flight(last_exc):
@@ -176,11 +217,11 @@ def provision_device(
         if attempt == attempts_allowed or interrupts.pending():
             break
         if not _never_sent(last_exc):
-            in_flight = _clear_orphans(lister, name, first_started, on_event, orphans, in_flight, grace, sleep)
+            in_flight = _clear_orphans(lister, name, first_started, on_event, orphans, in_flight, grace, sleep, handoff)
         sleep(min(5.0, 0.2 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
     assert last_exc is not None
     if not _never_sent(last_exc):
-        _clear_orphans(lister, name, first_started, on_event, orphans, in_flight, grace, sleep)
+        _clear_orphans(lister, name, first_started, on_event, orphans, in_flight, grace, sleep, handoff)
     raise last_exc
 
 
@@ -192,13 +233,13 @@ def _still_in_flight(exc: BaseException) -> bool:
 
 
 def _clear_orphans(client: Any, name: str, since: datetime, on_event: Event, orphans: list[str], in_flight: int,
-                   grace: float, sleep: Callable[[float], None]) -> int:
+                   grace: float, sleep: Callable[[float], None], handoff: str | None = None) -> int:
     """Delete the devices lost answers made; while requests we stopped waiting for (read timeouts)
     have not shown their device yet, look again for up to ``grace`` seconds.  Returns how many may
     still show up (their devices are the next `stage` of that name's to delete: never written)."""
     deadline = time.monotonic() + (grace if in_flight else 0.0)
     while True:
-        found = _delete_orphans(client, name, since, on_event)
+        found = _delete_orphans(client, name, since, on_event, handoff)
         orphans.extend(found)
         in_flight = max(0, in_flight - len(found))
         if not in_flight or time.monotonic() >= deadline:
@@ -206,8 +247,9 @@ def _clear_orphans(client: Any, name: str, since: datetime, on_event: Event, orp
         sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
 
-def _delete_orphans(client: Any, name: str, since: datetime, on_event: Event) -> list[str]:
-    """Delete devices named ``name`` created since ``since``: their archives were lost with the response."""
+def _delete_orphans(client: Any, name: str, since: datetime, on_event: Event, handoff: str | None = None) -> list[str]:
+    """Delete the devices an attempt of ours made whose answer was lost: named ``name``, created since ``since``
+    and tagged with our ``handoff`` (another station's device of that name, made meanwhile, is never touched)."""
     try:
         found = devices_named(client, name)
     except Exception as exc:  # noqa: BLE001
@@ -220,6 +262,8 @@ def _delete_orphans(client: Any, name: str, since: datetime, on_event: Event) ->
     for device in found:
         created = device.get("CreatedTime")
         if device.get("ProvisioningStatus") == "DELETING" or created is None or utc(created) < since - CREATION_TOLERANCE:
+            continue
+        if not ours(client, device, handoff):
             continue
         client.delete_device(DeviceId=device["DeviceId"])
         deleted.append(device["DeviceId"])

@@ -73,6 +73,8 @@ def narrator(app: "App") -> Callable[..., None]:
             app.out.say(f"ProvisionDevice attempt {data['attempt']} failed: {data['error']}")
         elif kind == "cleanup-failed":
             app.out.warn(f"could not clean up {data['what']}: {data['error']}")
+        elif kind == "waiting":
+            app.out.say(f"waiting {data['seconds']:.0f} s for {data['reason']}")
 
     return on_event
 

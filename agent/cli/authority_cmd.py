@@ -41,7 +41,8 @@ def serve(app: App, host: str | None, port: int | None, authority_dir: str | Non
     """Serve the Panorama and Snow Device Management APIs until SIGTERM/SIGINT.
 
     Prints one JSON line on stdout (endpoint_url, access_key_id, credentials_file,
-    state_dir, pid); never the secret.
+    state_dir, pid, regions); never the secret.  Requests signed for a region other than
+    authority.regions (empty: the backend region) are refused.
     """
     import logging
     import signal
@@ -75,7 +76,8 @@ def serve(app: App, host: str | None, port: int | None, authority_dir: str | Non
 
     logging.basicConfig(level=logging.DEBUG if app.debug else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        server = open_server(settings, state_dir, {access_key_id: secret}, host=settings.host, port=settings.port, faults=faults)
+        server = open_server(settings, state_dir, {access_key_id: secret}, host=settings.host, port=settings.port,
+                             faults=faults, region=app.settings.backend.region)
     except OSError as exc:
         raise PanostageError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
@@ -92,11 +94,13 @@ def serve(app: App, host: str | None, port: int | None, authority_dir: str | Non
         "credentials_file": str(credentials_file) if credentials_file else None,
         "state_dir": str(state_dir),
         "pid": os.getpid(),
+        "regions": list(server.regions),
     }
     app.out.stdout.write(dumps(info) + "\n")
     app.out.stdout.flush()
     app.out.say(
-        f"authority listening on {server.endpoint_url} (state {state_dir}, access key {access_key_id}); "
+        f"authority listening on {server.endpoint_url} (state {state_dir}, access key {access_key_id}, "
+        f"region {', '.join(server.regions)}); "
         "stop with Ctrl-C or SIGTERM"
     )
     notify("READY=1")
@@ -215,9 +219,20 @@ def fault_show(app: App, credentials_file: str | None) -> None:
 @command_options
 @pass_app
 def clock(app: App, offset: float | None, advance: float | None, credentials_file: str | None) -> None:
-    """Show or shift a running authority's clock (lifecycles and certificate expiry follow it)."""
+    """Show or shift a running authority's clock (lifecycles and certificate expiry follow it), by at
+    most ten years either way."""
+    import math
+
+    from agent.authority.lifecycle import MAX_OFFSET_SECONDS
+
     if offset is not None and advance is not None:
         raise UsageError("give --offset or --advance, not both")
+    for flag, value in (("--offset", offset), ("--advance", advance)):
+        if value is not None and not (math.isfinite(value) and abs(value) <= MAX_OFFSET_SECONDS):
+            raise UsageError(
+                f"{flag} {value:g}: must be a finite number of seconds within ±{MAX_OFFSET_SECONDS:.0f} (ten years)",
+                hint="the authority refuses a clock shifted further; `authority clock --offset 0` puts it back",
+            )
     admin = _admin(app, credentials_file)
     if offset is not None:
         result = admin.set_clock_offset(offset)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 
 import click
 
@@ -31,15 +30,15 @@ def collect(app: App, target_spec: str, then_wipe: bool) -> None:
     """Copy the appliance's /panorama/*.log into the hand-off folder, check the device, log the outcome."""
     from agent import paths
     from agent.staging import returns
-    from agent.staging.factory import handoff_log, operator_name, verify_limits
+    from agent.staging.factory import handoff_log, operator_name, station_name, verify_limits
 
     log = handoff_log(app.settings)
     with _open(app, target_spec) as target:
         result = returns.collect(target, app.backend(), log, app.get_clock(), paths.state_dir(app.settings),
-                                 socket.gethostname(), operator_name(app.settings), verify_limits(app.settings))
+                                 station_name(app.settings), operator_name(app.settings), verify_limits(app.settings))
         data = result.to_dict()
         if then_wipe:
-            data["wipe"] = returns.wipe(target, log, app.get_clock(), socket.gethostname(), operator_name(app.settings))
+            data["wipe"] = returns.wipe(target, log, app.get_clock(), station_name(app.settings), operator_name(app.settings))
     device = result.device.get("name") or "unknown device"
     for refused in result.refused:
         app.out.warn(f"{refused['name']} in /panorama not collected: {refused['reason']}")
@@ -56,10 +55,10 @@ def collect(app: App, target_spec: str, then_wipe: bool) -> None:
 def wipe(app: App, target_spec: str, reformat: bool, label: str | None) -> None:
     """Remove archives and appliance logs from the stick, overwriting the archives first."""
     from agent.staging import returns
-    from agent.staging.factory import handoff_log, operator_name
+    from agent.staging.factory import handoff_log, operator_name, station_name
 
     with _open(app, target_spec) as target:
-        data = returns.wipe(target, handoff_log(app.settings), app.get_clock(), socket.gethostname(),
+        data = returns.wipe(target, handoff_log(app.settings), app.get_clock(), station_name(app.settings),
                             operator_name(app.settings), reformat=reformat, label=label)
     app.out.data(data, "wiped: " + (", ".join(data["removed"]) or "nothing to remove"))
 

@@ -1,9 +1,10 @@
 """Resolve what a previous process left unfinished, before watching for sticks.
 
 An unfinished hand-off's archive died with that process (it lived only in memory), so
-its device can never be provisioned: find it again — by ID, or by name and creation
-time when the crash came before the ID was recorded — delete it, and put the plan
-entry back in the queue.  Every action goes to the hand-off log.
+its device can never be provisioned: find it again — by ID, or, when the crash came before
+the ID was recorded, by name, creation time and the hand-off's tag (another station's device
+of that name is never touched) — delete it, and put the plan entry back in the queue.  Every
+action goes to the hand-off log.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from agent.aws.errors import error_code
-from agent.aws.provisioning import CREATION_TOLERANCE, devices_named
+from agent.aws.provisioning import CREATION_TOLERANCE, devices_named, ours
 from agent.clock import Clock, utc
 from agent.handoff_log import HandoffLog
 from agent.state import TERMINAL_HANDOFF, StateDB
@@ -44,7 +45,8 @@ def _devices_of(client: Any, handoff: dict[str, Any]) -> list[str]:
         return []  # ProvisionDevice was never called
     since = started - CREATION_TOLERANCE - timedelta(seconds=1)
     return [d["DeviceId"] for d in devices_named(client, handoff["device_name"])
-            if d.get("ProvisioningStatus") != "DELETING" and d.get("CreatedTime") and utc(d["CreatedTime"]) >= since]
+            if d.get("ProvisioningStatus") != "DELETING" and d.get("CreatedTime") and utc(d["CreatedTime"]) >= since
+            and ours(client, d, handoff["id"])]  # never another station's device of that name, made meanwhile
 
 
 def recover(state: StateDB, backend: Any, log: HandoffLog, clock: Clock, *, station: str, operator: str,

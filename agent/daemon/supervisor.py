@@ -16,7 +16,6 @@ import os
 import queue
 import select
 import signal
-import socket
 import threading
 import time
 from datetime import timedelta
@@ -64,14 +63,14 @@ class Daemon:
     def run(self) -> int:
         self._lock()
         from agent.aws.backend import open_backend
-        from agent.staging.factory import handoff_log, make_stager, operator_name
+        from agent.staging.factory import handoff_log, make_stager, operator_name, station_name
 
         self.state = StateDB(self.state_dir)
         self.state.clear_sticks()
         self.state.set_fact("daemon", {"pid": os.getpid(), "started": self.clock.now().isoformat(), "running": True})
         self.backend = open_backend(self.settings)
         log_ = handoff_log(self.settings)
-        station, operator = socket.gethostname(), operator_name(self.settings)
+        station, operator = station_name(self.settings), operator_name(self.settings)
         self.ctx = Context(
             settings=self.settings, state=self.state, backend=self.backend, handoff_log=log_, clock=self.clock,
             technician=self.technician, station=station, operator=operator, state_dir=self.state_dir,

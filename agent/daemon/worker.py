@@ -25,7 +25,7 @@ log = logging.getLogger("panostage.daemon")
 CHECKPOINT_STATES = {"provisioning": "provisioning", "provisioned": "provisioned", "writing": "writing",
                      "written": "written", "verified": "verified"}
 #: Checkpoints before an irreversible step: a cancelled worker stops there.
-ABANDON_BEFORE = {"provisioning", "writing"}
+ABANDON_BEFORE = {"provisioning", "writing", "waiting"}
 #: Fault-injection aid for the crash tests: hold the worker at this checkpoint (see README, faults).
 HOLD_ENV = "PANOSTAGE_DEBUG_HOLD_AT"
 
@@ -216,7 +216,8 @@ class StickWorker:
         self._forget_failed_device(entry)
         stager = ctx.stager_factory(checkpoint=self._checkpoint)
         try:
-            result = stager.stage(entry["request"], target, stick_extra=self._identity_fields(), timer=self.timer)
+            result = stager.stage(entry["request"], target, stick_extra=self._identity_fields(), timer=self.timer,
+                                  handoff_id=self.handoff_id)
         except BaseException as exc:
             message = exc.message if isinstance(exc, PanostageError) else f"{type(exc).__name__}: {exc}"
             ctx.state.update_handoff(self.handoff_id, "abandoned" if isinstance(exc, Abandoned) else "failed",
@@ -250,6 +251,10 @@ class StickWorker:
         """Persist the hand-off's state before the step; abandon, or hold for a crash test, if asked."""
         if state in ABANDON_BEFORE and self.cancel.is_set():
             raise Abandoned(f"abandoned before {state}: the stick was removed or the daemon is stopping")
+        if state == "waiting":  # the technician sees why this stick takes longer
+            self.ctx.state.see_stick(self.syspath, state="working", handoff_id=self.handoff_id,
+                                     reason=f"waiting {data['seconds_left']:.0f} s for {data['name']}'s old device "
+                                            "to expire on the service's clock")
         if state in CHECKPOINT_STATES and self.handoff_id:
             fields: dict[str, Any] = {}
             if state == "provisioning":

@@ -19,6 +19,11 @@ def handoff_log(settings: Settings) -> HandoffLog:
     return HandoffLog(paths.ensure_private_dir(paths.state_dir(settings)), journal=journal)
 
 
+def station_name(settings: Settings) -> str:
+    """This station's name: ``stage.station``, else the host name."""
+    return settings.stage.station or socket.gethostname()
+
+
 def operator_name(settings: Settings) -> str:
     """Who stages: ``stage.operator`` (checked when the configuration loads), else the login name, checked alike."""
     if settings.stage.operator:
@@ -47,7 +52,7 @@ def log_unopened_stick(settings: Settings, clock: Clock, name: str, spec: str, e
 
     try:
         handoff_log(settings).append(
-            "handoff", time=clock.now(), outcome="failed", station=socket.gethostname(), operator=operator_name(settings),
+            "handoff", time=clock.now(), outcome="failed", station=station_name(settings), operator=operator_name(settings),
             device={"name": name}, stick={"path": str(spec)}, failed_step="open_stick",
             error={"reason": error.reason, "message": error.message[:500]}, durations_ms={},
         )
@@ -59,7 +64,9 @@ def make_stager(settings: Settings, backend: Any, clock: Clock, **overrides: Any
     """A Stager with options from [stage], overridden by ``overrides`` (command-line flags)."""
     hooks = {k: overrides.pop(k) for k in ("on_event", "checkpoint") if k in overrides}
     s = settings.stage
-    options = StageOptions(margin_seconds=s.margin_seconds, skew_seconds=s.skew_seconds, restarts=s.restarts)
+    lifetime = settings.authority.cert_validity_seconds if getattr(backend, "kind", None) == "local" else s.certificate_seconds
+    options = StageOptions(margin_seconds=s.margin_seconds, skew_seconds=s.skew_seconds, restarts=s.restarts,
+                           certificate_seconds=lifetime)
     options = StageOptions(**{**options.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
-    return Stager(backend, clock=clock, log=handoff_log(settings), options=options, station=socket.gethostname(),
+    return Stager(backend, clock=clock, log=handoff_log(settings), options=options, station=station_name(settings),
                   operator=operator_name(settings), verify_limits=verify_limits(settings), **hooks)

@@ -13,17 +13,20 @@ before each irreversible step so a supervisor (the daemon) can persist progress.
 from __future__ import annotations
 
 import hashlib
+import time
+import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Callable
 
 from agent import interrupts
 from agent.archive import ArchiveReport, Limits, Outcome, archive_file_name, verify_archive
 from agent.aws import validation
-from agent.aws.provisioning import Provisioned, clock_offset, devices_named, provision_device
+from agent.aws.provisioning import Provisioned, clock_offset, devices_named_at, provision_device, tagged
 from agent.clock import Clock, iso, utc
 from agent.errors import ExitCode, PanostageError, to_error
 from agent.handoff_log import HandoffLog
+from agent.staging import stale
 from agent.timing import StepTimer
 from agent.stick import checks, names
 from agent.stick.errors import StickConflict
@@ -58,6 +61,7 @@ class StageOptions:
     replace: bool = False
     replace_device: bool = False
     restarts: int = 1
+    certificate_seconds: float = 300.0  # how long the service's certificates live (see agent.staging.stale)
 
 
 @dataclass
@@ -141,7 +145,8 @@ class Stager:
     def __init__(self, backend: Any, *, clock: Clock, log: HandoffLog, options: StageOptions,
                  station: str, operator: str, verify_limits: Any = None,
                  on_event: Callable[..., None] = lambda kind, **data: None,
-                 checkpoint: Checkpoint = lambda state, **data: None) -> None:
+                 checkpoint: Checkpoint = lambda state, **data: None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.backend = backend
         self.clock = clock
         self.log = log
@@ -151,16 +156,20 @@ class Stager:
         self.verify_limits = verify_limits
         self.on_event = on_event
         self.checkpoint = checkpoint
+        self.sleep = sleep
 
     # ------------------------------------------------------------------ the flow
 
     def stage(self, request: dict[str, Any], target: Any, *, stick_extra: dict[str, Any] | None = None,
-              timer: StepTimer | None = None) -> StageResult:
+              timer: StepTimer | None = None, handoff_id: str | None = None) -> StageResult:
         """Run one hand-off of ``request`` onto ``target``; ``stick_extra`` adds identity (USB serial) to the
-        record, and a ``timer`` already running (the daemon's steps before this) keeps one breakdown."""
+        record, and a ``timer`` already running (the daemon's steps before this) keeps one breakdown.
+        The device is tagged with this station and ``handoff_id`` (made up when not given), so another
+        station can say whose it is."""
         timer = timer or StepTimer()
         name = request.get("Name", "")
-        context: dict[str, Any] = {"device": {"name": name}, "stick": {}, "deleted": []}
+        handoff_id = handoff_id or uuid.uuid4().hex
+        context: dict[str, Any] = {"device": {"name": name}, "stick": {}, "deleted": [], "handoff_id": handoff_id}
         provisioned: Provisioned | None = None
         try:
             with timer.step("validate"):
@@ -183,7 +192,8 @@ class Stager:
                 self.checkpoint("provisioning", name=name, started=self.clock.now())
                 # SIGTERM waits for the answer: the undo must know the device to delete it
                 with timer.step("provision"), interrupts.held():
-                    provisioned = provision_device(self.backend, request, clock=self.clock, on_event=self._provision_event(context))
+                    provisioned = provision_device(self.backend, tagged(request, self.station, handoff_id),
+                                                   clock=self.clock, on_event=self._provision_event(context))
                 context["device"] = {"name": name, "id": provisioned.device_id, "arn": provisioned.arn,
                                      "iot_thing_name": provisioned.iot_thing_name}
                 self.checkpoint("provisioned", device_id=provisioned.device_id, arn=provisioned.arn)
@@ -364,51 +374,52 @@ class Stager:
         return removed
 
     def _clear_stale_device(self, name: str, context: dict[str, Any]) -> None:
-        """Start over when a device of this name awaits an archive that expired or was never
-        written (by this station, per the hand-off log); refuse otherwise."""
+        """Delete the devices of this name the service says are dead, wait for one about to die, refuse
+        the rest (:mod:`agent.staging.stale`)."""
         client = self.backend.panorama()
-        existing = [d for d in devices_named(client, name) if d.get("ProvisioningStatus") != "DELETING"]
-        now = self.clock.now()
-        for device in existing:
-            status = device.get("ProvisioningStatus")
-            if status == "AWAITING_PROVISIONING":
-                not_after = self._written_until(device["DeviceId"])
-                if not_after is None:
-                    why = "its archive was never written"
-                elif not_after + timedelta(seconds=self.options.skew_seconds) < now:
-                    why = "its archive expired"
-                elif self.options.replace_device:
-                    why = "--replace-device"
+        rules = stale.Rules(certificate_seconds=self.options.certificate_seconds, skew_seconds=self.options.skew_seconds,
+                            margin_seconds=self.options.margin_seconds, replace_device=self.options.replace_device)
+        while True:
+            found, server_time = devices_named_at(client, name)
+            now = server_time or self.clock.now()
+            wait = 0.0
+            for device in [d for d in found if d.get("ProvisioningStatus") != "DELETING"]:
+                if device.get("Tags") is None:  # a listing without tags: ask for them, to name who made it
+                    device = {**device, **self._described(client, device["DeviceId"])}
+                decision = stale.decide(device, now, rules)
+                if decision.action == "delete":
+                    self._delete(device["DeviceId"], name, decision.reason, context)
                 else:
-                    raise PanostageError(
-                        f"device {name} ({device['DeviceId']}) has a live archive on a stick until {iso(not_after)} "
-                        f"({int((not_after - now).total_seconds())}s left)",
-                        exit_code=ExitCode.CONFLICT, reason="device-live",
-                        hint="plug that stick into the appliance, wait until it expires, or pass --replace-device",
-                    )
-                self._delete(device["DeviceId"], name, why, context)
-                continue
-            if not self.options.replace_device:
-                raise PanostageError(
-                    f"device {name} already exists ({device['DeviceId']}, {status})",
-                    exit_code=ExitCode.CONFLICT, reason="device-exists",
-                    hint="pick another name, or pass --replace-device to delete it and provision a new one",
-                )
-            self._delete(device["DeviceId"], name, f"--replace-device (was {status})", context)
+                    wait = max(wait, decision.seconds)
+                    why = decision.reason
+            if not wait:
+                return
+            self._wait(name, why, wait)
 
-    def _written_until(self, device_id: str) -> datetime | None:
-        """The certificate deadline of this device's archive, if this station wrote it to a stick."""
-        until = None
-        for record in self.log.records():
-            if record.get("kind") == "handoff" and record.get("outcome") == "ready" \
-                    and (record.get("device") or {}).get("id") == device_id:
-                until = (record.get("certificate") or {}).get("not_after")
-        return utc(datetime.fromisoformat(until.replace("Z", "+00:00"))) if until else None
+    @staticmethod
+    def _described(client: Any, device_id: str) -> dict[str, Any]:
+        from botocore.exceptions import ClientError
+
+        try:
+            return {"Tags": client.describe_device(DeviceId=device_id).get("Tags") or {}}
+        except ClientError:
+            return {}
+
+    def _wait(self, name: str, why: str, seconds: float) -> None:
+        """Wait ``seconds`` (plus a second for the Date header's resolution), telling the person; the daemon's
+        checkpoint abandons the wait when the stick leaves or the daemon stops."""
+        seconds += 1.0
+        self.on_event("waiting", name=name, reason=why, seconds=seconds)
+        deadline = self.clock.monotonic() + seconds
+        while (left := deadline - self.clock.monotonic()) > 0:
+            self.checkpoint("waiting", name=name, seconds_left=left)
+            self.sleep(min(1.0, left))
 
     def _record(self, context: dict[str, Any], kind: str, **fields: Any) -> None:
         """Append to the hand-off log; a failure is kept in ``context`` to be reported after the stick's outcome."""
         try:
-            self.log.append(kind, station=self.station, operator=self.operator, **fields)
+            self.log.append(kind, station=self.station, operator=self.operator, handoff_id=context["handoff_id"],
+                            **fields)
         except Exception as exc:  # noqa: BLE001 - the stick's outcome comes first; the log's failure is named second
             context.setdefault("log_errors", []).append(to_error(exc).message)
 

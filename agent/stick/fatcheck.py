@@ -21,8 +21,6 @@ Costs: one read of each FAT copy and of every directory, and one step per used c
 
 from __future__ import annotations
 
-import sys
-from array import array
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -31,7 +29,6 @@ from agent.stick.fatgeo import Geometry
 
 #: Entries (files and directories) a census walks before it gives up on the stick.
 MAX_ENTRIES = 65536
-_LOW_NIBBLE = bytes(b & 0x0F for b in range(256))
 
 
 @dataclass
@@ -71,23 +68,36 @@ class Census:
         return not self.problems
 
 
-def fat_table(geo: Geometry, fat: bytes) -> "array[int]":
-    """The active FAT as one integer per cluster (FAT32's reserved top four bits cleared)."""
-    count = geo.cluster_count + 2
-    if geo.fat_bits == 12:
-        return array("H", ((int.from_bytes(fat[c + c // 2: c + c // 2 + 2], "little") >> (4 * (c & 1))) & 0xFFF
-                           for c in range(count)))
-    if geo.fat_bits == 16:
-        table = array("H")
-        table.frombytes(fat[: count * 2])
-    else:
-        raw = bytearray(fat[: count * 4])
-        raw[3::4] = raw[3::4].translate(_LOW_NIBBLE)
-        table = array("I" if array("I").itemsize == 4 else "L")
-        table.frombytes(bytes(raw))
-    if sys.byteorder == "big":
-        table.byteswap()
-    return table
+class FatTable:
+    """The active FAT as a sequence of next-cluster values, read in place (no copy of the FAT is made)."""
+
+    def __init__(self, geo: Geometry, fat: bytes) -> None:
+        self.bits = geo.fat_bits
+        self.fat = fat
+        if self.bits == 32:
+            self.words = memoryview(fat)[: (len(fat) // 4) * 4].cast("I")
+        elif self.bits == 16:
+            self.words = memoryview(fat)[: (len(fat) // 2) * 2].cast("H")
+
+    def __getitem__(self, cluster: int) -> int:
+        if self.bits == 32:
+            return self.words[cluster] & 0x0FFFFFFF
+        if self.bits == 16:
+            return self.words[cluster]
+        value = int.from_bytes(self.fat[cluster + cluster // 2: cluster + cluster // 2 + 2], "little")
+        return value >> 4 if cluster & 1 else value & 0xFFF
+
+
+def _first_difference(reader: FatReader, index: int, active: bytes, span: int) -> int | None:
+    """The first byte at which FAT copy ``index`` differs from the active one (compared a MiB at a time)."""
+    chunk = 1 << 20
+    base = reader.geo.fat_offset(index)
+    for start in range(0, span, chunk):
+        length = min(chunk, span - start)
+        other = reader.pread(base + start, length)
+        if other != active[start: start + length]:
+            return start + next(i for i in range(length) if other[i] != active[start + i])
+    return None
 
 
 def _fat_span(geo: Geometry) -> int:
@@ -96,20 +106,19 @@ def _fat_span(geo: Geometry) -> int:
 
 
 class _Walk:
-    """Claims every cluster of every chain for one owner; reports what does not fit."""
+    """Marks every cluster of every chain; reports a chain that leaves the volume, loops, runs into a free
+    or bad cluster, or meets another chain (one byte per cluster: the owner is looked up only on damage)."""
 
-    def __init__(self, reader: FatReader, table: "array[int]", census: Census, max_entries: int) -> None:
+    def __init__(self, reader: FatReader, table: FatTable, census: Census, max_entries: int) -> None:
         self.reader, self.geo, self.table, self.census = reader, reader.geo, table, census
         self.max_entries = max_entries
         self.limit = self.geo.cluster_count + 2
-        self.owner = array("I" if array("I").itemsize == 4 else "L", bytes(4 * self.limit))
-        self.paths = [""]
+        self.used = bytearray(self.limit)
+        self.chains: list[tuple[str, int]] = []  # (path, first cluster), to name the other side of a cross-link
 
     def claim(self, start: int, path: str, size: int | None = None) -> list[int] | None:
-        """The chain from ``start``, each cluster claimed for ``path``; None (and a problem) when it is broken."""
-        geo, table, owner, problems = self.geo, self.table, self.owner, self.census.problems
-        ident = len(self.paths)
-        self.paths.append(path)
+        """The chain from ``start``, each cluster marked; None (and a problem) when it is broken."""
+        geo, table, used, problems = self.geo, self.table, self.used, self.census.problems
         eoc, bad, limit = geo.eoc_min, geo.bad, self.limit
         chain: list[int] = []
         cluster = start
@@ -117,14 +126,13 @@ class _Walk:
             if not 2 <= cluster < limit:
                 problems.append(f"{path}: its cluster chain leaves the volume (cluster {cluster})")
                 return None
-            held = owner[cluster]
-            if held == ident:
-                problems.append(f"{path}: its cluster chain loops (at cluster {cluster})")
+            if used[cluster]:
+                if cluster in chain:
+                    problems.append(f"{path}: its cluster chain loops (at cluster {cluster})")
+                else:
+                    problems.append(f"{path} and {self._owner(cluster)} share cluster {cluster} (cross-linked)")
                 return None
-            if held:
-                problems.append(f"{path} and {self.paths[held]} share cluster {cluster} (cross-linked)")
-                return None
-            owner[cluster] = ident
+            used[cluster] = 1
             chain.append(cluster)
             nxt = table[cluster]
             if nxt >= eoc:
@@ -134,9 +142,22 @@ class _Walk:
                 problems.append(f"{path}: its cluster chain runs into {what} cluster after cluster {cluster}")
                 return None
             cluster = nxt
+        self.chains.append((path, start))
         if size is not None and len(chain) != -(-size // geo.cluster_size):
             problems.append(f"{path}: {size} bytes, but its chain holds {len(chain)} clusters of {geo.cluster_size}")
         return chain
+
+    def _owner(self, cluster: int) -> str:
+        """Which walked chain holds ``cluster`` (only asked once damage is found)."""
+        for path, start in self.chains:
+            seen, current = 0, start
+            while 2 <= current < self.limit and seen <= self.geo.cluster_count:
+                if current == cluster:
+                    return path
+                current, seen = self.table[current], seen + 1
+                if current >= self.geo.eoc_min:
+                    break
+        return "another chain"
 
     def tree(self) -> None:
         geo, reader, census = self.geo, self.reader, self.census
@@ -215,7 +236,7 @@ def _after_end_marker(reader: FatReader, extents: list[tuple[int, int]]) -> bool
     return False
 
 
-def _dirty(geo: Geometry, table: "array[int]") -> bool:
+def _dirty(geo: Geometry, table: FatTable) -> bool:
     if geo.dirty:
         return True
     if geo.fat_bits == 16:
@@ -226,7 +247,10 @@ def _dirty(geo: Geometry, table: "array[int]") -> bool:
 
 
 def take(reader: FatReader, *, max_entries: int = MAX_ENTRIES) -> Census:
-    """Walk the whole filesystem behind ``reader`` (fresh reads) and say what is wrong with it."""
+    """Walk the whole filesystem behind ``reader`` (fresh reads) and say what is wrong with it.
+
+    Memory: the active FAT (read once, also what the undo journal keeps) and one byte per cluster.
+    """
     geo = reader.geo
     census = Census()
     reader.forget()
@@ -234,17 +258,14 @@ def take(reader: FatReader, *, max_entries: int = MAX_ENTRIES) -> Census:
     span = _fat_span(geo)
     if geo.num_fats > 1 and geo.mirrored:
         for index in range(geo.num_fats):
-            if index == geo.active_fat:
-                continue
-            other = reader.pread(geo.fat_offset(index), span)
-            if other != fat[:span]:
-                first = next(i for i in range(span) if other[i] != fat[i])
+            first = None if index == geo.active_fat else _first_difference(reader, index, fat, span)
+            if first is not None:
                 census.problems.append(f"the FAT copies disagree (FAT {index + 1} differs from FAT "
                                        f"{geo.active_fat + 1} at cluster {first * 8 // geo.fat_bits})")
-    table = fat_table(geo, fat)
+    table = FatTable(geo, fat)
     if _dirty(geo, table):
         census.warnings.append("it was not cleanly unmounted (its dirty flag is set)")
-    census.room = Room(free_clusters=table[2:].count(0), recorded_free=reader.fsinfo_free(),
+    census.room = Room(free_clusters=reader.free_clusters(fat), recorded_free=reader.fsinfo_free(),
                        root_growable=geo.fat_bits == 32)
     _Walk(reader, table, census, max_entries).tree()
     return census

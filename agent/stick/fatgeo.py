@@ -21,6 +21,9 @@ MAX_CLUSTER_BYTES = 64 * 1024
 #: FAT16 can address at most this many clusters (Linux: MAX_FAT16); more is refused by the kernel.
 MAX_FAT16_CLUSTERS = 0xFFF4
 MIN_FAT32_CLUSTERS = 65525
+#: The most clusters we check and journal: the whole FAT is held in memory (4 bytes a cluster, 16 MiB here;
+#: a 128 GiB stick with 32 KiB clusters), with the rest, under 100 MiB.
+MAX_CLUSTERS = 4 * 1024 * 1024
 
 
 class NotFat(Exception):
@@ -217,6 +220,9 @@ def layout_problems(geo: Geometry) -> list[str]:
                             "data area differently)")
     if geo.fat_bits == 16 and geo.cluster_count > MAX_FAT16_CLUSTERS:
         problems.append(f"FAT16 with {geo.cluster_count} clusters (at most {MAX_FAT16_CLUSTERS})")
+    if geo.cluster_count > MAX_CLUSTERS:
+        problems.append(f"{geo.cluster_count} clusters (at most {MAX_CLUSTERS}: panostage holds the whole FAT in memory "
+                        "to check and journal it; format with larger clusters, or mount it and pass the mount point)")
     if geo.fat_bits == 32:
         if geo.cluster_count < MIN_FAT32_CLUSTERS:
             problems.append(f"FAT32 with only {geo.cluster_count} clusters (at least {MIN_FAT32_CLUSTERS}): Linux reads "

@@ -18,9 +18,9 @@ from agent.config import AuthoritySettings
 from tests.authority_kit import _wire_problems
 
 
-def client(authority, *, key: str | None = None, secret: str | None = None):
+def client(authority, *, key: str | None = None, secret: str | None = None, region: str = "us-west-2"):
     session = boto3.Session(
-        botocore_session=new_botocore_session(), region_name="us-west-2",
+        botocore_session=new_botocore_session(), region_name=region,
         aws_access_key_id=key or authority.access_key_id, aws_secret_access_key=secret or authority.secret_access_key,
     )
     return session.client("panorama", endpoint_url=authority.endpoint_url,
@@ -53,20 +53,33 @@ def test_embedded_authority_with_an_injected_clock(tmp_path):
 
 
 def test_each_embedded_start_has_fresh_credentials_but_one_state(tmp_path):
-    first = start_embedded(AuthoritySettings(), tmp_path, region="us-east-1")
+    first = start_embedded(AuthoritySettings(), tmp_path, region="us-west-2")
     try:
         device = client(first).provision_device(Name="kept")["DeviceId"]
     finally:
         first.stop()
-    second = start_embedded(AuthoritySettings(), tmp_path, region="us-east-1")
+    second = start_embedded(AuthoritySettings(), tmp_path, region="us-west-2")
     try:
         assert second.access_key_id != first.access_key_id
         assert client(second).describe_device(DeviceId=device)["Name"] == "kept"
         with pytest.raises(ClientError) as exc:  # the first start's credentials died with it
             client(second, key=first.access_key_id, secret=first.secret_access_key).list_devices()
-        assert exc.value.response["Error"]["Code"] == "AccessDeniedException"
+        assert exc.value.response["Error"]["Code"] == "UnrecognizedClientException"
     finally:
         second.stop()
+
+
+def test_embedded_authority_takes_its_commands_region_and_the_configured_ones(tmp_path):
+    authority = start_embedded(AuthoritySettings(regions=("eu-west-1",)), tmp_path, region="us-west-2")
+    try:
+        for region in ("us-west-2", "eu-west-1"):
+            assert client(authority, region=region).list_devices()["Devices"] == []
+        with pytest.raises(ClientError) as exc:
+            client(authority, region="ap-south-1").list_devices()
+        assert exc.value.response["Error"] == {"Code": "InvalidSignatureException",
+                                               "Message": "Credential should be scoped to a valid region. "}
+    finally:
+        authority.stop()
 
 
 def test_store_refuses_a_newer_schema(tmp_path):

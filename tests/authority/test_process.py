@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.authority_kit import ROOT, TEST_KEY, TEST_SECRET, _base_env, read_line, start_authority
+from tests.authority_kit import REGION, ROOT, TEST_KEY, TEST_SECRET, _base_env, read_line, start_authority
 
 
 def run_cli(tmp: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -27,7 +27,8 @@ def run_cli(tmp: Path, *args: str, env: dict[str, str] | None = None) -> subproc
 
 def test_start_line_and_clean_exit_on_sigint(tmp_path):
     server = start_authority(tmp_path)
-    assert set(server.info) == {"endpoint_url", "access_key_id", "credentials_file", "state_dir", "pid"}
+    assert set(server.info) == {"endpoint_url", "access_key_id", "credentials_file", "state_dir", "pid", "regions"}
+    assert server.info["regions"] == [REGION]
     assert server.info["pid"] == server.proc.pid
     assert server.info["access_key_id"] == TEST_KEY and server.info["credentials_file"] is None
     assert server.info["endpoint_url"].startswith("http://127.0.0.1:")
@@ -130,7 +131,7 @@ def test_fault_command_errors(tmp_path, fresh_authority):
     server = fresh_authority()
     wrong = run_cli(tmp_path, "--endpoint-url", server.endpoint_url, "authority", "fault", "show",
                     env={"AWS_ACCESS_KEY_ID": "AKIDNOPE", "AWS_SECRET_ACCESS_KEY": "nope"})
-    assert wrong.returncode == 7 and "not known" in wrong.stderr  # ExitCode.ACCESS_DENIED
+    assert wrong.returncode == 7 and "UnrecognizedClientException" in wrong.stderr  # ExitCode.ACCESS_DENIED
     unreachable = run_cli(tmp_path, "--endpoint-url", "http://127.0.0.1:9", "authority", "clock",
                           env={"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
     assert unreachable.returncode == 11  # ExitCode.UNREACHABLE

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from agent.aws.backend import open_backend
+from agent.aws.provisioning import tagged
 from agent.clock import SystemClock
 from agent.config import load
 from agent.daemon.recovery import recover
@@ -42,7 +43,8 @@ def crashed(state, backend, name, at_state, *, record_id=True):
     if at_state != "claimed":
         started = SystemClock().now()
         state.update_handoff(handoff_id, "provisioning", provision_started_at=started, device_name=name)
-        device_id = backend.panorama().provision_device(Name=name)["DeviceId"]  # the call went out before the crash
+        # the call went out before the crash, tagged as the Stager tags it
+        device_id = backend.panorama().provision_device(**tagged({"Name": name}, "t", handoff_id))["DeviceId"]
         if at_state != "provisioning":
             state.update_handoff(handoff_id, at_state, device_id=device_id if record_id else None)
     return entry_id, handoff_id, device_id
@@ -75,6 +77,18 @@ def test_device_found_by_name_and_time_when_the_id_was_never_recorded(world):
     [action] = recover(state, backend, log, SystemClock(), station="t", operator="t", max_attempts=3)
     assert action["devices_deleted"] == []
     assert [d["DeviceId"] for d in live(backend, "rec-old")] == [older]
+
+
+def test_another_stations_device_of_the_name_made_meanwhile_is_never_deleted(world):
+    """Station B provisions the name while station A crashed in ProvisionDevice: A's recovery finds a device of
+    that name made after its attempt began, and leaves it - the tag says whose it is."""
+    backend, state, log = world
+    entry_id, handoff_id, mine = crashed(state, backend, "rec-shared", "provisioning")
+    backend.panorama().delete_device(DeviceId=mine)  # ours never got made, say; B's did, just now
+    theirs = backend.panorama().provision_device(**tagged({"Name": "rec-shared"}, "van", "b-handoff"))["DeviceId"]
+    [action] = recover(state, backend, log, SystemClock(), station="t", operator="t", max_attempts=3)
+    assert action["devices_deleted"] == []
+    assert [d["DeviceId"] for d in live(backend, "rec-shared")] == [theirs]
 
 
 def test_too_many_interruptions_need_attention(world):

@@ -139,6 +139,17 @@ def test_a_layout_readers_disagree_on_is_refused_before_provisioning(station, tm
     assert digest(image) == before and station.devices() == []
 
 
+def test_a_fat_too_large_to_hold_in_memory_is_refused(station, tmp_path):
+    """4 Mi clusters at most: the census and the undo journal hold the whole FAT in memory (bounded RSS)."""
+    image = tmp_path / "huge.img"
+    with open(image, "wb") as handle:
+        handle.truncate(2200 << 20)  # sparse
+    run("mkfs.fat", "-F", "32", "-s", "1", str(image))
+    result = station.run("verify", str(image), "--json")
+    assert result.returncode == ExitCode.STICK_REFUSED and "at most 4194304" in error_of(result)["message"]
+    image.unlink()
+
+
 # ---------------------------------------------------------------- 3. damage: nothing another file references is touched
 
 
