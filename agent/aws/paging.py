@@ -15,6 +15,9 @@ def pages(call: Callable[..., dict[str, Any]], items_key: str, *, token_key: str
         if not token:
             return
         if token in seen:  # a broken peer must not make us loop forever
-            raise RuntimeError(f"{items_key}: the service returned the same {token_key} twice")
+            from agent.errors import ServiceError
+
+            raise ServiceError(f"{items_key}: the service returned the same {token_key} twice (it breaks the protocol)",
+                               reason="paging-loop", hint="the service is misbehaving; report it")
         seen.add(token)
         params[token_key] = token

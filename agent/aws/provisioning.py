@@ -67,17 +67,15 @@ def devices_named(client: Any, name: str) -> list[dict[str, Any]]:
 def devices_named_at(client: Any, name: str) -> tuple[list[dict[str, Any]], datetime | None]:
     """:func:`devices_named`, and the service's clock when it answered (its HTTP ``Date``), to judge their age
     on the service's time rather than this workstation's."""
-    found: list[dict[str, Any]] = []
-    server_time: datetime | None = None
-    kwargs: dict[str, Any] = {"NameFilter": name, "MaxResults": 25}
-    while True:
-        response = client.list_devices(**kwargs)
-        server_time = service_time(response) or server_time
-        found += [d for d in response.get("Devices", []) if d.get("Name") == name]
-        token = response.get("NextToken")
-        if not token:
-            return found, server_time
-        kwargs["NextToken"] = token
+    times: list[datetime | None] = []
+
+    def call(**params: Any) -> dict[str, Any]:
+        response = client.list_devices(**params)
+        times.append(service_time(response))
+        return response
+
+    found = [d for d in pages(call, "Devices", NameFilter=name, MaxResults=25) if d.get("Name") == name]
+    return found, next((t for t in reversed(times) if t is not None), None)
 
 
 #: Tags panostage puts on every device it provisions, so another station can say whose it is.

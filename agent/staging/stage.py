@@ -379,6 +379,7 @@ class Stager:
         client = self.backend.panorama()
         rules = stale.Rules(certificate_seconds=self.options.certificate_seconds, skew_seconds=self.options.skew_seconds,
                             margin_seconds=self.options.margin_seconds, replace_device=self.options.replace_device)
+        waited = 0.0
         while True:
             found, server_time = devices_named_at(client, name)
             now = server_time or self.clock.now()
@@ -394,7 +395,12 @@ class Stager:
                     why = decision.reason
             if not wait:
                 return
+            if waited > self.options.margin_seconds + 10:  # a service whose clock does not move: give up, do not spin
+                raise PanostageError(f"waited {waited:.0f} s for {why}, and the service still says it lives",
+                                     exit_code=ExitCode.CONFLICT, reason="device-live",
+                                     hint="check the service's clock; pass --replace-device to go on regardless")
             self._wait(name, why, wait)
+            waited += wait
 
     @staticmethod
     def _described(client: Any, device_id: str) -> dict[str, Any]:

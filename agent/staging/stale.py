@@ -50,6 +50,11 @@ def decide(device: dict[str, Any], service_now: datetime, rules: Rules) -> Decis
             details={"device_id": device_id, "status": status})
     if rules.replace_device:
         return Decision("delete", "--replace-device")
+    if not isinstance(device.get("CreatedTime"), datetime):
+        raise PanostageError(
+            f"device {name} ({device_id}) awaits provisioning and the service does not say when it was made: its "
+            "archive may be on a stick", exit_code=ExitCode.CONFLICT, reason="device-live",
+            hint="plug that stick into its appliance, or pass --replace-device", details={"device_id": device_id})
     created = utc(device["CreatedTime"])
     dead_at = created + timedelta(seconds=rules.certificate_seconds + rules.skew_seconds)
     left = (dead_at - service_now).total_seconds()
