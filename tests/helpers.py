@@ -14,6 +14,10 @@ REPO = Path(__file__).resolve().parent.parent
 _DROP = ("AWS_", "PANOSTAGE_", "XDG_", "NOTIFY_SOCKET", "INVOCATION_ID", "JOURNAL_STREAM", "STATE_DIRECTORY", "RUNTIME_DIRECTORY")
 
 
+#: A PEM private-key header, made at run time: no tracked file holds key armour.
+PEM_KEY_HEADER = "-----BEGIN " + "PRIVATE KEY-----"
+
+
 def clean_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A minimal environment: nothing of the caller's AWS or panostage settings, and a state directory of
     its own under ``home`` (as root the default is the system's /var/lib/panostage: never for a test)."""

@@ -9,7 +9,7 @@ import pytest
 
 from agent import config
 from agent.errors import ConfigError, ExitCode
-from tests.helpers import run_cli
+from tests.helpers import PEM_KEY_HEADER, run_cli
 
 
 def isolated_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -151,9 +151,6 @@ def test_config_error_exit_code_and_message_from_the_cli(tmp_path):
     assert error["exit_name"] == "CONFIG" and error["details"]["key"] == "wait.timeout_seconds"
 
 
-PEM_HEADER = "-----BEGIN " + "PRIVATE KEY-----"
-
-
 @pytest.mark.parametrize("value", ["notaurl", "ftp://authority.example", "http://", "https:///path",
                                    "http://-bad-.example", "http://host:99999", "http://a b.example",
                                    "http://[nope]:80"])
@@ -182,7 +179,7 @@ def test_endpoint_url_rule_holds_in_files_and_flags(tmp_path):
 
 
 @pytest.mark.parametrize(("value", "rule"), [
-    (PEM_HEADER, "not key material"),
+    (PEM_KEY_HEADER, "not key material"),
     ("ops\nsecond line", "control characters"),
     ("x" * 129, "at most 128 characters"),
     ("alice\x1b[2J", "control characters"),
@@ -199,7 +196,7 @@ def test_operator_rules(tmp_path, value, rule):
 
 
 def test_operator_key_material_is_not_repeated(tmp_path):
-    secret = PEM_HEADER + "\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n"
+    secret = PEM_KEY_HEADER + "\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n"
     with pytest.raises(ConfigError) as info:
         config.load(env=isolated_env(tmp_path, PANOSTAGE_STAGE_OPERATOR=secret))
     shown = json.dumps(info.value.to_dict())
@@ -216,7 +213,7 @@ def test_check_operator_for_the_login_name_fallback():
 
 
 def test_operator_refused_by_the_cli_before_anything_runs(tmp_path):
-    result = run_cli("config", "show", env=isolated_env(tmp_path, PANOSTAGE_STAGE_OPERATOR=PEM_HEADER), home=tmp_path)
+    result = run_cli("config", "show", env=isolated_env(tmp_path, PANOSTAGE_STAGE_OPERATOR=PEM_KEY_HEADER), home=tmp_path)
     assert result.returncode == ExitCode.CONFIG and "Traceback" not in result.stderr
     assert "PRIVATE KEY" not in result.stdout
     result = run_cli("device", "list", env=isolated_env(tmp_path, PANOSTAGE_BACKEND_ENDPOINT_URL="notaurl"), home=tmp_path)

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from agent.errors import ExitCode
 from tests import archive_factory as af
-from tests.helpers import REPO, clean_env
+from tests.helpers import PEM_KEY_HEADER, REPO, clean_env
 
 SCALE = max(1, int(os.environ.get("FAULTS_FUZZ_SCALE", "1")))
 CLI_FUZZ = settings(max_examples=30 * SCALE, deadline=None, database=None,
@@ -179,7 +179,7 @@ ENV = [("PANOSTAGE_BACKEND_MAX_ATTEMPTS", ["0", "3", "x", "1e3", ""]),
        ("PANOSTAGE_STAGE_MARGIN_SECONDS", ["-5", "nan", "12.5", "inf"]),
        ("PANOSTAGE_NO_SUCH_KEY", ["1"]), ("PANOSTAGE_VERIFY_MAX_RATIO", ["0", "500", "many"]),
        ("PANOSTAGE_BACKEND_ENDPOINT_URL", ["notaurl", "http://", "ftp://h", "http://127.0.0.1:1", "https://[::1"]),
-       ("PANOSTAGE_STAGE_OPERATOR", ["-----BEGIN PRIVATE KEY-----", "a\nb", "x" * 200, "lab"])]
+       ("PANOSTAGE_STAGE_OPERATOR", [PEM_KEY_HEADER, "a\nb", "x" * 200, "lab"])]
 
 
 @st.composite

@@ -21,7 +21,7 @@ from agent.errors import ExitCode
 from agent.stick import names
 from tests.fat_edit import FatImage, digest
 from tests.fat_kit import fsck, make_image, mtools, run
-from tests.helpers import REPO, clean_env
+from tests.helpers import PEM_KEY_HEADER, REPO, clean_env
 from tests.station import files_on
 
 
@@ -334,7 +334,7 @@ def test_a_temporary_with_an_impossible_pid_is_a_stale_leftover(station, image):
 
 def test_an_operator_that_looks_like_a_key_is_refused_before_provisioning(station, image):
     result = station.run("stage", "--name", "cam-1", "--to", str(image),
-                         PANOSTAGE_STAGE_OPERATOR="-----BEGIN PRIVATE KEY-----")
+                         PANOSTAGE_STAGE_OPERATOR=PEM_KEY_HEADER)
     assert result.returncode == ExitCode.CONFIG, result.stderr
     assert "PANOSTAGE_STAGE_OPERATOR" in result.stderr and "could not clean up" not in result.stderr
     assert station.devices() == []
