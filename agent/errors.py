@@ -63,6 +63,12 @@ class PanostageError(Exception):
         if exit_code is not None:
             self.exit_code = exit_code
 
+    def also(self, note: str) -> None:
+        """Add a second failure to report after this one (``also: ...``), once."""
+        notes = self.details.setdefault("also", [])
+        if note not in notes:
+            notes.append(note)
+
     def to_dict(self) -> dict[str, Any]:
         """The error as data (for ``--json``)."""
         data: dict[str, Any] = {

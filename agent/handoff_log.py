@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from agent.clock import iso
 from agent.errors import ExitCode, PanostageError
-from agent.paths import fsync_dir
+from agent.paths import discard, fsync_dir, write_all, write_atomic
 
 LOG_NAME = "handoff.jsonl"
 HEAD_NAME = "handoff.head"
@@ -181,7 +181,7 @@ class HandoffLog:
             step = "read the head"
             old_head = self._head_bytes()
             step = "write the record"
-            _write_all(fd, line + b"\n")
+            write_all(fd, line + b"\n")
             step = "fsync the log"
             os.fsync(fd)
             step = "write the head"
@@ -207,19 +207,8 @@ class HandoffLog:
             raise self._failed(exc, "bring the head forward") from exc
 
     def _replace_head(self, data: bytes) -> None:
-        """Put ``data`` in a fsync'd temporary file and rename it over the head; no temporary file stays."""
-        tmp = self.head_path.with_suffix(".tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.head_path)
-        except BaseException:
-            _unlink(tmp)
-            raise
+        """Put ``data`` over the head atomically (temporary file, fsync, rename); no temporary file stays."""
+        write_atomic(self.head_path, data, mode=0o640)
 
     def _head_bytes(self) -> bytes | None:
         try:
@@ -231,7 +220,7 @@ class HandoffLog:
         """Best effort: put the head back as it was before a failed append."""
         try:
             if old is None:
-                _unlink(self.head_path)
+                discard(self.head_path)
             else:
                 self._replace_head(old)
             fsync_dir(self.path.parent)
@@ -345,25 +334,11 @@ class HandoffLog:
             return None
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """``os.write`` until all of ``data`` is written (a nearly full filesystem takes part of it)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def _truncate(fd: int, size: int) -> None:
     """Best effort: cut the log back to ``size`` bytes and make that durable."""
     try:
         os.ftruncate(fd, size)
         os.fsync(fd)
-    except OSError:
-        pass
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
     except OSError:
         pass
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.paths import fsync_dir
+from agent.paths import discard, fsync_dir, write_atomic
 
 from agent.errors import ExitCode, PanostageError
 
@@ -133,7 +133,7 @@ class CertificateAuthority:
                 write_atomic(cert_path, ca.cert_pem, mode=0o644)
                 fsync_dir(directory)
             except OSError as exc:
-                _discard(key_path)  # without its certificate the key is useless: do not leave it
+                discard(key_path)  # without its certificate the key is useless: do not leave it
                 raise _io_failed(exc, directory, "write a new CA key and certificate") from exc
             return ca
         finally:
@@ -198,35 +198,6 @@ def _key_usage(ca: bool) -> x509.KeyUsage:
         digital_signature=not ca, content_commitment=False, key_encipherment=False, data_encipherment=False,
         key_agreement=False, key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False,
     )
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to a new temporary file of ``mode``, fsync it and rename it over ``path``.
-
-    On any failure (or interruption) the temporary file is removed and ``path`` is untouched.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:  # a nearly full filesystem takes part of a write
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        _discard(tmp)
-        raise
-
-
-def _discard(path: Path) -> None:
-    """Best effort removal (cleaning up after a failure that is already being reported)."""
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _io_failed(exc: OSError, directory: Path, step: str) -> PanostageError:

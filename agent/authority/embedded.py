@@ -101,7 +101,7 @@ def load_or_create_credentials(state_dir: Path) -> tuple[str, str, Path]:
     import json
     import os
 
-    from agent.paths import fsync_dir
+    from agent.paths import discard, fsync_dir, write_all
     from agent.errors import ConfigError
 
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -109,18 +109,19 @@ def load_or_create_credentials(state_dir: Path) -> tuple[str, str, Path]:
     if not path.exists():
         access_key_id, secret = new_credentials()
         tmp = state_dir / f".{CREDENTIALS_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, json.dumps({"access_key_id": access_key_id, "secret_access_key": secret}, indent=2).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                write_all(fd, json.dumps({"access_key_id": access_key_id, "secret_access_key": secret},
+                                         indent=2).encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.link(tmp, path)
         except FileExistsError:
             pass
         finally:
-            tmp.unlink()
+            discard(tmp)
         fsync_dir(state_dir)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

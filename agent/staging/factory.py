@@ -46,7 +46,7 @@ def verify_limits(settings: Settings) -> Any:
 def log_unopened_stick(settings: Settings, clock: Clock, name: str, spec: str, error: Any) -> None:
     """Log a hand-off that failed at its first step: the stick was refused (not FAT ...) or could not be opened.
 
-    A log that cannot take the record is named after the stick's error (in ``error.details["also"]``), never
+    A log that cannot take the record is named after the stick's error (:meth:`PanostageError.also`), never
     instead of it."""
     from agent.errors import to_error
 
@@ -57,7 +57,7 @@ def log_unopened_stick(settings: Settings, clock: Clock, name: str, spec: str, e
             error={"reason": error.reason, "message": error.message[:500]}, durations_ms={},
         )
     except Exception as exc:  # noqa: BLE001 - the stick's error comes first
-        error.details.setdefault("also", []).append(f"the hand-off log could not record this: {to_error(exc).message}")
+        error.also(f"the hand-off log could not record this: {to_error(exc).message}")
 
 
 def make_stager(settings: Settings, backend: Any, clock: Clock, **overrides: Any) -> Stager:

@@ -213,9 +213,9 @@ class Stager:
             result = self._write_and_prove(provisioned, report, plan, target, timer, context)
         except BaseException as exc:
             self._fail(exc, provisioned, target, context, timer)
-            if context.get("log_errors") and isinstance(exc, PanostageError):
-                exc.details.setdefault("also", []).extend(
-                    f"the hand-off log could not record this: {message}" for message in dict.fromkeys(context["log_errors"]))
+            if isinstance(exc, PanostageError):
+                for message in context.get("log_errors", []):
+                    exc.also(f"the hand-off log could not record this: {message}")
             raise
         return result
 
