@@ -109,8 +109,8 @@ def too_large(size: int, *, now: datetime, limits: Limits = Limits(), file_name:
     """The report for a file judged by its size alone: larger than any archive can be (CORRUPT, unread)."""
     report = ArchiveReport(outcome=Outcome.CORRUPT, sha256=None, size=size, checked_at=utc(now), file_name=file_name)
     _check_file_name(report, file_name, device_name)
-    report.problems.append(Problem("too_large", f"{size} bytes: no configuration archive is larger than "
-                                   f"{limits.max_file_bytes} bytes within the verify limits; not read",
+    report.problems.append(Problem("too_large", f"{size} bytes, larger than any configuration archive (at most "
+                                   f"{limits.max_file_bytes} bytes within the verify limits); not read",
                                    hint="it is no configuration archive: remove it"))
     report.outcome = decide(report.problems)
     return report

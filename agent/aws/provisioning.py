@@ -84,28 +84,30 @@ TAG_HANDOFF = "panostage:handoff"
 MAX_TAGS = 50
 
 
-def handoff_of(client: Any, device: dict[str, Any]) -> str | None:
-    """The hand-off ID a device is tagged with (asking DescribeDevice when a listing leaves tags out)."""
+def tags_of(client: Any, device: dict[str, Any]) -> dict[str, str]:
+    """A device's tags: from the listing, else from DescribeDevice (a device gone meanwhile has none)."""
     from botocore.exceptions import ClientError
 
     tags = device.get("Tags")
     if tags is None:
         try:
-            tags = client.describe_device(DeviceId=device["DeviceId"]).get("Tags") or {}
-        except ClientError:
-            tags = {}
-    return tags.get(TAG_HANDOFF)
+            tags = client.describe_device(DeviceId=device["DeviceId"]).get("Tags")
+        except ClientError as exc:
+            if error_code(exc) != "ResourceNotFoundException":
+                raise
+    return tags or {}
 
 
 def ours(client: Any, device: dict[str, Any], handoff_id: str | None) -> bool:
     """Did the hand-off ``handoff_id`` make ``device``?  Without a hand-off ID (an untagged request) nothing
     tells: a device that carries another hand-off's tag is still not ours."""
-    tag = handoff_of(client, device)
+    tag = tags_of(client, device).get(TAG_HANDOFF)
     return tag == handoff_id if handoff_id else tag is None
 
 
 def tagged(request: dict[str, Any], station: str, handoff_id: str) -> dict[str, Any]:
-    """``request`` with the provisioning station and hand-off ID as tags (when the 50 tags allow it)."""
+    """``request`` with the provisioning station and hand-off ID as tags (when the 50 tags allow it: with more
+    than 48 of its own the request goes untagged, and :func:`ours` then knows its devices by having no tag)."""
     tags = {k: v for k, v in (request.get("Tags") or {}).items() if k not in (TAG_STATION, TAG_HANDOFF)}
     if len(tags) + 2 > MAX_TAGS:
         return request

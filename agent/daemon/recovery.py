@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from agent.aws.errors import error_code
-from agent.aws.provisioning import CREATION_TOLERANCE, devices_named, ours
+from agent.aws.provisioning import CREATION_TOLERANCE, TAG_HANDOFF, devices_named, ours, tagged
 from agent.clock import Clock, utc
 from agent.handoff_log import HandoffLog
 from agent.state import TERMINAL_HANDOFF, StateDB
@@ -36,17 +36,32 @@ def _delete(client: Any, device_id: str) -> bool:
         raise
 
 
-def _devices_of(client: Any, handoff: dict[str, Any]) -> list[str]:
-    """The device(s) an interrupted hand-off may have created."""
+def _devices_of(client: Any, handoff: dict[str, Any], request: dict[str, Any] | None) -> list[str]:
+    """The device(s) an interrupted hand-off may have created (``request``: its plan entry's, to tell whether it
+    went out tagged with the hand-off)."""
     if handoff.get("device_id"):
         return [handoff["device_id"]]
     started = _parse(handoff.get("provision_started_at"))
     if handoff.get("state") != "provisioning" or started is None or not handoff.get("device_name"):
         return []  # ProvisionDevice was never called
     since = started - CREATION_TOLERANCE - timedelta(seconds=1)
+    went = tagged(request or {"Name": handoff["device_name"]}, "-", handoff["id"])
+    tag = (went.get("Tags") or {}).get(TAG_HANDOFF)  # None: the request had no room for our tags
     return [d["DeviceId"] for d in devices_named(client, handoff["device_name"])
             if d.get("ProvisioningStatus") != "DELETING" and d.get("CreatedTime") and utc(d["CreatedTime"]) >= since
-            and ours(client, d, handoff["id"])]  # never another station's device of that name, made meanwhile
+            and ours(client, d, tag)]  # never another station's device of that name, made meanwhile
+
+
+def _request_of(state: StateDB, handoff: dict[str, Any]) -> dict[str, Any] | None:
+    """The ProvisionDevice request of the hand-off's plan entry, when it still has one."""
+    from agent.errors import PanostageError
+
+    if handoff.get("plan_id") is None:
+        return None
+    try:
+        return state.entry(handoff["plan_id"]).get("request")
+    except PanostageError:
+        return None
 
 
 def recover(state: StateDB, backend: Any, log: HandoffLog, clock: Clock, *, station: str, operator: str,
@@ -55,7 +70,8 @@ def recover(state: StateDB, backend: Any, log: HandoffLog, clock: Clock, *, stat
     done: list[dict[str, Any]] = []
     for handoff in state.unfinished_handoffs():
         client = backend.panorama()  # only when there is something to recover: an idle start makes no client
-        deleted = [device_id for device_id in _devices_of(client, handoff) if _delete(client, device_id)]
+        deleted = [device_id for device_id in _devices_of(client, handoff, _request_of(state, handoff))
+                   if _delete(client, device_id)]
         plan_status = None
         if handoff.get("plan_id") is not None:
             plan_status = state.requeue(handoff["plan_id"], f"interrupted while {handoff['state']}; recovered",

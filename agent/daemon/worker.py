@@ -120,9 +120,9 @@ class StickWorker:
             self._stage(target, entry)
 
     def _look(self, target: Any) -> tuple[Verdict, str, StickFacts]:
-        from agent.archive import too_large, verify_archive
         from agent.staging.factory import verify_limits
         from agent.stick import LOG_DIR, archives
+        from agent.stick.checks import archive_report
 
         target.check_sound()  # a damaged stick is refused before anything on it is judged or touched
         found = [e for e in archives(target) if e.kind == "file"]
@@ -130,12 +130,8 @@ class StickWorker:
         has_logs = logs is not None and logs.kind == "dir" and bool(target.list_dir(LOG_DIR))
         facts = StickFacts(has_logs=has_logs, archive_count=len(found))
         if found and not has_logs:
-            limits = verify_limits(self.ctx.settings)
-            if found[0].size > limits.max_file_bytes:
-                report = too_large(found[0].size, now=self.ctx.clock.now(), limits=limits, file_name=found[0].name)
-            else:
-                report = verify_archive(target.read(found[0].name, limit=limits.max_file_bytes), now=self.ctx.clock.now(),
-                                        margin_seconds=0, skew_seconds=self.ctx.settings.stage.skew_seconds, limits=limits)
+            report = archive_report(target, found[0], now=self.ctx.clock.now(), limits=verify_limits(self.ctx.settings),
+                                    skew_seconds=self.ctx.settings.stage.skew_seconds)
             device_id = (report.manifest or {}).get("device_id")
             status = self._device_status(device_id)
             facts = StickFacts(has_logs=False, archive=found[0].name, archive_count=len(found),

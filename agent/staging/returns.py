@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.archive import Limits, device_name_from_file_name, verify_archive
+from agent.archive import Limits, device_name_from_file_name
 from agent.archive.keyscan import key_material
 from agent.clock import Clock
 from agent.handoff_log import HandoffLog
 from agent.stick import LOG_DIR, archives, leftovers, names
+from agent.stick.checks import archive_report
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 #: The largest appliance log collected (a larger one is left on the stick and named in the record).
@@ -54,11 +55,10 @@ def stick_device(target: Any, clock: Clock, limits: Limits = Limits()) -> dict[s
         return {}
     entry = found[0]
     device: dict[str, Any] = {"name": device_name_from_file_name(entry.name), "archive": entry.name}
-    if entry.size > limits.max_file_bytes:
-        device["archive_outcome"] = "corrupt"
+    report = archive_report(target, entry, now=clock.now(), limits=limits)
+    if report.sha256 is None:  # too large to be an archive: judged unread
+        device["archive_outcome"] = report.outcome.value
         return device
-    report = verify_archive(target.read(entry.name, limit=limits.max_file_bytes), now=clock.now(), margin_seconds=0,
-                            limits=limits)
     manifest = report.manifest or {}
     device["id"] = manifest.get("device_id")
     device["name"] = manifest.get("device_name") or device["name"]
@@ -100,7 +100,7 @@ def collect(target: Any, backend: Any, log: HandoffLog, clock: Clock, state_dir:
         _keep(folder, entry.name, data)
         result.logs[entry.name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         result.folder = str(folder)
-    result.outcome = _judge(status, bool(found_logs))
+    result.outcome = _judge(status, any(is_log(entry) for entry, _ in found_logs))  # the appliance wrote logs
     log.append("collect", time=clock.now(), station=station, operator=operator, outcome=result.outcome,
                device={k: v for k, v in device.items() if k in ("name", "id", "certificate_serial")},
                stick=target.describe(), provisioning_status=status, logs=result.logs, folder=result.folder,
@@ -114,18 +114,25 @@ def _appliance_logs(target: Any) -> list[tuple[Any, str | None]]:
     if entry is None or entry.kind != "dir":
         return []
     out: list[tuple[Any, str | None]] = []
+    kept = 0
     for item in target.list_dir(LOG_DIR):
         if item.kind != "file":
             out.append((item, f"a {item.kind}, not a log file: left on the stick"))
-        elif not names.fold(item.name).endswith(".log"):
+        elif not is_log(item):
             out.append((item, "not an appliance log (*.log): left on the stick"))
         elif item.size > MAX_LOG_BYTES:
             out.append((item, f"{item.size} bytes, more than the {MAX_LOG_BYTES} collected: left on the stick"))
-        elif sum(1 for _, why in out if why is None) >= MAX_LOGS:
+        elif kept >= MAX_LOGS:
             out.append((item, f"more than {MAX_LOGS} logs: left on the stick"))
         else:
+            kept += 1
             out.append((item, None))
     return out
+
+
+def is_log(entry: Any) -> bool:
+    """A regular file named ``*.log`` (as FAT compares names): what the appliance writes to /panorama."""
+    return entry.kind == "file" and names.fold(entry.name).endswith(".log")
 
 
 def _keep(folder: Path, name: str, data: bytes) -> None:
@@ -190,7 +197,7 @@ def wipe(target: Any, log: HandoffLog, clock: Clock, station: str, operator: str
         logs = target.lookup(LOG_DIR)
         if logs is not None and logs.kind == "dir":
             for entry in target.list_dir(LOG_DIR):
-                if entry.kind == "file" and names.fold(entry.name).endswith(".log"):
+                if is_log(entry):
                     target.wipe(f"{LOG_DIR}/{entry.name}")
                     removed.append(f"{LOG_DIR}/{entry.name}")
             if not target.list_dir(LOG_DIR):

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from agent import interrupts
 from agent.archive import ArchiveReport, Limits, Outcome, archive_file_name, verify_archive
 from agent.aws import validation
-from agent.aws.provisioning import Provisioned, clock_offset, devices_named_at, provision_device, tagged
+from agent.aws.provisioning import Provisioned, clock_offset, devices_named_at, provision_device, tagged, tags_of
 from agent.clock import Clock, iso, utc
 from agent.errors import ExitCode, PanostageError, to_error
 from agent.handoff_log import HandoffLog
@@ -107,7 +107,6 @@ class StickPlan:
     """What the stick holds that the write will replace or remove."""
 
     target_name: str
-    replace_existing: bool = False
     #: removed before the device is provisioned (once every check has passed): what is dead or in the way -
     #: expired archives, and with --replace junk, anything at a FAT-equal name, a symlink or empty directory
     remove_before: list[str] = field(default_factory=list)
@@ -231,8 +230,6 @@ class Stager:
                 "nothing was written", exit_code=ExitCode.VERIFY_EXPIRING, reason="too-late",
                 hint="run stage again: a new device will be provisioned",
             )
-        with timer.step("check_space"):
-            checks.check_space(target, len(data))
         self.checkpoint("writing", device_id=provisioned.device_id, sha256=digest, file=plan.target_name)
         context["writing"] = (plan.target_name, digest)
         with timer.step("write"):
@@ -296,8 +293,8 @@ class Stager:
 
         The stick must be sound (a damaged FAT is refused).  Every entry a FAT reader could take for an
         archive, or for this archive's name, is judged by what it is, not by its name alone: the same
-        device's older archive is replaced atomically; an expired archive, or (with ``--replace``) junk
-        or an entry in the way, is removed before provisioning; another device's live archive blocks
+        device's older archive (or junk at its name) is replaced atomically; an expired archive, or (with
+        ``--replace``) junk or an entry in the way, is removed before provisioning; another device's live archive blocks
         the write unless ``--replace`` (then it goes once ours is proven, or first when its name is
         FAT-equal to ours: the stick cannot hold both).
         """
@@ -324,8 +321,8 @@ class Stager:
                 blockers.append(f"{entry.name} is a read-only file")
             found = self._archive_on_stick(target, entry)
             if ours and not found.too_large:
-                plan.replace_existing = True
-            elif ours or found.expired:
+                continue  # whatever is at this archive's own name (an older archive, junk): the write replaces it
+            if ours or found.expired:
                 plan.remove_before.append(entry.name)
             elif not replace:
                 blockers.append(found.describe() + (f"; on FAT its name is the same as {plan.target_name}, so the stick "
@@ -343,23 +340,19 @@ class Stager:
         return plan
 
     def _archive_on_stick(self, target: Any, entry: Any) -> "OnStick":
-        """What an archive-like file on the stick is, judged by its size first and read only when it could be one."""
+        """What an archive-like file on the stick is (judged by its size first, read only when it could be one)."""
         limits = self.verify_limits or Limits()
-        if entry.size > limits.max_file_bytes:
-            return OnStick(entry.name, problem=f"{entry.size} bytes, larger than any configuration archive",
-                           too_large=True)
         try:
-            data = target.read(entry.name, bypass_cache=False, limit=limits.max_file_bytes)
+            report = checks.archive_report(target, entry, now=self.clock.now(), limits=limits,
+                                           skew_seconds=self.options.skew_seconds)
         except PanostageError as exc:
             return OnStick(entry.name, problem=f"unreadable: {exc.message}")
-        report = verify_archive(data, now=self.clock.now(), skew_seconds=self.options.skew_seconds, margin_seconds=0,
-                                limits=limits)
         device = report.device_name or (report.device_certificate.subject if report.device_certificate else None)
         if report.outcome is Outcome.EXPIRED:
             return OnStick(entry.name, device=device, expired=True)
         if report.outcome in (Outcome.OK, Outcome.EXPIRING):
             return OnStick(entry.name, device=device, not_after=report.not_after)
-        return OnStick(entry.name, device=device, problem=report.summary())
+        return OnStick(entry.name, device=device, problem=report.summary(), too_large=entry.size > limits.max_file_bytes)
 
     def _clear(self, target: Any, entries: list[str]) -> list[str]:
         """Remove ``entries`` from the stick: files are wiped (overwritten, then deleted), the rest removed."""
@@ -385,9 +378,7 @@ class Stager:
             now = server_time or self.clock.now()
             wait = 0.0
             for device in [d for d in found if d.get("ProvisioningStatus") != "DELETING"]:
-                if device.get("Tags") is None:  # a listing without tags: ask for them, to name who made it
-                    device = {**device, **self._described(client, device["DeviceId"])}
-                decision = stale.decide(device, now, rules)
+                decision = stale.decide(device, now, rules, tags_of=lambda d=device: tags_of(client, d))
                 if decision.action == "delete":
                     self._delete(device["DeviceId"], name, decision.reason, context)
                 else:
@@ -401,15 +392,6 @@ class Stager:
                                      hint="check the service's clock; pass --replace-device to go on regardless")
             self._wait(name, why, wait)
             waited += wait
-
-    @staticmethod
-    def _described(client: Any, device_id: str) -> dict[str, Any]:
-        from botocore.exceptions import ClientError
-
-        try:
-            return {"Tags": client.describe_device(DeviceId=device_id).get("Tags") or {}}
-        except ClientError:
-            return {}
 
     def _wait(self, name: str, why: str, seconds: float) -> None:
         """Wait ``seconds`` (plus a second for the Date header's resolution), telling the person; the daemon's

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 from agent.aws.provisioning import TAG_HANDOFF, TAG_STATION
 from agent.clock import iso, utc
@@ -38,8 +38,13 @@ class Decision:
     seconds: float = 0.0
 
 
-def decide(device: dict[str, Any], service_now: datetime, rules: Rules) -> Decision:
-    """What to do with one existing device of the name (raises a CONFLICT when it must stay)."""
+def decide(device: dict[str, Any], service_now: datetime, rules: Rules,
+           tags_of: Callable[[], dict[str, str]] | None = None) -> Decision:
+    """What to do with one existing device of the name (raises a CONFLICT when it must stay).
+
+    ``tags_of`` fetches the device's tags when the listing left them out; asked only to name who made a
+    device that is refused.
+    """
     name, device_id, status = device.get("Name"), device["DeviceId"], device.get("ProvisioningStatus")
     if status != "AWAITING_PROVISIONING":
         if rules.replace_device:
@@ -62,19 +67,20 @@ def decide(device: dict[str, Any], service_now: datetime, rules: Rules) -> Decis
         return Decision("delete", f"its archive expired on the service's clock (made {iso(created)})")
     if left <= rules.margin_seconds:
         return Decision("wait", f"{name}'s old archive ({device_id}) to expire on the service's clock", left)
+    tags = device.get("Tags")
+    tags = tags if tags is not None else tags_of() if tags_of else {}
     raise PanostageError(
-        f"device {name} ({device_id}) was made {(service_now - created).total_seconds():.0f} s ago{made_by(device)}: its "
+        f"device {name} ({device_id}) was made {(service_now - created).total_seconds():.0f} s ago{made_by(tags)}: its "
         f"archive may be live on a stick until {iso(dead_at)} ({left:.0f} s from now, on the service's clock)",
         exit_code=ExitCode.CONFLICT, reason="device-live",
         hint="plug that stick into its appliance, stage again after it expires, or pass --replace-device "
              "(that archive then becomes useless)",
         details={"device_id": device_id, "expires": iso(dead_at), "seconds_left": round(left),
-                 "station": (device.get("Tags") or {}).get(TAG_STATION)})
+                 "station": tags.get(TAG_STATION)})
 
 
-def made_by(device: dict[str, Any]) -> str:
-    """`` by station S (hand-off H)`` from the device's tags; what is known when they are missing."""
-    tags = device.get("Tags") or {}
+def made_by(tags: dict[str, str]) -> str:
+    """`` by station S (hand-off H)`` from a device's tags; what is known when they are missing."""
     station = tags.get(TAG_STATION)
     if not station:
         return " (not by panostage, or by a station that does not say)"

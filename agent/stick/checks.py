@@ -45,6 +45,20 @@ def leftovers(target: StickTarget) -> list[Entry]:
     return [e for e in target.list_root() if names.is_archive_temp(e.name)]
 
 
+def archive_report(target: StickTarget, entry: Entry, *, now: Any, limits: Any, skew_seconds: float = 30.0,
+                   **checks: Any) -> Any:
+    """Verify an archive-like file on the stick, judged by its directory entry first: one larger than any
+    archive within ``limits`` is reported ``too_large`` and never read.  Read errors propagate."""
+    from agent.archive import too_large, verify_archive
+
+    if entry.size > limits.max_file_bytes:
+        return too_large(entry.size, now=now, limits=limits, file_name=checks.get("file_name"),
+                         device_name=checks.get("device_name"))
+    data = target.read(entry.name, limit=limits.max_file_bytes)  # from the medium: the native reader, no mtools
+    return verify_archive(data, now=now, limits=limits, skew_seconds=skew_seconds,
+                          margin_seconds=checks.pop("margin_seconds", 0), **checks)
+
+
 def space_needed(size: int, cluster_size: int) -> int:
     """Bytes a file of ``size`` needs: whole clusters, plus one cluster for a directory that grows."""
     cluster = max(cluster_size, 1)

@@ -39,7 +39,6 @@ class StickFileTooLarge(StickRefused):
                          "it was not read", hint="it is no configuration archive or appliance log: remove it, "
                          "or pass --replace to let panostage remove it",
                          details={"name": name, "size": size, "limit": limit})
-        self.name, self.size, self.limit = name, size, limit
 
 
 class StickConflict(PanostageError):

@@ -158,28 +158,26 @@ class FatTarget:
         check_name(name)
         sw = Stopwatch(f"checking room for {name} on {self.path}")
         with sw.step("room"):
-            self.reader.forget()
+            if freeing:
+                self.reader.forget()
             going = [e for e in (self.reader.find(None, n) for n in freeing) if e is not None and not e.is_dir]
             fresh = self._census is not None and not self._changed and not going
             room = self._census.room if fresh else fatcheck.room(self.reader, going)
         cluster = self.geo.cluster_size
         clusters = -(-size // cluster)
         slots = names.slots_for(temp_name(name, os.getpid()))
-        if room.usable_free < clusters + (0 if room.root_free_run >= slots else 1):
-            free, needed = room.usable_free * cluster, (clusters + 1) * cluster
+        short = room.shortfall(clusters, slots)
+        if short == "space":
+            free, needed = room.usable_free * cluster, clusters * cluster
             raise StickRefused(f"{self.path} has {free} bytes free; {name} needs {needed}", reason="stick-full",
                                exit_code=StickIOError.exit_code, hint="free some space or wipe the stick",
                                details={"free": free, "needed": needed})
-        if not room.fits(clusters, slots):
+        if short == "root":
             raise StickRefused(
                 f"the root directory of {self.path} is full: {name} needs {slots} free entries in a row, the longest "
                 f"run is {room.root_free_run} (a FAT{self.geo.fat_bits} root holds {self.geo.root_entries} entries)",
                 reason="stick-root-full", hint="delete files from the stick's root, or wipe it (panostage stick wipe)",
                 details={"slots_needed": slots, "longest_free_run": room.root_free_run})
-
-    def _require_sound(self) -> None:
-        if self._census is None or not self._census.sound:
-            self.check_sound()
 
     # ------------------------------------------------------------ reading
     def list_root(self) -> list[Entry]:
@@ -290,7 +288,7 @@ class FatTarget:
     def write_atomic(self, name: str, data: bytes, *, replace: bool = True) -> WriteReport:
         """mcopy to a temp name in the root, fsync, mren onto ``name``, fsync - all inside the undo journal."""
         self.require_writable()
-        self._require_sound()
+        self.check_sound()
         dos_path(name)
         if len(split_rel(name)) != 1:
             raise StickNameError(f"write_atomic writes to the root only, not {name!r}")
@@ -313,14 +311,7 @@ class FatTarget:
             snap = Snapshot.take(self.reader, [None])
             old_clusters = self.reader.chain(existing.first_cluster) if existing else []
         with sw.step("space"):
-            cluster = self.geo.cluster_size
-            needed = -(-len(data) // cluster) * cluster + cluster
-            recorded = self.reader.fsinfo_free()  # FAT32 keeps the count (mtools and Linux trust it too)
-            free = (snap.free_clusters if recorded is None else recorded) * cluster
-            if free < needed:
-                raise StickRefused(f"{self.path} has {free} bytes free; {name} needs {needed}",
-                                   reason="stick-full", exit_code=StickIOError.exit_code,
-                                   hint="free some space or wipe the stick", details={"free": free, "needed": needed})
+            self.check_room(name, len(data))  # one rule with stage's early check (the census's room when unchanged)
         tmp = temp_name(name, os.getpid())
         with sw.step("memfd"):
             source = memory_file(data, runtime_dir=self.runtime_dir)
@@ -388,7 +379,7 @@ class FatTarget:
     def write(self, rel: str, data: bytes) -> None:
         """Write ``rel`` (replacing it), creating parent directories; journaled and flushed."""
         self.require_writable()
-        self._require_sound()
+        self.check_sound()
         path = dos_path(rel)
         parts = split_rel(rel)
         what = f"writing {rel} to {self.path}"
@@ -425,7 +416,7 @@ class FatTarget:
     def remove(self, rel: str, *, missing_ok: bool = False) -> None:
         """Delete a file (read-only too) or an empty directory."""
         self.require_writable()
-        self._require_sound()
+        self.check_sound()
         what = f"removing {rel} from {self.path}"
         sw = Stopwatch(what)
         with sw.step("inspect"):
@@ -456,8 +447,7 @@ class FatTarget:
         cluster: int | None = None
         for i, part in enumerate(parts):
             entries = self.reader.dir_entries(cluster)
-            found = [e for e in entries if e.matches(part)]
-            entry = next((e for e in found if e.name == part), found[0] if found else None)
+            entry = self.reader.find(cluster, part, entries)
             if entry is None:
                 raise StickIOError("lookup", f"finding {rel} on {self.path}", errno=errno.ENOENT)
             name = next((n for n in (entry.name, entry.short_name) if ADDRESSABLE.fullmatch(n)
@@ -483,7 +473,7 @@ class FatTarget:
         Only clusters the census found owned by this file alone are zeroed (a damaged stick is refused).
         """
         self.require_writable()
-        self._require_sound()
+        self.check_sound()
         what = f"wiping {rel} on {self.path}"
         sw = Stopwatch(what)
         with sw.step("inspect"):

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from agent.stick.fatfs import ATTR_DIR, ATTR_VOLUME, DirEntry, FatReader, runs
+from agent.stick.fatfs import ATTR_DIR, ATTR_VOLUME, DirEntry, FatCorrupt, FatReader, runs
 from agent.stick.fatgeo import Geometry
 
 #: Entries (files and directories) a census walks before it gives up on the stick.
@@ -47,11 +47,14 @@ class Room:
             return self.free_clusters
         return min(self.free_clusters, self.recorded_free)
 
-    def fits(self, clusters: int, slots: int) -> bool:
-        """Can a file of ``clusters`` clusters with a name of ``slots`` slots go into the root?"""
+    def shortfall(self, clusters: int, slots: int) -> str | None:
+        """Why a file of ``clusters`` clusters, named with ``slots`` directory slots, cannot go into the root:
+        ``"space"`` or ``"root"`` (full directory), or None when it can."""
         if self.root_free_run >= slots:
-            return self.usable_free >= clusters
-        return self.root_growable and self.usable_free >= clusters + 1
+            return None if self.usable_free >= clusters else "space"
+        if not self.root_growable:
+            return "root"
+        return None if self.usable_free >= clusters + 1 else "space"  # the root grows by a cluster
 
 
 @dataclass
@@ -188,9 +191,10 @@ class _Walk:
                     census.problems.append(f"an entry in {where or '/'} is named {entry.name!r}, which no FAT name may be")
                     continue
                 if entry.is_dir:
-                    first = entry.first_cluster
-                    if first == 0 or (geo.fat_bits == 32 and first == geo.root_cluster):
-                        census.problems.append(f"directory {path} points back at the root directory")
+                    try:
+                        first = reader.subdir_cluster(entry)
+                    except FatCorrupt as exc:  # points back at the root, or outside the volume
+                        census.problems.append(f"{where or '/'}: {exc}")
                         continue
                     chain = self.claim(first, path)
                     if chain is not None:
@@ -284,10 +288,6 @@ def room(reader: FatReader, freeing: Iterable[DirEntry] = ()) -> Room:
         free += clusters
         recorded = None if recorded is None else recorded + clusters
         freed_slots.update(entry.slots)
-    if geo.fat_bits == 32:
-        extents = [(geo.cluster_offset(first), count * geo.cluster_size)
-                   for first, count in runs(reader.chain(geo.root_cluster))]
-    else:
-        extents = [(geo.root_dir_offset, geo.root_dir_bytes)]
+    extents = reader.dir_extents(None)
     return Room(free_clusters=free, recorded_free=recorded,
                 root_free_run=_longest_free_run(reader, extents, frozenset(freed_slots)), root_growable=geo.fat_bits == 32)

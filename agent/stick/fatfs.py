@@ -261,9 +261,10 @@ class FatReader:
             raise FatCorrupt(f"directory {entry.name!r} starts at cluster {first}, outside the volume")
         return first
 
-    def find(self, cluster: int | None, name: str) -> DirEntry | None:
-        """The entry of directory ``cluster`` found under ``name``: the exact name first, else a FAT-equal one."""
-        found = [e for e in self.dir_entries(cluster) if e.matches(name)]
+    def find(self, cluster: int | None, name: str, entries: list[DirEntry] | None = None) -> DirEntry | None:
+        """The entry of directory ``cluster`` (its ``entries``, when already read) found under ``name``: the exact
+        name first, else a FAT-equal one."""
+        found = [e for e in (self.dir_entries(cluster) if entries is None else entries) if e.matches(name)]
         return next((e for e in found if e.name == name), found[0] if found else None)
 
     def lookup(self, rel: str) -> DirEntry | None:

@@ -91,6 +91,20 @@ def test_another_stations_device_of_the_name_made_meanwhile_is_never_deleted(wor
     assert [d["DeviceId"] for d in live(backend, "rec-shared")] == [theirs]
 
 
+def test_a_request_with_no_room_for_our_tags_is_still_recovered(world):
+    """49 tags of its own: the request went out untagged, so its device is known by having no hand-off tag."""
+    backend, state, log = world
+    request = {"Name": "rec-tags", "Tags": {f"k{i}": "v" for i in range(49)}}
+    [entry_id] = state.add_entries([("rec-tags", request, {})])
+    handoff_id = state.new_id()
+    state.claim_next(handoff_id)
+    state.new_handoff(handoff_id=handoff_id, plan_id=entry_id, device_name="rec-tags", stick_identity=None, stick={})
+    state.update_handoff(handoff_id, "provisioning", provision_started_at=SystemClock().now(), device_name="rec-tags")
+    made = backend.panorama().provision_device(**tagged(request, "t", handoff_id))["DeviceId"]  # untagged: no room
+    [action] = recover(state, backend, log, SystemClock(), station="t", operator="t", max_attempts=3)
+    assert action["devices_deleted"] == [made] and live(backend, "rec-tags") == []
+
+
 def test_too_many_interruptions_need_attention(world):
     backend, state, log = world
     entry_id, _, _ = crashed(state, backend, "rec-many", "written")
