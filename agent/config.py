@@ -201,7 +201,11 @@ class DaemonSettings:
                                choices=("restage", "leave"))
     returned_logs: str = _opt("collect-wipe", "a stick back with appliance logs",
                               choices=("collect-wipe", "collect", "leave"))
-    poll_seconds: float = _opt(10.0, "how often to ask about devices with actions waiting for ONLINE", min=0.1)
+    poll_seconds: float = _opt(10.0, "follow-up: first wait before asking the service about staged devices and "
+                               "running jobs again (after a change)", min=0.1)
+    poll_max_seconds: float = _opt(600.0, "follow-up: the wait doubles while nothing changes, up to this", min=0.1)
+    followup_hours: float = _opt(72.0, "follow-up: a staged device not online, or a job not finished, this long "
+                                 "after its last change needs attention (no more asking)", min=0.01)
     notify: str = _opt("auto", "desktop notification, terminal bell, or none", choices=("auto", "desktop", "bell", "none"))
     shutdown_grace_seconds: float = _opt(20.0, "on SIGTERM, how long in-flight hand-offs may take to finish", min=0.0)
     receive_buffer_bytes: int = _opt(128 << 20, "udev monitor socket buffer (raised where permitted)", min=0)

@@ -15,12 +15,18 @@ Rows (select with --only NAME,...):
                  ProvisionDevice on the warm path (scripts/bench_trust.py)
   stations       (root) two daemons, four sticks each, one authority        goal all ready <= 2x one stick
                  in its own process (scripts/bench_stations.py)
+  soak           (root) --soak N hand-offs through one daemon, sticks in   goal last tenth p95 <= 1.2x
+                 bursts of 1,4,2,3; latency first tenth vs last; fds,      the first; fds, threads,
+                 threads, SQLite handles, RSS (scripts/bench_soak.py)      SQLite handles end <= start
+  idle_followup  (root) the idle daemon following 1,000 staged entries;    goal <= 1 % of a core, main-
+                 one stick while follow-up passes run back to back vs     thread wake-ups <= pings + 2;
+                 nothing staged (scripts/bench_soak.py)                   p99 <= nothing staged
   stage          `panostage stage` to a FAT image vs the documented        goal <= 1/5 of the recipe
                  aws-cli recipe (provision-device | base64 -d; mcopy;
                  sync), same authority, same kind of image, interleaved;
                  cold CLI and the warm in-process path (what the daemon
                  runs) side by side, median and p99, with the ratio
-Run: scripts/bench [--runs N] [--only stage] [--json]
+Run: scripts/bench [--runs N] [--soak N] [--only stage] [--json]
 """
 
 from __future__ import annotations
@@ -482,6 +488,18 @@ def _trust_rows(runs: int) -> list[dict[str, Any]]:
     return bench_trust(runs)
 
 
+def _soak_rows(count: int) -> list[dict[str, Any]]:
+    from bench_soak import bench_soak  # a module of its own: the long run
+
+    return bench_soak(count)
+
+
+def _idle_followup_rows(runs: int, seconds: float) -> list[dict[str, Any]]:
+    from bench_soak import bench_idle_followup  # the idle daemon with follow-up work
+
+    return bench_idle_followup(runs, seconds)
+
+
 ROWS: dict[str, Callable[[argparse.Namespace], list[dict[str, Any]]]] = {
     "cold_start": lambda a: bench_cold_start(a.runs),
     "throughput": lambda a: bench_throughput(a.calls, a.threads),
@@ -489,6 +507,8 @@ ROWS: dict[str, Callable[[argparse.Namespace], list[dict[str, Any]]]] = {
     "daemon": lambda a: bench_daemon(a.runs, a.idle_seconds),
     "trust": lambda a: _trust_rows(a.runs),
     "stations": lambda a: _stations_rows(a.runs),
+    "soak": lambda a: _soak_rows(a.soak),
+    "idle_followup": lambda a: _idle_followup_rows(a.runs, max(a.idle_seconds, 60.0)),
 }
 
 
@@ -498,6 +518,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=2000, help="ProvisionDevice calls for the throughput row")
     parser.add_argument("--threads", type=int, default=4, help="client threads for the throughput row")
     parser.add_argument("--idle-seconds", type=float, default=30.0, help="window for the idle daemon's wake-ups")
+    parser.add_argument("--soak", type=int, default=300, help="hand-offs for the soak row")
     parser.add_argument("--only", default=",".join(ROWS), help=f"rows to run, of {', '.join(ROWS)}")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args()

@@ -225,24 +225,30 @@ class AuthorityService:
 
     def list_devices(self, ctx: RequestContext, p: dict[str, Any], defect: str | None = None) -> dict[str, Any]:
         now = self.clock.timestamp()
-        jobs_by_device: dict[str, list[Any]] = {}
-        for job in self.store.all_jobs():
-            jobs_by_device.setdefault(job["device_id"], []).append(job)
         name_prefix = p.get("NameFilter")
         status_filter = p.get("DeviceAggregatedStatusFilter")
-        items = []
-        for row in self.store.devices():
+        if status_filter == "AWAITING_PROVISIONING" and (p.get("SortBy") or "CREATED_TIME") == "CREATED_TIME" \
+                and not name_prefix:
+            return self._awaiting_page(p, now)
+        rows = self.store.devices(STATUS_ROWS.get(status_filter, "1"))  # what may have that status; the state decides
+        jobs_by_device: dict[str, list[Any]] = {}
+        if status_filter not in UNCLAIMED_STATUSES:  # an unclaimed device's status does not depend on jobs
+            for job in self.store.all_jobs():
+                jobs_by_device.setdefault(job["device_id"], []).append(job)
+        items = []  # what sorting and filtering need; the full view is built for the page only
+        for row in rows:
             if name_prefix and not row["name"].startswith(name_prefix):
                 continue
             jobs = jobs_by_device.get(row["device_id"], [])
             state = lc.device_state(row, jobs, now, self.step)
             if state.gone or (status_filter and state.aggregated != status_filter):
                 continue
-            items.append(self._device_view(row, jobs, state, full=False))
+            items.append({"DeviceId": row["device_id"], "CreatedTime": row["created"], "Name": row["name"],
+                          "DeviceAggregatedStatus": state.aggregated, "view": (row, jobs, state)})
         sort_by = p.get("SortBy") or "CREATED_TIME"
         sort_key = {
             "DEVICE_ID": lambda d: [d["DeviceId"]],
-            "CREATED_TIME": lambda d: [d["CreatedTime"].timestamp(), d["DeviceId"]],
+            "CREATED_TIME": lambda d: [d["CreatedTime"], d["DeviceId"]],
             "NAME": lambda d: [d["Name"], d["DeviceId"]],
             "DEVICE_AGGREGATED_STATUS": lambda d: [d["DeviceAggregatedStatus"], d["DeviceId"]],
         }[sort_by]
@@ -251,6 +257,23 @@ class AuthorityService:
             items, sort_key, scope, p.get("NextToken"), p.get("MaxResults") or PANORAMA_PAGE,
             descending=p.get("SortOrder") == "DESCENDING",
         )
+        page = [self._device_view(*item["view"], full=False) for item in page]
+        return _with_token({"Devices": page}, "NextToken", token)
+
+    def _awaiting_page(self, p: dict[str, Any], now: float) -> dict[str, Any]:
+        """The devices waiting to be claimed, by creation time: one page read from the store, not every device
+        (the follow-up of a station with a thousand staged devices lists them all, every pass)."""
+        descending = p.get("SortOrder") == "DESCENDING"
+        scope = ["ListDevices", "CREATED_TIME", p.get("SortOrder") or "ASCENDING", None, "AWAITING_PROVISIONING"]
+        limit = p.get("MaxResults") or PANORAMA_PAGE
+        after = token_position(p.get("NextToken"), scope)
+        if after is not None and not (isinstance(after, list) and len(after) == 2 and isinstance(after[0], (int, float))
+                                      and isinstance(after[1], str)):
+            raise validation_error("NextToken is not a token this authority issued",
+                                   [Violation("NextToken", p["NextToken"], "invalid token")])
+        rows = self.store.devices_page(STATUS_ROWS["AWAITING_PROVISIONING"], after, descending=descending, limit=limit + 1)
+        page = [self._device_view(row, [], lc.device_state(row, [], now, self.step), full=False) for row in rows[:limit]]
+        token = make_token([rows[limit - 1]["created"], rows[limit - 1]["device_id"]], scope) if len(rows) > limit else None
         return _with_token({"Devices": page}, "NextToken", token)
 
     def delete_device(self, ctx: RequestContext, p: dict[str, Any], defect: str | None = None) -> dict[str, Any]:
@@ -647,6 +670,19 @@ def _with_token(out: dict[str, Any], name: str, token: str | None) -> dict[str, 
     return out
 
 
+#: Aggregated statuses whose devices are never claimed, and the rows that can have each status (a necessary
+#: condition: lifecycle.device_state decides) - so a filtered listing reads only those rows.
+UNCLAIMED_STATUSES = frozenset({"AWAITING_PROVISIONING", "PENDING", "FAILED", "ERROR"})
+STATUS_ROWS = {
+    "AWAITING_PROVISIONING": "claim_status IS NULL AND deleted_at IS NULL",
+    "PENDING": "claim_status IS NULL AND deleted_at IS NULL",
+    "FAILED": "claim_status = 'FAILED' AND deleted_at IS NULL",
+    "DELETING": "deleted_at IS NOT NULL",
+    **{status: "claim_status = 'SUCCEEDED' AND deleted_at IS NULL"
+       for status in ("ONLINE", "OFFLINE", "REBOOTING", "UPDATE_NEEDED", "LEASE_EXPIRED")},
+}
+
+
 def paginate(
     items: list[dict[str, Any]],
     key: Callable[[dict[str, Any]], list[Any]],
@@ -662,19 +698,8 @@ def paginate(
     """
     ordered = sorted(items, key=key, reverse=descending)
     start = 0
-    if next_token:
-        try:
-            data = json.loads(base64.b64decode(next_token, validate=True))
-            last, token_scope = data["k"], data["s"]
-        except (ValueError, KeyError, TypeError, binascii.Error):
-            raise validation_error(
-                "NextToken is not a token this authority issued", [Violation("NextToken", next_token, "invalid token")]
-            ) from None
-        if token_scope != scope:
-            raise validation_error(
-                "NextToken belongs to a different query (filters and sort must stay the same while paging)",
-                [Violation("NextToken", next_token, "issued for a different query")],
-            )
+    last = token_position(next_token, scope)
+    if last is not None:
         start = len(ordered)
         for index, item in enumerate(ordered):
             k = key(item)
@@ -684,5 +709,28 @@ def paginate(
     page = ordered[start : start + limit]
     token = None
     if start + limit < len(ordered) and page:
-        token = base64.b64encode(json.dumps({"k": key(page[-1]), "s": scope}).encode()).decode()
+        token = make_token(key(page[-1]), scope)
     return page, token
+
+
+def token_position(next_token: str | None, scope: list[Any]) -> Any:
+    """The last key a NextToken names (None without one); a token of another query is refused."""
+    if not next_token:
+        return None
+    try:
+        data = json.loads(base64.b64decode(next_token, validate=True))
+        last, token_scope = data["k"], data["s"]
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise validation_error(
+            "NextToken is not a token this authority issued", [Violation("NextToken", next_token, "invalid token")]
+        ) from None
+    if token_scope != scope:
+        raise validation_error(
+            "NextToken belongs to a different query (filters and sort must stay the same while paging)",
+            [Violation("NextToken", next_token, "issued for a different query")],
+        )
+    return last
+
+
+def make_token(last: Any, scope: list[Any]) -> str:
+    return base64.b64encode(json.dumps({"k": last, "s": scope}).encode()).decode()

@@ -209,8 +209,19 @@ class Store:
     def device(self, device_id: str) -> Row | None:
         return self.conn().execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
 
-    def devices(self) -> list[Row]:
-        return self.conn().execute("SELECT * FROM devices").fetchall()
+    def devices(self, where: str = "1") -> list[Row]:
+        """Device rows matching ``where`` (one of the service's fixed SQL conditions, never caller input)."""
+        return self.conn().execute(f"SELECT * FROM devices WHERE {where}").fetchall()
+
+    def devices_page(self, where: str, after: list[Any] | None, *, descending: bool, limit: int) -> list[Row]:
+        """At most ``limit`` rows matching ``where`` in (created, device_id) order, after the key ``after``."""
+        op, order = ("<", "DESC") if descending else (">", "ASC")
+        params: list[Any] = []
+        if after is not None:
+            where += f" AND (created {op} ? OR (created = ? AND device_id {op} ?))"
+            params = [after[0], after[0], after[1]]
+        return self.conn().execute(f"SELECT * FROM devices WHERE {where} ORDER BY created {order}, device_id {order} "
+                                   "LIMIT ?", (*params, limit)).fetchall()
 
     def mark_deleted(self, device_id: str, at: float) -> None:
         with self.write() as conn:

@@ -1,41 +1,149 @@
 """After the stick: notice when staged devices come ONLINE, then run their post-provision actions.
 
-A plan entry may ask for an OTA update and/or a reboot once its device is online
-(`plan add --ota V --reboot`).  This runs only while staged or provisioned entries exist,
-so an idle daemon does not wake for it.
+A pass costs what changed, not what waits.  The devices still waiting are listed in bulk
+(ListDevices filtered on AWAITING_PROVISIONING and PENDING, 25 a page), and only an entry whose
+device has left that list is described (SUCCEEDED, FAILED, gone).  The staged entries as one
+group, and each entry with a running OTA or reboot job on its own, wait ``poll_seconds`` after a
+change; the wait doubles while nothing changes, up to ``poll_max_seconds``.  An entry with no
+change for ``followup_hours`` needs attention and is no longer asked about.
+
+Passes run in one thread (:class:`FollowUpThread`) with one database connection, for the
+daemon's lifetime; the daemon's loop says when a pass is due (on a watchdog ping when it has
+one, so following up adds no wake-up of its own).  Stick work comes first: before each call to
+the service a pass waits while a stick is being handled.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
 
 from agent.aws.errors import error_code
+from agent.aws.paging import pages
 
 log = logging.getLogger("panostage.followup")
 
+#: Aggregated statuses of a device that has not registered yet (the model's enum).
+WAITING = ("AWAITING_PROVISIONING", "PENDING")
+#: How long a pass waits for stick work to end before it asks the service anyway.
+STICKS_FIRST_SECONDS = 60.0
+
+
+@dataclass
+class Backoff:
+    """When one group of work is next due: ``base`` after a change, doubling while nothing changes, up to ``cap``."""
+
+    base: float
+    cap: float
+    interval: float = 0.0
+    due: float = 0.0
+
+    def after(self, changed: bool, now: float) -> None:
+        self.interval = self.base if changed or not self.interval else min(self.interval * 2, self.cap)
+        self.due = now + self.interval
+
+    def soon(self, now: float) -> None:
+        """Something new to follow: due ``base`` from now, and back to the shortest wait."""
+        self.interval = 0.0
+        self.due = min(self.due, now + self.base) if self.due > now else now + self.base
+
 
 class FollowUp:
-    def __init__(self, ctx: Any) -> None:
+    """What a pass does; :attr:`next_due` (monotonic seconds, None when nothing is followed) says when."""
+
+    def __init__(self, ctx: Any, *, quiet: threading.Event | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
+        self.quiet = quiet  # set while no stick is being handled
+        self.monotonic = monotonic
+        daemon = ctx.settings.daemon
+        self.staged = Backoff(daemon.poll_seconds, daemon.poll_max_seconds)
+        self.jobs: dict[int, Backoff] = {}
+        self.job_status: dict[str, str] = {}  # job ID -> status last seen (a change resets that entry's wait)
+        self.next_due: float | None = monotonic() + daemon.poll_seconds  # the first pass finds out what there is
+        self._lock = threading.Lock()  # kick() comes from the loop while a pass may be running
+        self._kicked = False
 
-    def pending(self) -> bool:
-        counts = self.ctx.state.plan_counts()
-        return counts["staged"] + counts["provisioned"] > 0
+    def kick(self) -> None:
+        """A hand-off was staged (or a returned stick moved an entry): follow it from ``poll_seconds`` on."""
+        with self._lock:
+            self._kicked = True
+            self.staged.soon(self.monotonic())
+            self.next_due = min(self.next_due or self.staged.due, self.staged.due)
 
-    def run_once(self) -> None:
-        """One pass over staged and provisioned entries; contained per entry."""
-        for entry in self.ctx.state.plan("staged"):
-            self._guard(self._check_online, entry)
-        for entry in self.ctx.state.plan("provisioned"):
-            self._guard(self._advance_actions, entry)
+    def run_due(self) -> bool:
+        """Run what is due; True when an entry changed.  Sets :attr:`next_due`."""
+        now = self.monotonic()
+        with self._lock:
+            self._kicked = False
+        state = self.ctx.state
+        changed = False
+        staged = state.plan("staged")
+        if staged and self.staged.due <= now:
+            moved = self._contained(self._staged_pass, staged, default=False)
+            self.staged.after(moved, now)
+            changed |= moved
+        for entry in state.plan("provisioned"):
+            backoff = self.jobs.setdefault(entry["id"], Backoff(self.staged.base, self.staged.cap, due=now))
+            if backoff.due <= now:
+                moved = self._contained(self._advance_actions, entry, default=False)
+                backoff.after(moved, now)
+                changed |= moved
+        counts = state.plan_counts()  # what is still followed after this pass
+        rows = state.plan("provisioned") if counts["provisioned"] else []
+        still = [entry["id"] for entry in rows]
+        running = {job for entry in rows for job in ((entry.get("actions") or {}).get("progress") or {}).values()}
+        self.job_status = {job: status for job, status in self.job_status.items() if job in running}
+        self.jobs = {key: self.jobs.get(key) or Backoff(self.staged.base, self.staged.cap, due=now + self.staged.base)
+                     for key in still}
+        with self._lock:
+            if self._kicked:  # staged while this pass ran
+                self.staged.soon(now)
+            dues = [backoff.due for backoff in self.jobs.values()] + ([self.staged.due] if counts["staged"] or self._kicked else [])
+            self.next_due = min(dues) if dues else None
+        return changed
 
-    def _guard(self, step: Any, entry: dict[str, Any]) -> None:
-        try:
-            step(entry)
-        except Exception as exc:  # noqa: BLE001 - one entry's trouble never stops the others
-            log.warning("follow-up of %s: %s", entry["name"], exc)
+    def run_once(self) -> bool:
+        """One pass over everything followed, due or not (tests, recovery)."""
+        self.staged.due = 0.0
+        for backoff in self.jobs.values():
+            backoff.due = 0.0
+        return self.run_due()
+
+    # ------------------------------------------------------------------ staged entries
+
+    def _staged_pass(self, entries: list[dict[str, Any]]) -> bool:
+        client = self.ctx.backend.panorama()
+        waiting: set[str] = set()
+        for status in WAITING:
+            for device in pages(self._sticks_first(client.list_devices), "Devices",
+                                DeviceAggregatedStatusFilter=status, MaxResults=25):
+                waiting.add(device["DeviceId"])
+        changed = False
+        for entry in entries:
+            if entry.get("device_id") in waiting:
+                changed |= self._past_horizon(entry, "its device has not come online")
+            else:
+                changed |= bool(self._contained(self._check_online, entry, default=False))
+        return changed
+
+    def _check_online(self, entry: dict[str, Any]) -> bool:
+        device = self._describe(entry.get("device_id"))
+        status = (device or {}).get("ProvisioningStatus")
+        if device is not None and status == "SUCCEEDED":
+            log.info("%s is provisioned (%s)", entry["name"], device.get("DeviceConnectionStatus"))
+            self.ctx.state.set_entry(entry["id"], status="provisioned")
+            return True
+        if device is None or status in ("FAILED", "ERROR"):
+            why = f"the device is {status}" if device else "the device no longer exists"
+            self.ctx.state.requeue(entry["id"], f"{why}; staging it again", max_attempts=self.ctx.settings.daemon.max_attempts)
+            return True
+        return self._past_horizon(entry, f"its device is still {status}")
 
     def _describe(self, device_id: str | None) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
@@ -43,24 +151,15 @@ class FollowUp:
         if not device_id:
             return None
         try:
-            return self.ctx.backend.panorama().describe_device(DeviceId=device_id)
+            return self._sticks_first(self.ctx.backend.panorama().describe_device)(DeviceId=device_id)
         except ClientError as exc:
             if error_code(exc) == "ResourceNotFoundException":
                 return None
             raise
 
-    def _check_online(self, entry: dict[str, Any]) -> None:
-        device = self._describe(entry.get("device_id"))
-        status = (device or {}).get("ProvisioningStatus")
-        if status == "SUCCEEDED":
-            log.info("%s is provisioned (%s)", entry["name"], device.get("DeviceConnectionStatus"))
-            self.ctx.state.set_entry(entry["id"], status="provisioned")
-        elif status in ("FAILED", "ERROR") or device is None:
-            why = f"the device is {status}" if device else "the device no longer exists"
-            self.ctx.state.requeue(entry["id"], f"{why}; staging it again",
-                                   max_attempts=self.ctx.settings.daemon.max_attempts)
+    # ------------------------------------------------------------------ provisioned entries: OTA, reboot
 
-    def _advance_actions(self, entry: dict[str, Any]) -> None:
+    def _advance_actions(self, entry: dict[str, Any]) -> bool:
         actions = dict(entry.get("actions") or {})
         progress = dict(actions.get("progress") or {})
         client = self.ctx.backend.panorama()
@@ -74,22 +173,98 @@ class FollowUp:
                     request["DeviceJobConfig"] = {"OTAJobConfig": {
                         "ImageVersion": actions["ota"]["image_version"],
                         "AllowMajorVersionUpdate": bool(actions["ota"].get("allow_major"))}}
-                progress[f"{kind}_job"] = client.create_job_for_devices(**request)["Jobs"][0]["JobId"]
+                progress[f"{kind}_job"] = self._sticks_first(client.create_job_for_devices)(**request)["Jobs"][0]["JobId"]
                 log.info("%s: %s job %s started", entry["name"], kind, progress[f"{kind}_job"])
                 self._save(entry, actions, progress)
-                return  # one step at a time: the job runs before the next is started
-            status = client.describe_device_job(JobId=job_id).get("Status")
+                return True  # one step at a time: the job runs before the next is started
+            status = self._sticks_first(client.describe_device_job)(JobId=job_id).get("Status")
             if status == "FAILED":
                 progress[kind] = "FAILED"
                 self._save(entry, actions, progress, status="attention", last_error=f"{kind} job {job_id} failed")
-                return
+                return True
             if status != "COMPLETED":
-                return
+                seen, self.job_status[job_id] = self.job_status.get(job_id), status
+                return status != seen or self._past_horizon(entry, f"its {kind} job {job_id} is still {status}")
             progress[kind] = "COMPLETED"
             self._save(entry, actions, progress)
         log.info("%s: done", entry["name"])
         self._save(entry, actions, progress, status="done")
+        return True
 
     def _save(self, entry: dict[str, Any], actions: dict[str, Any], progress: dict[str, Any], **fields: Any) -> None:
         actions["progress"] = progress
         self.ctx.state.set_entry(entry["id"], actions=json.dumps(actions), **fields)
+
+    # ------------------------------------------------------------------ shared
+
+    def _past_horizon(self, entry: dict[str, Any], what: str) -> bool:
+        """Past ``followup_hours`` since the entry last changed: it needs attention (True), and is no longer followed."""
+        hours = self.ctx.settings.daemon.followup_hours
+        since = datetime.fromisoformat(entry["updated_at"].replace("Z", "+00:00"))
+        if (self.ctx.clock.now() - since).total_seconds() < hours * 3600:
+            return False
+        why = f"{what} {hours:g} h after its last change: no longer followed up (`panostage plan retry` stages it again)"
+        log.warning("%s: %s", entry["name"], why)
+        self.ctx.state.set_entry(entry["id"], status="attention", last_error=why)
+        return True
+
+    def _sticks_first(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        """``call``, made once no stick is being handled (or after STICKS_FIRST_SECONDS)."""
+        def paced(**params: Any) -> Any:
+            if self.quiet is not None:
+                self.quiet.wait(STICKS_FIRST_SECONDS)
+            return call(**params)
+        return paced
+
+    @staticmethod
+    def _contained(step: Callable[[dict[str, Any]], Any] | Callable[[list[dict[str, Any]]], Any], arg: Any,
+                   default: Any) -> Any:
+        try:
+            return step(arg)
+        except Exception as exc:  # noqa: BLE001 - one entry's trouble never stops the others
+            what = arg["name"] if isinstance(arg, dict) else f"{len(arg)} staged entries"
+            log.warning("follow-up of %s: %s", what, exc)
+            return default
+
+
+class FollowUpThread:
+    """The one thread passes run in, for the daemon's lifetime; its database connection ends with it."""
+
+    def __init__(self, followup: FollowUp, *, on_pass_end: Callable[[], None] = lambda: None) -> None:
+        self.followup = followup
+        self.on_pass_end = on_pass_end
+        self.running = False  # a pass was asked for and has not ended (read by the loop)
+        self._go = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._main, name="follow-up", daemon=True)
+
+    def start(self) -> "FollowUpThread":
+        self._thread.start()
+        return self
+
+    def run_pass(self) -> None:
+        self.running = True
+        self._go.set()
+
+    def stop(self, timeout: float) -> None:
+        self._stopping = True
+        self._go.set()
+        self._thread.join(timeout)
+
+    def _main(self) -> None:
+        try:
+            while True:
+                self._go.wait()
+                self._go.clear()
+                if self._stopping:
+                    return
+                try:
+                    self.followup.run_due()
+                except Exception:  # noqa: BLE001 - the thread outlives one bad pass
+                    log.exception("follow-up pass")
+                    self.followup.next_due = self.followup.monotonic() + self.followup.staged.cap
+                finally:
+                    self.running = False
+                    self.on_pass_end()
+        finally:
+            self.followup.ctx.state.close()

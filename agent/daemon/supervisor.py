@@ -10,7 +10,9 @@ their next irreversible step or finish the step they are in), wait a grace perio
 
 from __future__ import annotations
 
+import faulthandler
 import fcntl
+import functools
 import logging
 import os
 import queue
@@ -22,7 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from agent import paths, sdnotify
-from agent.daemon.followup import FollowUp
+from agent.daemon.followup import FollowUp, FollowUpThread
 from agent.daemon.recovery import recover
 from agent.daemon.technician import Technician
 from agent.daemon.worker import Context, StickWorker
@@ -54,9 +56,9 @@ class Daemon:
         self.finished: queue.Queue[StickWorker] = queue.Queue()
         self.stopping = False
         self._status = ""
-        self._followup_thread: threading.Thread | None = None
-        self._followup_finished = threading.Event()  # set by the thread itself: is_alive() lags behind its last act
-        self._next_followup = 0.0
+        self.quiet = threading.Event()  # set while no stick is being handled: follow-up passes wait for it
+        self.quiet.set()
+        self._watchdog = sdnotify.watchdog_interval()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -77,7 +79,7 @@ class Daemon:
             runtime_dir=paths.ensure_private_dir(paths.runtime_dir(self.settings)),
             stager_factory=lambda **hooks: make_stager(self.settings, self.backend, self.clock, **hooks),
         )
-        self.followup = FollowUp(self.ctx)
+        self.followup = FollowUp(self.ctx, quiet=self.quiet)
         for action in recover(self.state, self.backend, log_, self.clock, station=station, operator=operator,
                               max_attempts=self.settings.daemon.max_attempts):
             log.warning("recovered: %s", action)
@@ -85,7 +87,11 @@ class Daemon:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack to the journal
         watcher = self._watcher()
+        # without a watchdog the loop sleeps until the next thing due: a pass that ends wakes it to learn when
+        self.followup_thread = FollowUpThread(self.followup, on_pass_end=self._wake if not self._watchdog else lambda: None)
+        self.followup_thread.start()
         try:
             for event in watcher.start():
                 self._on_event(event)
@@ -122,7 +128,7 @@ class Daemon:
         poller = select.poll()
         poller.register(watcher.fileno(), select.POLLIN)
         poller.register(wake_r, select.POLLIN)
-        watchdog = sdnotify.watchdog_interval()
+        watchdog = self._watchdog
         last_ping = time.monotonic()
         while not self.stopping:
             timeout = self._next_timeout(watchdog)
@@ -144,8 +150,9 @@ class Daemon:
         waits = []
         if watchdog:
             waits.append(watchdog / 4)
-        if self._followup_thread is None and self.followup.pending():
-            waits.append(max(0.0, self._next_followup - time.monotonic()))
+        due = self.followup.next_due
+        if not watchdog and due is not None and not self.followup_thread.running:
+            waits.append(max(0.0, due - time.monotonic()))  # with a watchdog, a due pass waits for the next ping
         for _name, deadline, warned in self.ready.values():
             if not warned:
                 waits.append(max(0.0, (self._warn_at(deadline) - self.clock.now()).total_seconds()))
@@ -179,7 +186,10 @@ class Daemon:
         if event.action == "remove":
             worker = self.workers.get(syspath)
             if worker is not None:
-                log.warning("stick %s removed mid-way: abandoning its hand-off", worker.info.devnode)
+                if not worker.departed:  # flaps repeat the remove: it is said once
+                    log.warning("stick %s left while being handled: its hand-off stops at the next safe step",
+                                worker.info.devnode)
+                worker.departed = True
                 worker.cancel.set()
             else:
                 self.state.forget_stick(syspath)
@@ -187,8 +197,8 @@ class Daemon:
             self.ready.pop(syspath, None)
             return
         info = event.info
-        if info is None:
-            return
+        if info is None or (not info.has_filesystem and not (info.is_usb or self.settings.sticks.allow_non_usb)):
+            return  # a blank internal disk is nobody's stick
         known = self.seen.get(syspath)
         if event.action == "change" and same_filesystem(known, info):
             return  # nothing new: e.g. the change udev reports when we close the device we wrote
@@ -204,6 +214,7 @@ class Daemon:
             return
         log.info("stick %s admitted (%s)", info.devnode, info.identity)
         self.state.see_stick(syspath, state="admitted", devnode=info.devnode, identity=info.identity)
+        self.quiet.clear()
         self.workers[syspath] = StickWorker(self.ctx, info, on_done=self._worker_done).start()
 
     def _worker_done(self, worker: StickWorker) -> None:
@@ -226,7 +237,10 @@ class Daemon:
                 return
             self.workers.pop(worker.syspath, None)
             if not self.workers:
+                self.quiet.set()
                 release_memory()  # quiet again: give the batch's garbage back to the system
+            if worker.outcome in ("ready", "returned") or worker.collected:
+                self.followup.kick()  # an entry was staged, or a returned stick moved one
             if worker.cancel.is_set() and worker.syspath not in self.seen:
                 self.state.forget_stick(worker.syspath)  # removed while working
             elif worker.outcome == "ready":
@@ -243,21 +257,9 @@ class Daemon:
             if not warned and now >= self._warn_at(deadline):
                 self.technician.running_out(name, (deadline - now).total_seconds())
                 self.ready[syspath] = (name, deadline, True)
-        if self._followup_thread is not None and self._followup_finished.is_set():
-            self._followup_thread.join()
-            self._followup_thread = None
-            self._next_followup = time.monotonic() + self.settings.daemon.poll_seconds
-        if self._followup_thread is None and time.monotonic() >= self._next_followup and self.followup.pending():
-            self._followup_finished.clear()
-            self._followup_thread = threading.Thread(target=self._run_followup, name="follow-up", daemon=True)
-            self._followup_thread.start()
-
-    def _run_followup(self) -> None:
-        try:
-            self.followup.run_once()
-        finally:
-            self._followup_finished.set()
-            self._wake()
+        due = self.followup.next_due
+        if not self.followup_thread.running and due is not None and time.monotonic() >= due:
+            self.followup_thread.run_pass()
 
     # ------------------------------------------------------------------ status and shutdown
 
@@ -285,6 +287,8 @@ class Daemon:
                 worker.thread.join(max(0.0, deadline - time.monotonic()))
                 if worker.thread.is_alive():
                     log.error("stick %s: hand-off still running at exit; recovery will resolve it", worker.info.devnode)
+        self.quiet.set()  # a pass waiting for the sticks goes on, and ends
+        self.followup_thread.stop(max(1.0, deadline - time.monotonic()))
         self._contained(watcher.close)
         self.state.set_fact("daemon", {"pid": os.getpid(), "stopped": self.clock.now().isoformat(), "running": False})
         self.state.clear_sticks()
@@ -301,16 +305,25 @@ def release_memory() -> None:
     the automatic collections during a batch of sticks re-scan it (each full pass over
     botocore's objects held the GIL for 35-65 ms).
     """
-    import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
     gc.freeze()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim, looked up once (None elsewhere: nothing to trim)."""
+    import ctypes
+    import ctypes.util
+
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        pass  # not glibc: nothing to trim
+        return None
 
 
 def configure_logging(debug: bool = False) -> None:

@@ -52,5 +52,9 @@ class Technician:
     def empty_plan(self, devnode: str | None) -> None:
         self.tell("nothing to stage", f"stick {devnode} left untouched: the plan is empty", urgent=True)
 
+    def departed(self, devnode: str | None, reason: str) -> None:
+        """A stick pulled while it was handled: logged, not an alarm (the technician pulled it)."""
+        log.info("stick %s: %s", devnode, reason)
+
     def rejected(self, devnode: str | None, reason: str) -> None:
         log.info("stick %s ignored: %s", devnode, reason)

@@ -64,6 +64,8 @@ class StickWorker:
     message: str = ""
     handoff_id: str | None = None
     thread: threading.Thread | None = None
+    departed: bool = False  # set by the daemon when udev says the stick went away
+    collected: bool = False  # a return trip ran (plan entries may have moved)
 
     @property
     def syspath(self) -> str:
@@ -77,21 +79,35 @@ class StickWorker:
     def _main(self) -> None:
         try:
             self._run()
-        except Abandoned as exc:
-            self._finish("abandoned", exc.message)
-        except PanostageError as exc:
-            self._finish("failed", exc.message)
         except Exception as exc:  # noqa: BLE001 - contained: one bad stick never kills the daemon
-            log.exception("stick %s: unexpected error", self.info.devnode)
-            self._finish("failed", f"unexpected {type(exc).__name__}: {exc}")
+            if self.departed or self._stick_gone():  # whatever broke, the stick had left: not a failure to report
+                message = exc.message if isinstance(exc, PanostageError) else f"{type(exc).__name__}: {exc}"
+                self._finish("departed", f"the stick left before its hand-off ended ({message})")
+            elif isinstance(exc, Abandoned):
+                self._finish("abandoned", exc.message)
+            elif isinstance(exc, PanostageError):
+                self._finish("failed", exc.message)
+            else:
+                log.exception("stick %s: unexpected error", self.info.devnode)
+                self._finish("failed", f"unexpected {type(exc).__name__}: {exc}")
         finally:
+            self.ctx.state.close()  # this thread's database connection ends with it
             self.on_done(self)
+
+    def _stick_gone(self) -> bool:
+        """The medium is no longer there: the device left sysfs, or its size is 0 (pulled card, detached loop)."""
+        try:
+            return Path(self.info.syspath, "size").read_text().strip() == "0"
+        except OSError:
+            return True
 
     def _finish(self, outcome: str, message: str) -> None:
         self.outcome, self.message = outcome, message
         self.ctx.state.see_stick(self.syspath, state=outcome, reason=message, handoff_id=self.handoff_id)
         if outcome in ("failed", "abandoned"):
             self.ctx.technician.failed(self.info.devnode, message)
+        elif outcome == "departed":
+            self.ctx.technician.departed(self.info.devnode, message)
         log.info("stick %s: %s: %s", self.info.devnode, outcome, message)
 
     # ------------------------------------------------------------------ the work
@@ -160,6 +176,7 @@ class StickWorker:
         from agent.staging.factory import verify_limits
 
         ctx = self.ctx
+        self.collected = True
         result = returns.collect(target, ctx.backend, ctx.handoff_log, ctx.clock, ctx.state_dir, ctx.station, ctx.operator,
                                  verify_limits(ctx.settings))
         name = result.device.get("name")

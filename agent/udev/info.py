@@ -39,6 +39,8 @@ class StickInfo:
     vendor: str | None
     model: str | None
     disk_syspath: str | None  # the parent disk of a partition
+    size_bytes: int | None = None  # sysfs ``size``; 0 when there is no medium (a pulled card, a detached loop device)
+    has_partitions: bool = False  # a disk whose partitions the kernel knows (they are the candidates, not it)
     properties: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -54,6 +56,11 @@ class StickInfo:
         if self.fs_uuid:
             return f"fs:{self.fs_uuid}"
         return None
+
+    @property
+    def blank(self) -> bool:
+        """A medium with no filesystem where a stick's would be (not a partitioned disk): worth telling about."""
+        return not self.has_filesystem and self.size_bytes != 0 and not self.has_partitions
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -132,8 +139,23 @@ def stick_info(device: pyudev.Device) -> StickInfo:
         vendor=vendor,
         model=model,
         disk_syspath=disk.sys_path if disk is not None else None,
+        size_bytes=_size(device),
+        has_partitions=devtype == "disk" and _has_partitions(device.sys_path),
         properties=props,
     )
+
+
+def _size(device: pyudev.Device) -> int | None:
+    sectors = _attr(device, "size")
+    return int(sectors) * 512 if sectors and sectors.isdigit() else None
+
+
+def _has_partitions(syspath: str) -> bool:
+    """The kernel lists partitions as subdirectories with a ``partition`` file (cheaper than an enumeration)."""
+    try:
+        return any(os.path.exists(os.path.join(syspath, child, "partition")) for child in os.listdir(syspath))
+    except OSError:
+        return False
 
 
 def device_for_path(path: str, context: pyudev.Context | None = None) -> pyudev.Device:

@@ -42,7 +42,11 @@ def decide(info: StickInfo, settings: StickSettings, is_enrolled: Callable[[str]
         return no("not USB mass storage")
     if not info.has_filesystem:
         table = info.properties.get("ID_PART_TABLE_TYPE")
-        return no(f"no filesystem (partition table {table}: use a partition)" if table else "no filesystem")
+        if table:
+            return no(f"no filesystem (partition table {table}: use a partition)")
+        if info.fs_type:
+            return no(f"no filesystem ({info.fs_type}, {info.fs_usage or 'not a filesystem'})")
+        return no("no filesystem")
     if info.fs_type not in FAT_TYPES:
         return no(f"not FAT ({info.fs_type})")
     if settings.label and not label_matches(info.fs_label, settings.label):

@@ -28,7 +28,8 @@ MAX_PER_READ = 512
 
 @dataclass(frozen=True)
 class StickEvent:
-    """A filesystem appeared (``add``), changed (``change``) or went away (``remove``).
+    """A filesystem appeared (``add``), changed (``change``) or went away (``remove``).  A blank medium (no
+    filesystem, not a partitioned disk: :attr:`StickInfo.blank`) is reported too, so it can be told why it is ignored.
 
     ``info`` is the device now (None when udev removed it; on a ``remove`` caused by a pulled
     medium or a wiped filesystem it is the device without its filesystem).  ``known`` is what
@@ -89,7 +90,7 @@ def udev_monitor(context: pyudev.Context) -> pyudev.Monitor:
 
 
 class Watcher:
-    """Coldplug + hotplug of block devices that carry a filesystem, deduplicated by sys path."""
+    """Coldplug + hotplug of block devices that carry a filesystem (or a blank medium), deduplicated by sys path."""
 
     def __init__(self, *, context_factory: Callable[[], pyudev.Context] = pyudev.Context,
                  monitor_factory: Callable[[pyudev.Context], pyudev.Monitor] = udev_monitor,
@@ -235,11 +236,14 @@ class Watcher:
                               action, syspath, type(exc).__name__, exc, exc_info=self._log.isEnabledFor(logging.DEBUG))
             return None
         known = self._known.get(syspath)
-        if not info.has_filesystem:
-            if known is None:
-                return None
+        if not info.has_filesystem and known is not None and known.has_filesystem:
             del self._known[syspath]  # medium pulled, filesystem wiped, loop device detached
             return StickEvent("remove", syspath, info, known)
+        if not info.has_filesystem and not info.blank:
+            if known is not None:  # a blank medium pulled
+                del self._known[syspath]
+                return StickEvent("remove", syspath, info, known)
+            return None  # no medium, or a partitioned disk (its partitions are reported)
         self._known[syspath] = info
         if known is None:
             return StickEvent("add", syspath, info, None)

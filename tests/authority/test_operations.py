@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import urllib.request
@@ -11,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from botocore.exceptions import ClientError
 
+from agent.authority.claim import build_claim, post_claim
 from tests.authority_kit import REGION, unique
 
 NETWORK = {
@@ -345,3 +347,42 @@ def test_concurrent_provisions_of_one_name_make_one_device(authority_server):
     created = [o for o in outcomes if o.startswith("device-")]
     assert len(created) == 1 and outcomes.count("ConflictException") == 7
     assert [d["DeviceId"] for d in pan.list_devices(NameFilter=name)["Devices"]] == created
+
+
+def test_the_waiting_devices_page_from_the_store_in_creation_order(fresh_authority):
+    """AWAITING_PROVISIONING by creation time (the follow-up's listing) reads one page of rows per call: the
+    same devices, in the same order, as the generic listing, in both directions; claimed and deleted ones out."""
+    from tests.authority.test_claim import authority_now, provision  # it imports this module
+
+    server = fresh_authority(args=["--job-step-seconds", "0"])
+    pan = server.client()
+    ids = [pan.provision_device(Name=f"wait-{i:02d}")["DeviceId"] for i in range(8)]
+    claimed, cert, key = provision(server, name="wait-claimed")
+    post_claim(server.endpoint_url, build_claim(claimed, cert, key, authority_now(server)))
+    pan.delete_device(DeviceId=ids[3])
+    waiting = ids[:3] + ids[4:]
+
+    def listed(**kwargs):
+        seen, token, pages = [], None, 0
+        while True:
+            page = pan.list_devices(DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", MaxResults=3, **kwargs,
+                                    **({"NextToken": token} if token else {}))
+            pages += 1
+            assert all(d["DeviceAggregatedStatus"] == "AWAITING_PROVISIONING" for d in page["Devices"])
+            seen += [d["DeviceId"] for d in page["Devices"]]
+            token = page.get("NextToken")
+            if not token:
+                return seen, pages
+
+    assert listed() == (waiting, 3)
+    assert listed(SortOrder="DESCENDING") == (waiting[::-1], 3)
+    assert listed(NameFilter="wait-")[0] == waiting  # the generic path agrees
+    with pytest.raises(ClientError) as exc:  # a token of the generic path is not one of this query
+        first = pan.list_devices(NameFilter="wait-", DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", MaxResults=3)
+        pan.list_devices(DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", MaxResults=3, NextToken=first["NextToken"])
+    assert error_of(exc)[:2] == (400, "ValidationException")
+    forged = base64.b64encode(json.dumps({"k": "x", "s": ["ListDevices", "CREATED_TIME", "ASCENDING", None,
+                                                           "AWAITING_PROVISIONING"]}).encode()).decode()
+    with pytest.raises(ClientError) as exc:
+        pan.list_devices(DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", NextToken=forged)
+    assert error_of(exc)[:2] == (400, "ValidationException")
