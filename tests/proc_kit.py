@@ -18,7 +18,7 @@ def tcp_sockets(pid: int) -> dict[str, tuple[int, str]]:
 
 
 def resources(pid: int) -> dict[str, int]:
-    """What a leak would grow: descriptors, threads, the state database's handles.
+    """What a leak would grow: descriptors, threads, the state database's connections.
 
     The HTTP keep-alive connections between the daemon's client and its embedded authority are
     counted apart: botocore's pool holds at most ``max_pool_connections`` (10) of them, each a client
@@ -26,7 +26,8 @@ def resources(pid: int) -> dict[str, int]:
     how many depends on the most calls ever made at once, which a test cannot pin.  Bounded by the
     pool, they are checked against it.  SQLite keeps the descriptor of a closed connection open while
     another connection of the process holds a lock on that file (POSIX locks are per process) and
-    reuses it for the next connection: ``database`` counts those too.
+    reuses it for the next connection: ``database`` counts those too (as many as connections were ever
+    open at once), so ``fds`` leaves them out; ``wal`` counts the connections open now.
     """
     links = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -38,7 +39,8 @@ def resources(pid: int) -> dict[str, int]:
     http = [(port, state) for port, state in mine if state != "0A"]
     served = sum(port in listening for port, _ in http)
     store = sum(link.endswith(("authority.sqlite3", "authority.sqlite3-wal")) for link in links)  # a handler's
-    return {"fds": len(links) - len(http) - store, "threads": len(os.listdir(f"/proc/{pid}/task")) - served,
-            "database": sum(link.endswith("panostage.sqlite3") for link in links),
+    database = sum(link.endswith("panostage.sqlite3") for link in links)
+    return {"fds": len(links) - len(http) - store - database, "threads": len(os.listdir(f"/proc/{pid}/task")) - served,
+            "database": database,
             "wal": sum(link.endswith("panostage.sqlite3-wal") for link in links),
             "http_connections": len(http) - served}

@@ -56,6 +56,11 @@ class Backend:
             self._clients[key] = client
         return self._clients[key]
 
+    @property
+    def clients_made(self) -> bool:
+        """A client exists (the daemon freezes the long-lived objects once there are some)."""
+        return bool(self._clients)
+
     def panorama(self, *, max_attempts: int | None = None) -> Any:
         return self.client(PANORAMA, max_attempts=max_attempts)
 

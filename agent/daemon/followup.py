@@ -40,16 +40,17 @@ class Backoff:
 
     base: float
     cap: float
-    interval: float = 0.0
     due: float = 0.0
+    interval: float = 0.0  # the wait that led to ``due`` (0: none yet, the next is ``base``)
 
     def after(self, changed: bool, now: float) -> None:
+        """A pass ran at ``now``: the wait starts over at ``base`` after a change, else doubles."""
         self.interval = self.base if changed or not self.interval else min(self.interval * 2, self.cap)
         self.due = now + self.interval
 
     def soon(self, now: float) -> None:
-        """Something new to follow: due ``base`` from now, and back to the shortest wait."""
-        self.interval = 0.0
+        """Something new to follow (a start, a hand-off): due ``base`` from now, as after a change."""
+        self.interval = self.base
         self.due = min(self.due, now + self.base) if self.due > now else now + self.base
 
 
@@ -63,9 +64,10 @@ class FollowUp:
         self.monotonic = monotonic
         daemon = ctx.settings.daemon
         self.staged = Backoff(daemon.poll_seconds, daemon.poll_max_seconds)
+        self.staged.soon(monotonic())  # a start is a change: what came online while the daemon was down
         self.jobs: dict[int, Backoff] = {}
         self.job_status: dict[str, str] = {}  # job ID -> status last seen (a change resets that entry's wait)
-        self.next_due: float | None = monotonic() + daemon.poll_seconds  # the first pass finds out what there is
+        self.next_due: float | None = self.staged.due  # the first pass finds out what there is
         self._lock = threading.Lock()  # kick() comes from the loop while a pass may be running
         self._kicked = False
 
@@ -83,7 +85,7 @@ class FollowUp:
             self._kicked = False
         state = self.ctx.state
         changed = False
-        staged = state.plan("staged")
+        staged = state.brief("staged")
         if staged and self.staged.due <= now:
             moved = self._contained(self._staged_pass, staged, default=False)
             self.staged.after(moved, now)

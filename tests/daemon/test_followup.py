@@ -112,7 +112,7 @@ def test_the_wait_doubles_while_nothing_changes_and_a_kick_shortens_it(world):
         followup.run_due()
         assert world.calls["ListDevices"] == 2  # each pass is due, and runs
         waits.append(followup.next_due - ticks.now)
-    assert waits == [BASE, 2 * BASE, 4 * BASE, CAP, CAP, CAP]
+    assert waits == [2 * BASE, 4 * BASE, CAP, CAP, CAP, CAP]  # the start counts as a change: then doubling
     ticks.now += 1
     world.calls.clear()
     followup.run_due()  # not due: asks nothing
@@ -121,7 +121,7 @@ def test_the_wait_doubles_while_nothing_changes_and_a_kick_shortens_it(world):
     assert followup.next_due == ticks.now + BASE
     ticks.now = followup.next_due
     followup.run_due()
-    assert followup.next_due - ticks.now == BASE
+    assert followup.next_due - ticks.now == 2 * BASE  # nothing changed since the kick: doubling again
 
 
 def test_nothing_to_follow_means_no_pass_is_due(world):
@@ -171,6 +171,7 @@ def test_the_thread_runs_passes_on_request_and_closes_its_connection(world, tmp_
     world.followup.quiet = threading.Event()  # a stick is being handled: the pass waits for it
     ended = threading.Event()
     runner = FollowUpThread(world.followup, on_pass_end=ended.set).start()
+    world.ticks.now = world.followup.next_due
     runner.run_pass()
     assert runner.running
     wait_until(lambda: runner._thread.is_alive(), timeout=5, what="the thread to start")
