@@ -267,8 +267,8 @@ class AuthorityService:
         scope = ["ListDevices", "CREATED_TIME", p.get("SortOrder") or "ASCENDING", None, "AWAITING_PROVISIONING"]
         limit = p.get("MaxResults") or PANORAMA_PAGE
         after = token_position(p.get("NextToken"), scope)
-        if after is not None and not (isinstance(after, list) and len(after) == 2 and isinstance(after[0], (int, float))
-                                      and isinstance(after[1], str)):
+        if after is not None and not (isinstance(after, list) and len(after) == 2 and type(after[0]) in (int, float)
+                                      and abs(after[0]) < 1e12 and isinstance(after[1], str) and after[1].isascii()):
             raise validation_error("NextToken is not a token this authority issued",
                                    [Violation("NextToken", p["NextToken"], "invalid token")])
         rows = self.store.devices_page(STATUS_ROWS["AWAITING_PROVISIONING"], after, descending=descending, limit=limit + 1)

@@ -48,10 +48,13 @@ class Backoff:
         self.interval = self.base if changed or not self.interval else min(self.interval * 2, self.cap)
         self.due = now + self.interval
 
+    def __post_init__(self) -> None:
+        self.cap = max(self.cap, self.base)  # a cap below the first wait would make the wait shrink
+
     def soon(self, now: float) -> None:
-        """Something new to follow (a start, a hand-off): due ``base`` from now, as after a change."""
+        """Something new to follow (a start, a hand-off): due ``base`` from now at the latest, as after a change."""
         self.interval = self.base
-        self.due = min(self.due, now + self.base) if self.due > now else now + self.base
+        self.due = now + self.base if not self.due else min(self.due, now + self.base)
 
 
 class FollowUp:
@@ -93,7 +96,9 @@ class FollowUp:
         for entry in state.plan("provisioned"):
             backoff = self.jobs.setdefault(entry["id"], Backoff(self.staged.base, self.staged.cap, due=now))
             if backoff.due <= now:
-                moved = self._contained(self._advance_actions, entry, default=False)
+                moved = self._contained(self._advance_actions, entry, default=None)
+                if moved is None:  # the service keeps refusing (a device deleted, not online): not forever
+                    moved = self._horizon(entry, "its post-provision actions have failed at every try")
                 backoff.after(moved, now)
                 changed |= moved
         counts = state.plan_counts()  # what is still followed after this pass
@@ -129,10 +134,15 @@ class FollowUp:
         changed = False
         for entry in entries:
             if entry.get("device_id") in waiting:
-                changed |= self._past_horizon(entry, "its device has not come online")
-            else:
-                changed |= bool(self._contained(self._check_online, entry, default=False))
+                changed |= self._horizon(entry, "its device has not come online")
+                continue
+            moved = self._contained(self._check_online, entry, default=None)
+            changed |= moved if moved is not None else self._horizon(entry, "asking about its device fails")
         return changed
+
+    def _horizon(self, entry: dict[str, Any], what: str) -> bool:
+        """:meth:`_past_horizon`, contained: one unreadable entry never stops the pass."""
+        return bool(self._contained(lambda e: self._past_horizon(e, what), entry, default=False))
 
     def _check_online(self, entry: dict[str, Any]) -> bool:
         device = self._describe(entry.get("device_id"))

@@ -18,6 +18,10 @@ _IDENTITY = re.compile(r"^(usb:[!-~]{1,255}|fs:[0-9A-Za-z-]{1,64})$")
 _VFAT_UUID = re.compile(r"^[0-9a-fA-F]{4}-[0-9a-fA-F]{4}$")
 
 
+#: Smaller than this is no stick's medium (an extended partition's container is a sector or two).
+MIN_MEDIUM_BYTES = 64 << 10
+
+
 @dataclass(frozen=True)
 class StickInfo:
     """Everything known about one block device at one moment, from udev.
@@ -60,7 +64,8 @@ class StickInfo:
     @property
     def blank(self) -> bool:
         """A medium with no filesystem where a stick's would be (not a partitioned disk): worth telling about."""
-        return not self.has_filesystem and self.size_bytes != 0 and not self.has_partitions
+        return (not self.has_filesystem and not self.has_partitions
+                and (self.size_bytes is None or self.size_bytes >= MIN_MEDIUM_BYTES))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

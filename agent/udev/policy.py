@@ -42,7 +42,7 @@ def decide(info: StickInfo, settings: StickSettings, is_enrolled: Callable[[str]
         return no("not USB mass storage")
     if not info.has_filesystem:
         table = info.properties.get("ID_PART_TABLE_TYPE")
-        if table:
+        if table and info.devtype == "disk":  # udev copies the disk's ID_PART_TABLE_TYPE onto its partitions
             return no(f"no filesystem (partition table {table}: use a partition)")
         if info.fs_type:
             return no(f"no filesystem ({info.fs_type}, {info.fs_usage or 'not a filesystem'})")

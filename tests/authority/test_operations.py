@@ -381,8 +381,10 @@ def test_the_waiting_devices_page_from_the_store_in_creation_order(fresh_authori
         first = pan.list_devices(NameFilter="wait-", DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", MaxResults=3)
         pan.list_devices(DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", MaxResults=3, NextToken=first["NextToken"])
     assert error_of(exc)[:2] == (400, "ValidationException")
-    forged = base64.b64encode(json.dumps({"k": "x", "s": ["ListDevices", "CREATED_TIME", "ASCENDING", None,
-                                                           "AWAITING_PROVISIONING"]}).encode()).decode()
-    with pytest.raises(ClientError) as exc:
-        pan.list_devices(DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", NextToken=forged)
-    assert error_of(exc)[:2] == (400, "ValidationException")
+    scope = ["ListDevices", "CREATED_TIME", "ASCENDING", None, "AWAITING_PROVISIONING"]
+    for last in ("x", [10 ** 30, "x"], [-(10 ** 19), "x"], [0, "\ud800"], [float("nan"), "x"], [float("inf"), "x"],
+                 [True, "x"], [1.5, 7]):
+        forged = base64.b64encode(json.dumps({"k": last, "s": scope}).encode()).decode()
+        with pytest.raises(ClientError) as exc:  # a client error, never the server's 500 (which botocore retries)
+            pan.list_devices(DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", NextToken=forged)
+        assert error_of(exc)[:2] == (400, "ValidationException"), last

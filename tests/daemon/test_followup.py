@@ -183,3 +183,44 @@ def test_the_thread_runs_passes_on_request_and_closes_its_connection(world, tmp_
     runner.stop(10)
     assert not runner._thread.is_alive()
     assert database_handles() == 0
+
+
+def test_an_entry_the_service_refuses_every_pass_still_reaches_the_horizon(world, monkeypatch):
+    [device] = staged(world, 1)
+    world.state.set_entry(device["id"], actions='{"reboot": true}', status="provisioned")
+    come_online(world, device)
+    world.client.delete_device(DeviceId=device["device_id"])  # every CreateJobForDevices: ResourceNotFound
+    world.followup.run_once()
+    assert world.state.entry(device["id"])["status"] == "provisioned"  # within the horizon: asked again
+    later = SystemClock().now() + timedelta(hours=73)
+    monkeypatch.setattr(world.ctx, "clock", SimpleNamespace(now=lambda: later))
+    world.followup.run_once()
+    entry = world.state.entry(device["id"])
+    assert entry["status"] == "attention" and "failed at every try" in entry["last_error"]
+    assert world.followup.next_due is None
+
+
+def test_one_unreadable_entry_does_not_stop_the_pass(world):
+    devices = staged(world, 3)
+    come_online(world, devices[2])
+    with world.state.transaction() as db:  # a row edited by hand: no time zone
+        db.execute("UPDATE plan SET updated_at = '2026-11-30 20:00:00' WHERE id = ?", (devices[0]["id"],))
+    world.followup.run_once()
+    assert world.state.entry(devices[2]["id"])["status"] == "done"
+    assert world.state.entry(devices[0]["id"])["status"] == "staged"
+
+
+def test_a_cap_below_the_first_wait_never_shrinks_the_wait():
+    from agent.daemon.followup import Backoff
+
+    backoff = Backoff(600.0, 10.0)
+    backoff.soon(0.0)
+    waits = []
+    for _ in range(3):
+        now = backoff.due
+        backoff.after(False, now)
+        waits.append(backoff.due - now)
+    assert waits == [600.0, 600.0, 600.0]
+    backoff.due = 50.0  # overdue at 100: a kick keeps it due now, not later
+    backoff.soon(100.0)
+    assert backoff.due == 50.0
