@@ -51,6 +51,11 @@ def utc(dt: datetime) -> datetime:
     return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
+def parse_iso(text: str) -> datetime:
+    """The inverse of :func:`iso` (any ISO 8601 form; naive taken as UTC), aware UTC."""
+    return utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+
+
 def iso(dt: datetime) -> str:
     """ISO 8601 UTC with a ``Z`` and millisecond precision."""
     return utc(dt).isoformat(timespec="milliseconds").replace("+00:00", "Z")

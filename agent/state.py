@@ -106,22 +106,21 @@ class _Connection(sqlite3.Connection):
 
     def __init__(self, database: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         self.database_path = str(database)
-        try:
+        with self._named():
             super().__init__(database, *args, **kwargs)
-        except sqlite3.Error as exc:
-            exc.database = self.database_path  # type: ignore[attr-defined]
-            raise
 
     def execute(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
-        try:
+        with self._named():
             return super().execute(*args, **kwargs)
-        except sqlite3.Error as exc:
-            exc.database = self.database_path  # type: ignore[attr-defined]
-            raise
 
     def executescript(self, script: str) -> sqlite3.Cursor:
-        try:
+        with self._named():
             return super().executescript(script)
+
+    @contextmanager
+    def _named(self) -> Iterator[None]:
+        try:
+            yield
         except sqlite3.Error as exc:
             exc.database = self.database_path  # type: ignore[attr-defined]
             raise

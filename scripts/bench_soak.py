@@ -212,7 +212,9 @@ def bench_soak(count: int) -> list[dict[str, Any]]:
             daemon = rig.start(PANOSTAGE_DAEMON_POLL_SECONDS=str(SOAK_POLL_SECONDS))  # passes during the run
             _burst(rig, 8, "warm")  # twice a burst: the client's pool grows past what a burst and a pass need
             deadline = time.monotonic() + 30
-            while _resources(daemon)["wal"] < 2 and time.monotonic() < deadline:  # the follow-up's connection
+            while _resources(daemon)["wal"] < 2:  # the follow-up thread's connection: part of the baseline
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no follow-up pass 30 s after the warm-up; {rig.log_tail()}")
                 time.sleep(0.1)
             base, took, burst, started = _resources(daemon), [], 0, time.perf_counter()
             while len(took) < count:

@@ -276,7 +276,7 @@ class AuthorityHandler(BaseHTTPRequestHandler):
 
     def finish(self) -> None:
         self.server.track(self.connection, False)
-        self.server.service.store.release()  # this thread's database connection ends with it
+        self.server.service.store.close()  # this thread's database connection ends with it
         try:
             super().finish()
         except OSError:

@@ -159,9 +159,6 @@ class Store:
             self._local.conn = None
             conn.close()
 
-    #: a request handler thread calls this when its HTTP connection ends, so no connection outlives its thread
-    release = close
-
     def _migrate(self, now: float) -> None:
         with self.write() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]

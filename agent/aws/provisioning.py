@@ -61,7 +61,7 @@ class Provisioned:
 
 def devices_named(client: Any, name: str) -> list[dict[str, Any]]:
     """Every device whose name is exactly ``name`` (NameFilter is a prefix filter)."""
-    return [d for d in pages(client.list_devices, "Devices", NameFilter=name, MaxResults=25) if d.get("Name") == name]
+    return devices_named_at(client, name)[0]
 
 
 def devices_named_at(client: Any, name: str) -> tuple[list[dict[str, Any]], datetime | None]:
@@ -84,17 +84,25 @@ TAG_HANDOFF = "panostage:handoff"
 MAX_TAGS = 50
 
 
-def tags_of(client: Any, device: dict[str, Any]) -> dict[str, str]:
-    """A device's tags: from the listing, else from DescribeDevice (a device gone meanwhile has none)."""
+def describe_or_none(client: Any, device_id: str | None) -> dict[str, Any] | None:
+    """DescribeDevice, or None when there is no ID or the service knows no such device (any other error raises)."""
     from botocore.exceptions import ClientError
 
+    if not device_id:
+        return None
+    try:
+        return client.describe_device(DeviceId=device_id)
+    except ClientError as exc:
+        if error_code(exc) == "ResourceNotFoundException":
+            return None
+        raise
+
+
+def tags_of(client: Any, device: dict[str, Any]) -> dict[str, str]:
+    """A device's tags: from the listing, else from DescribeDevice (a device gone meanwhile has none)."""
     tags = device.get("Tags")
     if tags is None:
-        try:
-            tags = client.describe_device(DeviceId=device["DeviceId"]).get("Tags")
-        except ClientError as exc:
-            if error_code(exc) != "ResourceNotFoundException":
-                raise
+        tags = (describe_or_none(client, device["DeviceId"]) or {}).get("Tags")
     return tags or {}
 
 

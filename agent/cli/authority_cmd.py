@@ -221,14 +221,12 @@ def fault_show(app: App, credentials_file: str | None) -> None:
 def clock(app: App, offset: float | None, advance: float | None, credentials_file: str | None) -> None:
     """Show or shift a running authority's clock (lifecycles and certificate expiry follow it), by at
     most ten years either way."""
-    import math
-
-    from agent.authority.lifecycle import MAX_OFFSET_SECONDS
+    from agent.authority.lifecycle import MAX_OFFSET_SECONDS, offset_problem
 
     if offset is not None and advance is not None:
         raise UsageError("give --offset or --advance, not both")
     for flag, value in (("--offset", offset), ("--advance", advance)):
-        if value is not None and not (math.isfinite(value) and abs(value) <= MAX_OFFSET_SECONDS):
+        if value is not None and offset_problem(value):
             raise UsageError(
                 f"{flag} {value:g}: must be a finite number of seconds within ±{MAX_OFFSET_SECONDS:.0f} (ten years)",
                 hint="the authority refuses a clock shifted further; `authority clock --offset 0` puts it back",

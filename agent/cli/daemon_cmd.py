@@ -13,6 +13,7 @@ import click
 from agent.cli.app import App, command_options, pass_app
 from agent.cli.output import dumps, render_table
 from agent.cli.stage_cmd import format_left
+from agent.clock import parse_iso
 
 
 @click.command()
@@ -52,7 +53,7 @@ def snapshot(state: Any, state_dir: Any, now: datetime) -> dict[str, Any]:
         deadline = handoff.get("deadline") if handoff else None
         left = None
         if deadline and stick["state"] == "ready":
-            left = (datetime.fromisoformat(deadline.replace("Z", "+00:00")) - now).total_seconds()
+            left = (parse_iso(deadline) - now).total_seconds()
         sticks.append({"devnode": stick["devnode"], "identity": stick["identity"], "state": stick["state"],
                        "device": handoff.get("device_name") if handoff else None, "deadline": deadline,
                        "seconds_left": None if left is None else round(left, 1), "note": stick["reason"]})

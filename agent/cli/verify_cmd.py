@@ -69,9 +69,9 @@ def verify(app: App, target_spec: str, device_name: str | None, margin: float | 
 
 def _verify_stick(app: App, spec: str, checks: dict[str, Any]):
     from agent import paths
-    from agent.archive import too_large, verify_archive
     from agent.errors import PanostageError
     from agent.stick import archives, open_target
+    from agent.stick.checks import archive_report
     from agent.stick.errors import StickDamaged
 
     problems: list[dict[str, str]] = []
@@ -91,17 +91,10 @@ def _verify_stick(app: App, spec: str, checks: dict[str, Any]):
             if entry.kind != "file":
                 problems.append({"code": "archive_not_a_file", "message": f"{entry.name} is a {entry.kind}"})
                 continue
-            limit = checks["limits"].max_file_bytes
-            if entry.size > limit:
-                reports.append(too_large(entry.size, now=checks["now"], limits=checks["limits"], file_name=entry.name,
-                                         device_name=checks["device_name"]))
-                continue
-            try:
-                data = target.read(entry.name, bypass_cache=True, limit=limit)
+            try:  # judged by its size first: one larger than any archive is reported, never read
+                reports.append(archive_report(target, entry, file_name=entry.name, **checks))
             except PanostageError as exc:  # its chain is the damage, or the stick failed: a finding, not the end
                 problems.append({"code": "archive_unreadable", "message": f"{entry.name}: {exc.message}"})
-                continue
-            reports.append(verify_archive(data, file_name=entry.name, **checks))
     return reports, problems
 
 

@@ -20,11 +20,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Callable
 
-from agent.aws.errors import error_code
 from agent.aws.paging import pages
+from agent.aws.provisioning import describe_or_none
+from agent.clock import parse_iso
 
 log = logging.getLogger("panostage.followup")
 
@@ -158,16 +158,7 @@ class FollowUp:
         return self._past_horizon(entry, f"its device is still {status}")
 
     def _describe(self, device_id: str | None) -> dict[str, Any] | None:
-        from botocore.exceptions import ClientError
-
-        if not device_id:
-            return None
-        try:
-            return self._sticks_first(self.ctx.backend.panorama().describe_device)(DeviceId=device_id)
-        except ClientError as exc:
-            if error_code(exc) == "ResourceNotFoundException":
-                return None
-            raise
+        return self._sticks_first(lambda: describe_or_none(self.ctx.backend.panorama(), device_id))()
 
     # ------------------------------------------------------------------ provisioned entries: OTA, reboot
 
@@ -212,8 +203,7 @@ class FollowUp:
     def _past_horizon(self, entry: dict[str, Any], what: str) -> bool:
         """Past ``followup_hours`` since the entry last changed: it needs attention (True), and is no longer followed."""
         hours = self.ctx.settings.daemon.followup_hours
-        since = datetime.fromisoformat(entry["updated_at"].replace("Z", "+00:00"))
-        if (self.ctx.clock.now() - since).total_seconds() < hours * 3600:
+        if (self.ctx.clock.now() - parse_iso(entry["updated_at"])).total_seconds() < hours * 3600:
             return False
         why = f"{what} {hours:g} h after its last change: no longer followed up (`panostage plan retry` stages it again)"
         log.warning("%s: %s", entry["name"], why)

@@ -14,13 +14,13 @@ from typing import Any
 
 from agent.aws.errors import error_code
 from agent.aws.provisioning import CREATION_TOLERANCE, TAG_HANDOFF, devices_named, ours, tagged
-from agent.clock import Clock, utc
+from agent.clock import Clock, parse_iso, utc
 from agent.handoff_log import HandoffLog
 from agent.state import TERMINAL_HANDOFF, StateDB
 
 
 def _parse(value: str | None) -> datetime | None:
-    return utc(datetime.fromisoformat(value.replace("Z", "+00:00"))) if value else None
+    return parse_iso(value) if value else None
 
 
 def _delete(client: Any, device_id: str) -> bool:

@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from agent import paths, sdnotify
+from agent.clock import parse_iso
 from agent.daemon.followup import FollowUp, FollowUpThread
 from agent.daemon.recovery import recover
 from agent.daemon.technician import Technician
@@ -237,11 +238,7 @@ class Daemon:
 
     def _reap(self) -> None:
         reaped = False
-        while True:
-            try:
-                worker = self.finished.get_nowait()
-            except queue.Empty:
-                break
+        while (worker := self._next_finished()) is not None:
             reaped = True
             self.workers.pop(worker.syspath, None)
             if worker.outcome in ("ready", "returned") or worker.collected:
@@ -251,13 +248,15 @@ class Daemon:
             elif worker.outcome == "ready":
                 handoff = self.state.handoff(worker.handoff_id) if worker.handoff_id else None
                 if handoff and handoff.get("deadline"):
-                    from datetime import datetime
-
-                    deadline = datetime.fromisoformat(handoff["deadline"].replace("Z", "+00:00"))
-                    self.ready[worker.syspath] = (handoff.get("device_name") or "", deadline, False)
-        if reaped and not self.workers:  # quiet again: give the batch's garbage back (no worker referenced here)
-            del worker
+                    self.ready[worker.syspath] = (handoff.get("device_name") or "", parse_iso(handoff["deadline"]), False)
+        if reaped and not self.workers:  # quiet again: give the batch's garbage back (no worker is referenced here)
             self._frozen |= release_memory(freeze=not self._frozen and self.backend.clients_made)
+
+    def _next_finished(self) -> StickWorker | None:
+        try:
+            return self.finished.get_nowait()
+        except queue.Empty:
+            return None
 
     def _timers(self) -> None:
         now = self.clock.now()

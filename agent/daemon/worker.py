@@ -157,18 +157,9 @@ class StickWorker:
         return verdict, why, facts
 
     def _device_status(self, device_id: str | None) -> str | None:
-        from botocore.exceptions import ClientError
+        from agent.aws.provisioning import describe_or_none
 
-        from agent.aws.errors import error_code
-
-        if not device_id:
-            return None
-        try:
-            return self.ctx.backend.panorama().describe_device(DeviceId=device_id).get("ProvisioningStatus")
-        except ClientError as exc:
-            if error_code(exc) == "ResourceNotFoundException":
-                return None
-            raise
+        return (describe_or_none(self.ctx.backend.panorama(), device_id) or {}).get("ProvisioningStatus")
 
     def _return_trip(self, target: Any) -> bool:
         """Collect the appliance's logs; True when the stick is clean afterwards and may be staged."""

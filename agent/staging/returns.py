@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent import paths
 from agent.archive import Limits, device_name_from_file_name
 from agent.archive.keyscan import key_material
 from agent.clock import Clock
@@ -141,9 +142,7 @@ def _keep(folder: Path, name: str, data: bytes) -> None:
     path = folder / SAFE_NAME.sub("_", name)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        paths.write_all(fd, data)
         os.fchmod(fd, 0o600)
         os.fsync(fd)
     finally:
@@ -151,19 +150,11 @@ def _keep(folder: Path, name: str, data: bytes) -> None:
 
 
 def _status(backend: Any, device: dict[str, Any]) -> str | None:
-    from botocore.exceptions import ClientError
-
-    from agent.aws.errors import error_code
-    from agent.aws.provisioning import devices_named
+    from agent.aws.provisioning import describe_or_none, devices_named
 
     client = backend.panorama()
-    try:
-        if device.get("id"):
-            return client.describe_device(DeviceId=device["id"]).get("ProvisioningStatus")
-    except ClientError as exc:
-        if error_code(exc) != "ResourceNotFoundException":
-            raise
-        return None
+    if device.get("id"):
+        return (describe_or_none(client, device["id"]) or {}).get("ProvisioningStatus")
     if device.get("name"):
         matches = devices_named(client, device["name"])
         if matches:

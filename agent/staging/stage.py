@@ -125,7 +125,6 @@ class OnStick:
     not_after: datetime | None = None  # set when it is a live archive
     expired: bool = False
     problem: str | None = None  # not a usable archive (too large, unreadable, corrupt ...)
-    too_large: bool = False  # judged by its size alone, never read
 
     @property
     def live(self) -> bool:
@@ -319,10 +318,12 @@ class Stager:
                 continue
             if ours and entry.readonly and not replace:
                 blockers.append(f"{entry.name} is a read-only file")
+            if ours:  # whatever is at this archive's own name (an older archive, junk): the write replaces it -
+                if entry.size > (self.verify_limits or Limits()).max_file_bytes:  # judged by its size, never read
+                    plan.remove_before.append(entry.name)
+                continue
             found = self._archive_on_stick(target, entry)
-            if ours and not found.too_large:
-                continue  # whatever is at this archive's own name (an older archive, junk): the write replaces it
-            if ours or found.expired:
+            if found.expired:
                 plan.remove_before.append(entry.name)
             elif not replace:
                 blockers.append(found.describe() + (f"; on FAT its name is the same as {plan.target_name}, so the stick "
@@ -341,9 +342,8 @@ class Stager:
 
     def _archive_on_stick(self, target: Any, entry: Any) -> "OnStick":
         """What an archive-like file on the stick is (judged by its size first, read only when it could be one)."""
-        limits = self.verify_limits or Limits()
         try:
-            report = checks.archive_report(target, entry, now=self.clock.now(), limits=limits,
+            report = checks.archive_report(target, entry, now=self.clock.now(), limits=self.verify_limits or Limits(),
                                            skew_seconds=self.options.skew_seconds)
         except PanostageError as exc:
             return OnStick(entry.name, problem=f"unreadable: {exc.message}")
@@ -352,7 +352,7 @@ class Stager:
             return OnStick(entry.name, device=device, expired=True)
         if report.outcome in (Outcome.OK, Outcome.EXPIRING):
             return OnStick(entry.name, device=device, not_after=report.not_after)
-        return OnStick(entry.name, device=device, problem=report.summary(), too_large=entry.size > limits.max_file_bytes)
+        return OnStick(entry.name, device=device, problem=report.summary())
 
     def _clear(self, target: Any, entries: list[str]) -> list[str]:
         """Remove ``entries`` from the stick: files are wiped (overwritten, then deleted), the rest removed."""

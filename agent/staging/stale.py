@@ -67,8 +67,7 @@ def decide(device: dict[str, Any], service_now: datetime, rules: Rules,
         return Decision("delete", f"its archive expired on the service's clock (made {iso(created)})")
     if left <= rules.margin_seconds:
         return Decision("wait", f"{name}'s old archive ({device_id}) to expire on the service's clock", left)
-    tags = device.get("Tags")
-    tags = tags if tags is not None else tags_of() if tags_of else {}
+    tags = tags_of() if tags_of else device.get("Tags") or {}
     raise PanostageError(
         f"device {name} ({device_id}) was made {(service_now - created).total_seconds():.0f} s ago{made_by(tags)}: its "
         f"archive may be live on a stick until {iso(dead_at)} ({left:.0f} s from now, on the service's clock)",

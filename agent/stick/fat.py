@@ -296,13 +296,13 @@ class FatTarget:
         sw = Stopwatch(what)
         with sw.step("inspect"):
             self.reader.forget()
-            existing = self.reader.lookup(name)
+            root = self.reader.dir_entries(None)
+            existing = self.reader.find(None, name, root)
             if existing is not None and existing.is_dir:
                 raise StickConflict(f"{name} on the stick is a directory; it will not be replaced",
                                     reason="stick-name-is-dir", details={"entry": _entry(existing).to_dict()})
             if existing is not None and not replace:
                 raise StickConflict(f"{name} already exists on the stick", reason="stick-name-exists")
-            root = self.reader.dir_entries(None)
             refuse_look_alikes(name, [e.name for e in root])
             stale = [e.name for e in root if not e.is_dir and stale_temp_of(e.name, name)]
         with sw.step("stale_temps"):
@@ -373,7 +373,7 @@ class FatTarget:
             entry = self.reader.lookup("/".join(parts[:i]))
             if entry is None or not entry.is_dir:
                 break
-            found.append(entry.first_cluster or None)
+            found.append(self.reader.subdir_cluster(entry))
         return found
 
     def write(self, rel: str, data: bytes) -> None:

@@ -66,10 +66,6 @@ class Census:
     entries: int = 0
     room: Room = field(default_factory=Room)
 
-    @property
-    def sound(self) -> bool:
-        return not self.problems
-
 
 class FatTable:
     """The active FAT as a sequence of next-cluster values, read in place (no copy of the FAT is made)."""

@@ -45,11 +45,6 @@ class Snapshot:
                     snap.regions.append((start, reader.pread(start, length)))
         return snap
 
-    @property
-    def free_clusters(self) -> int:
-        """Free clusters when the snapshot was taken (exact: the FAT is scanned)."""
-        return self.reader.free_clusters(self.fat)
-
     def restore(self) -> int:
         """Write back every sector that changed; return how many bytes were written."""
         geo = self.reader.geo

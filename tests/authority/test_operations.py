@@ -377,8 +377,8 @@ def test_the_waiting_devices_page_from_the_store_in_creation_order(fresh_authori
     assert listed() == (waiting, 3)
     assert listed(SortOrder="DESCENDING") == (waiting[::-1], 3)
     assert listed(NameFilter="wait-")[0] == waiting  # the generic path agrees
+    first = pan.list_devices(NameFilter="wait-", DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", MaxResults=3)
     with pytest.raises(ClientError) as exc:  # a token of the generic path is not one of this query
-        first = pan.list_devices(NameFilter="wait-", DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", MaxResults=3)
         pan.list_devices(DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", MaxResults=3, NextToken=first["NextToken"])
     assert error_of(exc)[:2] == (400, "ValidationException")
     scope = ["ListDevices", "CREATED_TIME", "ASCENDING", None, "AWAITING_PROVISIONING"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -132,8 +131,7 @@ def test_nothing_to_follow_means_no_pass_is_due(world):
 
 def test_an_entry_past_the_horizon_needs_attention_and_is_no_longer_followed(world, monkeypatch):
     [device] = staged(world, 1)
-    later = SystemClock().now() + timedelta(hours=73)
-    monkeypatch.setattr(world.ctx, "clock", SimpleNamespace(now=lambda: later))
+    monkeypatch.setattr(world.ctx, "clock", SystemClock(offset_seconds=73 * 3600))
     assert world.followup.run_once() is True
     entry = world.state.entry(device["id"])
     assert entry["status"] == "attention"
@@ -157,6 +155,18 @@ def test_post_provision_jobs_run_to_done_each_on_its_own_wait(world):
     assert followup.next_due is None and followup.jobs == {} and followup.job_status == {}
 
 
+class Gate(threading.Event):
+    """The daemon's ``quiet`` event, telling the test when a pass has come to wait on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waited.set()
+        return super().wait(timeout)
+
+
 def database_handles() -> int:
     import os
 
@@ -168,14 +178,13 @@ def test_the_thread_runs_passes_on_request_and_closes_its_connection(world, tmp_
     staged(world, 2)
     world.state.close()  # this thread's connection: only the follow-up thread's remains to be seen
     assert database_handles() == 0
-    world.followup.quiet = threading.Event()  # a stick is being handled: the pass waits for it
+    world.followup.quiet = gate = Gate()  # a stick is being handled: the pass waits for it
     ended = threading.Event()
     runner = FollowUpThread(world.followup, on_pass_end=ended.set).start()
     world.ticks.now = world.followup.next_due
     runner.run_pass()
-    assert runner.running
-    wait_until(lambda: runner._thread.is_alive(), timeout=5, what="the thread to start")
-    assert not ended.wait(0.3) and world.calls["ListDevices"] == 0  # the stick goes first
+    wait_until(gate.waited.is_set, timeout=30, what="the pass to reach the stick gate")
+    assert not ended.is_set() and world.calls["ListDevices"] == 0  # the stick goes first
     world.followup.quiet.set()
     wait_until(ended.is_set, timeout=30, what="the pass to end")
     assert not runner.running and world.calls["ListDevices"] == 2
@@ -192,8 +201,7 @@ def test_an_entry_the_service_refuses_every_pass_still_reaches_the_horizon(world
     world.client.delete_device(DeviceId=device["device_id"])  # every CreateJobForDevices: ResourceNotFound
     world.followup.run_once()
     assert world.state.entry(device["id"])["status"] == "provisioned"  # within the horizon: asked again
-    later = SystemClock().now() + timedelta(hours=73)
-    monkeypatch.setattr(world.ctx, "clock", SimpleNamespace(now=lambda: later))
+    monkeypatch.setattr(world.ctx, "clock", SystemClock(offset_seconds=73 * 3600))
     world.followup.run_once()
     entry = world.state.entry(device["id"])
     assert entry["status"] == "attention" and "failed at every try" in entry["last_error"]
@@ -203,8 +211,8 @@ def test_an_entry_the_service_refuses_every_pass_still_reaches_the_horizon(world
 def test_one_unreadable_entry_does_not_stop_the_pass(world):
     devices = staged(world, 3)
     come_online(world, devices[2])
-    with world.state.transaction() as db:  # a row edited by hand: no time zone
-        db.execute("UPDATE plan SET updated_at = '2026-11-30 20:00:00' WHERE id = ?", (devices[0]["id"],))
+    with world.state.transaction() as db:  # a row edited by hand: unreadable
+        db.execute("UPDATE plan SET updated_at = 'not a time' WHERE id = ?", (devices[0]["id"],))
     world.followup.run_once()
     assert world.state.entry(devices[2]["id"])["status"] == "done"
     assert world.state.entry(devices[0]["id"])["status"] == "staged"

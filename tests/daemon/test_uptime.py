@@ -90,7 +90,7 @@ def test_hundreds_of_handoffs_and_idle_passes_leave_the_daemon_as_it_was(rig):
     except AssertionError:
         os.kill(pid, 10)  # SIGUSR1: the daemon writes every thread's stack to its log
         wait_until(lambda: "Thread 0x" in rig.daemon_log(), timeout=10, what="the stacks")
-        kinds = Counter(re.sub(r"\\[\\d+\\]|\\d+", "N", os.readlink(f"/proc/{pid}/fd/{fd}"))
+        kinds = Counter(re.sub(r"\[\d+\]|\d+", "N", os.readlink(f"/proc/{pid}/fd/{fd}"))
                         for fd in os.listdir(f"/proc/{pid}/fd") if os.path.lexists(f"/proc/{pid}/fd/{fd}"))
         raise AssertionError(f"baseline {baseline}, now {resources(pid)}, {kinds}\n{rig.daemon_log()[-6000:]}") from None
     assert resources(pid)["http_connections"] <= 10  # botocore's pool: max_pool_connections
