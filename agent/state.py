@@ -282,19 +282,23 @@ class StateDB:
         return status
 
     def remove_entry(self, ref: str | int) -> dict[str, Any]:
-        entry = self.entry(ref)
-        if entry["status"] == "claimed":
-            raise StateError(f"{entry['name']} is being staged right now", hint="wait for the hand-off to end")
-        with self.transaction() as db:
+        with self.transaction() as db:  # checked in the change's transaction: no claim slips in between
+            entry = self._unclaimed_entry(ref)
             db.execute("DELETE FROM plan WHERE id = ?", (entry["id"],))
         return entry
 
     def retry_entry(self, ref: str | int) -> dict[str, Any]:
+        with self.transaction() as db:
+            entry = self._unclaimed_entry(ref)
+            row = db.execute("UPDATE plan SET status = 'pending', attempts = 0, last_error = NULL, handoff_id = NULL, "
+                             "updated_at = ? WHERE id = ? RETURNING *", (_now(), entry["id"])).fetchone()
+        return _row(row)
+
+    def _unclaimed_entry(self, ref: str | int) -> dict[str, Any]:
         entry = self.entry(ref)
         if entry["status"] == "claimed":
             raise StateError(f"{entry['name']} is being staged right now", hint="wait for the hand-off to end")
-        self.set_entry(entry["id"], status="pending", attempts=0, last_error=None, handoff_id=None)
-        return self.entry(entry["id"])
+        return entry
 
     # ---------------------------------------------------------------- enrolled sticks
 

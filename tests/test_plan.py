@@ -433,6 +433,43 @@ def test_every_entry_claimed_exactly_once_by_eight_threads(tmp_path):
     assert sum(1 for got in claimed if got) > 1, "the claims were not spread over the threads"
 
 
+def test_remove_and_retry_decide_in_the_transaction_that_changes_the_entry(tmp_path, monkeypatch):
+    """The daemon claims the entry just after `plan remove`/`plan retry` read it: either the claim waits
+    for the change, or the change is refused; a claimed entry is never deleted or put back in the queue."""
+    import sqlite3
+
+    from agent.state import StateError
+
+    db = StateDB(tmp_path / "state")
+    daemon = StateDB(tmp_path / "state")
+    daemon.db.execute("PRAGMA busy_timeout = 0")  # locked out is an answer here, not a 10 s wait
+    db.add_entries([("cam-01", {"Name": "cam-01"}, {})])
+    read, claims = StateDB.entry, []
+
+    def read_then_claim(self: StateDB, ref: str | int) -> dict:
+        found = read(self, ref)
+        if self is db and not claims:
+            try:
+                claims.append(daemon.claim_next("handoff-1"))
+            except sqlite3.OperationalError:  # the change holds the write lock: the daemon waits its turn
+                claims.append(None)
+        return found
+
+    monkeypatch.setattr(StateDB, "entry", read_then_claim)
+    for change in (db.retry_entry, db.remove_entry):
+        claims.clear()
+        try:
+            change("cam-01")
+        except StateError as exc:
+            assert "is being staged right now" in exc.message
+            assert read(db, "cam-01")["status"] == "claimed"
+        else:
+            assert claims == [None], f"{change.__name__} changed an entry the daemon had claimed"
+    assert db.plan() == []
+    daemon.close()
+    db.close()
+
+
 def test_the_database_is_private_whatever_the_umask(tmp_path):
     old = os.umask(0o022)
     try:

@@ -1,31 +1,23 @@
 """Run the authority: in this process (the embedded default backend) or as a server.
 
 :func:`open_server` builds the whole authority (state, CA, service, faults, HTTP server)
-bound but not yet serving; :func:`start_embedded` runs one on a loopback ephemeral port
-in a daemon thread, with credentials made up for this process (never written anywhere).
+bound but not yet serving (or serving a socket it is given); :func:`start_embedded` runs one on a
+loopback ephemeral port in a daemon thread of this process, with credentials made up for it (never
+written anywhere): the tests' in-process authority, with a clock and faults they steer.  The default
+backend runs it in a child process instead (agent/aws/local_authority.py, agent/authority/child.py).
 """
 
 from __future__ import annotations
 
-import secrets
-import string
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.authority.credentials import new_credentials
 from agent.authority.faults import FaultInjector
 from agent.authority.lifecycle import ShiftableClock
 from agent.clock import Clock
 from agent.config import AuthoritySettings
-
-
-def new_credentials() -> tuple[str, str]:
-    """A random access key ID (AKPS + 16) and secret (40 characters)."""
-    upper = string.ascii_uppercase + string.digits
-    secret_alphabet = string.ascii_letters + string.digits + "+/"
-    return (
-        "AKPS" + "".join(secrets.choice(upper) for _ in range(16)),
-        "".join(secrets.choice(secret_alphabet) for _ in range(40)),
-    )
 
 
 def open_server(
@@ -38,6 +30,7 @@ def open_server(
     clock: Clock | None = None,
     faults: FaultInjector | None = None,
     region: str,
+    listening: socket.socket | None = None,
 ):
     """The authority's HTTP server over ``state_dir``, bound to ``host:port`` (0: ephemeral), accepting
     credential scopes of ``settings.regions`` (empty: ``region``, the backend's)."""
@@ -46,7 +39,8 @@ def open_server(
 
     service = AuthorityService.open(settings, state_dir, clock if isinstance(clock, ShiftableClock) else ShiftableClock(clock))
     regions = tuple(settings.regions) or (region,)
-    return AuthorityHTTPServer((host, port), service, dict(credentials), faults or FaultInjector(), regions)
+    return AuthorityHTTPServer((host, port), service, dict(credentials), faults or FaultInjector(), regions,
+                               listening=listening)
 
 
 @dataclass
@@ -87,47 +81,3 @@ def start_embedded(
     settings = dataclasses.replace(settings, regions=tuple(dict.fromkeys((region, *settings.regions))))
     server = open_server(settings, state_dir, {access_key_id: secret}, clock=clock, faults=faults, region=region).start()
     return EmbeddedAuthority(server.endpoint_url, access_key_id, secret, region, state_dir, server)
-
-
-CREDENTIALS_FILE = "credentials.json"
-
-
-def load_or_create_credentials(state_dir: Path) -> tuple[str, str, Path]:
-    """The access key and secret kept in ``<state_dir>/credentials.json`` (0600), made once.
-
-    Creation is race-free: the file is written under a temporary name and hard-linked
-    into place, which fails if another process got there first (its file is then used).
-    """
-    import json
-    import os
-
-    from agent.paths import discard, fsync_dir, write_all
-    from agent.errors import ConfigError
-
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = state_dir / CREDENTIALS_FILE
-    if not path.exists():
-        access_key_id, secret = new_credentials()
-        tmp = state_dir / f".{CREDENTIALS_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                write_all(fd, json.dumps({"access_key_id": access_key_id, "secret_access_key": secret},
-                                         indent=2).encode() + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            discard(tmp)
-        fsync_dir(state_dir)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data["access_key_id"], data["secret_access_key"], path
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(
-            f"{path}: not a credentials file (JSON with access_key_id and secret_access_key)",
-            hint="delete it to have new credentials generated",
-        ) from None

@@ -179,8 +179,10 @@ class AuthorityHTTPServer(ThreadingHTTPServer):
 
     def __init__(
         self, address: tuple[str, int], service: AuthorityService, credentials: dict[str, str], faults: FaultInjector,
-        regions: tuple[str, ...] | None = None,
+        regions: tuple[str, ...] | None = None, *, listening: socket.socket | None = None,
     ) -> None:
+        """Bind ``address``, or serve on ``listening``, a socket bound and listening already (the embedded
+        authority's child process inherits its parent's: agent/aws/local_authority.py)."""
         self.service = service
         self.credentials = credentials
         self.faults = faults
@@ -191,7 +193,14 @@ class AuthorityHTTPServer(ThreadingHTTPServer):
         self._thread: threading.Thread | None = None
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(address, AuthorityHandler)
+        if listening is None:
+            super().__init__(address, AuthorityHandler)
+            return
+        super().__init__(address, AuthorityHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = listening
+        self.server_address = listening.getsockname()
+        self.server_name, self.server_port = self.server_address[:2]
 
     @property
     def endpoint_url(self) -> str:

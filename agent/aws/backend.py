@@ -1,7 +1,8 @@
 """Which authority we talk to, and the clients for it.
 
-- ``local`` (default): the authority runs in this process on a loopback ephemeral
-  port, with credentials made up for this process; state in ``<state_dir>/authority``.
+- ``local`` (default): the authority runs in a child process of this one on a loopback
+  ephemeral port, with credentials made up for this process; state in ``<state_dir>/authority``
+  (agent/aws/local_authority.py).
 - endpoint: ``backend.endpoint_url`` names any authority that speaks the protocol;
   credentials come from the normal AWS chain (``--profile``, ``AWS_*``).
 - ``aws``: the AWS endpoints for ``backend.region`` and the normal credential chain.
@@ -15,7 +16,7 @@ in the daemon).  The tests drive the authority with boto3 itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from agent.aws.errors import mend_error_body
 from agent.aws.model import PANORAMA, SNOW, new_botocore_session
@@ -23,6 +24,8 @@ from agent.config import Settings
 
 if TYPE_CHECKING:
     import botocore.session
+
+    from agent.aws.local_authority import LocalAuthority
 
 USER_AGENT = "panostage"
 
@@ -34,7 +37,7 @@ class Backend:
     endpoint_url: str | None
     session: "botocore.session.Session"
     settings: Settings
-    stop_embedded: Callable[[], None] | None = None
+    authority: "LocalAuthority | None" = None  # the local authority's child process (kind "local")
     _clients: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
 
     def client(self, service: str, *, max_attempts: int | None = None) -> Any:
@@ -53,6 +56,8 @@ class Backend:
             client = self.session.create_client(service, region_name=self.region, endpoint_url=self.endpoint_url,
                                                 config=config)
             client.meta.events.register("before-parse", mend_error_body)  # no error body may crash the parser
+            if self.authority is not None and not self._clients:
+                self.authority.wait_ready()  # the child started while this client was made; raise why if it did not
             self._clients[key] = client
         return self._clients[key]
 
@@ -74,23 +79,23 @@ class Backend:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
-        if self.stop_embedded is not None:
-            self.stop_embedded()
-            self.stop_embedded = None
+        if self.authority is not None:
+            self.authority.stop()
+            self.authority = None
 
 
 def open_backend(settings: Settings) -> Backend:
-    """Open the configured backend (starting the embedded authority for ``local``)."""
+    """Open the configured backend (starting the local authority's child process for ``local``)."""
     cfg = settings.backend
     if cfg.endpoint_url or cfg.name == "aws":
         session = new_botocore_session(region=cfg.region, profile=cfg.profile)
         return Backend("endpoint" if cfg.endpoint_url else "aws", cfg.region, cfg.endpoint_url or None, session, settings)
 
     from agent import paths
-    from agent.authority.embedded import start_embedded
+    from agent.aws.local_authority import LocalAuthority
 
-    embedded = start_embedded(settings.authority, paths.state_dir(settings) / "authority", region=cfg.region)
+    authority = LocalAuthority(settings.authority, paths.state_dir(settings) / "authority", region=cfg.region).start()
     session = new_botocore_session(region=cfg.region)
-    session.set_credentials(embedded.access_key_id, embedded.secret_access_key)
-    return Backend("local", cfg.region, embedded.endpoint_url, session, settings, stop_embedded=embedded.stop)
+    session.set_credentials(authority.access_key_id, authority.secret_access_key)
+    return Backend("local", cfg.region, authority.endpoint_url, session, settings, authority=authority)
 

@@ -49,7 +49,8 @@ def serve(app: App, host: str | None, port: int | None, authority_dir: str | Non
     import threading
 
     from agent import paths
-    from agent.authority.embedded import load_or_create_credentials, open_server
+    from agent.authority.credentials import load_or_create_credentials
+    from agent.authority.embedded import open_server
     from agent.authority.faults import FaultInjector, parse_spec
     from agent.sdnotify import notify
 
