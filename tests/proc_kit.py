@@ -20,11 +20,11 @@ def tcp_sockets(pid: int) -> dict[str, tuple[int, str]]:
 def resources(pid: int) -> dict[str, int]:
     """What a leak would grow: descriptors, threads, the state database's connections.
 
-    The HTTP keep-alive connections between the daemon's client and its embedded authority are
-    counted apart: botocore's pool holds at most ``max_pool_connections`` (10) of them, each a client
-    socket, a server socket, a handler thread and that thread's connection to the authority's store -
-    how many depends on the most calls ever made at once, which a test cannot pin.  Bounded by the
-    pool, they are checked against it.  SQLite keeps the descriptor of a closed connection open while
+    The HTTP keep-alive connections between the daemon's clients and the local authority are counted
+    apart: botocore's pool holds at most ``max_pool_connections`` (10) of them per client, each a client
+    socket (and, with an authority in the same process, a server socket, a handler thread and that
+    thread's connection to the authority's store) - how many depends on the most calls ever made at
+    once, which a test cannot pin.  Bounded by the pools, they are checked against them.  SQLite keeps the descriptor of a closed connection open while
     another connection of the process holds a lock on that file (POSIX locks are per process) and
     reuses it for the next connection: ``database`` counts those too (as many as connections were ever
     open at once), so ``fds`` leaves them out; ``wal`` counts the connections open now.

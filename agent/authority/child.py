@@ -44,15 +44,16 @@ def main() -> int:
         print("panostage authority[child]: no start line from the parent", file=sys.stderr)
         return 2
     from agent.authority.embedded import open_server
-    from agent.errors import PanostageError
+    from agent.errors import to_error
 
     listening = socket.socket(fileno=spec["fd"])
     try:
         server = open_server(settings_from(spec["settings"]), Path(spec["state_dir"]), spec["credentials"],
                              region=spec["region"], listening=listening)
-    except PanostageError as exc:  # the parent raises it again, as the in-process authority did
-        say({"error": exc.message, "hint": exc.hint, "reason": exc.reason, "exit_code": int(exc.exit_code)})
-        return int(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the parent raises it again, mapped as the in-process authority's was
+        error = to_error(exc)
+        say({"error": error.message, "hint": error.hint, "reason": error.reason, "exit_code": int(error.exit_code)})
+        return int(error.exit_code)
     server.start()
     try:
         say({"ready": True})

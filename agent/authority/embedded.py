@@ -3,8 +3,8 @@
 :func:`open_server` builds the whole authority (state, CA, service, faults, HTTP server)
 bound but not yet serving (or serving a socket it is given); :func:`start_embedded` runs one on a
 loopback ephemeral port in a daemon thread of this process, with credentials made up for it (never
-written anywhere): the tests' in-process authority, with a clock and faults they steer.  The default
-backend runs it in a child process instead (agent/aws/local_authority.py, agent/authority/child.py).
+written anywhere): a one-shot command's authority, and the tests', with a clock and faults they steer.
+The daemon runs it in a child process instead (agent/aws/local_authority.py, agent/authority/child.py).
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ class EmbeddedAuthority:
     @property
     def faults(self) -> FaultInjector:
         return self.server.faults  # type: ignore[attr-defined]
+
+    def wait_ready(self) -> None:
+        """Serving since it was started: nothing to wait for."""
 
     def stop(self) -> None:
         """Stop serving and close every connection (idempotent)."""

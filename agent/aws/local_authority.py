@@ -121,8 +121,10 @@ class LocalAuthority:
                 return
             recent = [t for t in self.starts if time.monotonic() - t < 60]
             if len(recent) > RESTARTS:
-                self._give_up(_down(f"the local authority died {len(recent)} times within a minute (last exit "
-                                    f"status {code}); left down"))
+                failure = _down(f"the local authority died {len(recent)} times within a minute (last exit status "
+                                f"{code}); left down")
+                log.error("%s", failure.message)  # said now: the clients only meet a refused connection
+                self._give_up(failure)
                 return
             log.warning("the local authority (pid %d) ended with status %s: starting it again", proc.pid, code)
             _close(proc.stdin)
@@ -133,7 +135,6 @@ class LocalAuthority:
 
     def _give_up(self, failure: PanostageError) -> None:
         """Leave the authority down: waiting callers get ``failure``, new connections are refused."""
-        log.error("%s", failure.message)
         self._failure = failure
         self._ready.set()
         self.listening.close()  # what waits in the backlog is reset, not left to time out

@@ -72,7 +72,8 @@ class Daemon:
         self.state = StateDB(self.state_dir)
         self.state.clear_sticks()
         self.state.set_fact("daemon", {"pid": os.getpid(), "started": self.clock.now().isoformat(), "running": True})
-        self.backend = open_backend(self.settings)
+        self.backend = open_backend(self.settings, authority_process=True)
+        self.backend.panorama()  # a local authority that cannot start stops the daemon now, not at the first stick
         log_ = handoff_log(self.settings)
         station, operator = station_name(self.settings), operator_name(self.settings)
         self.ctx = Context(
