@@ -33,8 +33,14 @@ class ApplianceRun:
     lines: list[str] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"outcome": self.outcome, "reason": self.reason, "archive": self.archive, "device_id": self.device_id,
-                "certificate_serial": self.certificate_serial, "logs": self.logs}
+        return {
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "archive": self.archive,
+            "device_id": self.device_id,
+            "certificate_serial": self.certificate_serial,
+            "logs": self.logs,
+        }
 
 
 def _member_bytes(data: bytes, member: str) -> bytes | None:
@@ -55,7 +61,9 @@ def _pem(content: bytes | None, kind: str) -> bytes | None:
     if not content:
         return None
     for match in PEM_RE.finditer(content):
-        if (kind == "CERTIFICATE" and match.group(1) == b"CERTIFICATE") or (kind == "KEY" and match.group(1).endswith(b"PRIVATE KEY")):
+        if (kind == "CERTIFICATE" and match.group(1) == b"CERTIFICATE") or (
+            kind == "KEY" and match.group(1).endswith(b"PRIVATE KEY")
+        ):
             return match.group(0)
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -64,7 +72,9 @@ def _pem(content: bytes | None, kind: str) -> bytes | None:
         if kind == "CERTIFICATE":
             return x509.load_der_x509_certificate(content).public_bytes(serialization.Encoding.PEM)
         key = serialization.load_der_private_key(content, password=None)
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     except ValueError:
         return None
 
@@ -90,7 +100,11 @@ class Appliance:
         found = [e for e in archives(target) if e.kind == "file"]
         self._log(run, f"usb drive found; {len(found)} configuration archive(s) at the root")
         if len(found) != 1:
-            run.reason = "no configuration archive on the drive" if not found else f"{len(found)} archives on the drive; expected one"
+            run.reason = (
+                "no configuration archive on the drive"
+                if not found
+                else f"{len(found)} archives on the drive; expected one"
+            )
             self._log(run, run.reason)
             return run
         run.archive = found[0].name
@@ -103,7 +117,9 @@ class Appliance:
         if report.network is not None:
             self._log(run, "network configuration: " + (", ".join(sorted(report.network)) or "defaults"))
         if report.outcome in (Outcome.CORRUPT, Outcome.UNVERIFIABLE) or cert_info is None or not run.device_id:
-            run.reason = "archive unusable: " + (report.summary() if report.outcome is not Outcome.OK else "no device id")
+            run.reason = "archive unusable: " + (
+                report.summary() if report.outcome is not Outcome.OK else "no device id"
+            )
             self._log(run, run.reason)
             return run
         return self._claim(run, report, data)
@@ -118,10 +134,15 @@ class Appliance:
             run.reason = "archive unusable: certificate or key unreadable"
             self._log(run, run.reason)
             return run
-        self._log(run, f"registering {run.device_id} with certificate serial {cert.serial} (valid until {iso(cert.not_after)})")
+        self._log(
+            run,
+            f"registering {run.device_id} with certificate serial {cert.serial} (valid until {iso(cert.not_after)})",
+        )
         try:
-            post_claim(self.endpoint_url, build_claim(run.device_id, cert_pem, key_pem, self.clock.now(),
-                                                      serial_number=self.serial_number))
+            post_claim(
+                self.endpoint_url,
+                build_claim(run.device_id, cert_pem, key_pem, self.clock.now(), serial_number=self.serial_number),
+            )
         except ClaimRejected as exc:
             run.reason = f"registration refused: {exc.message}"
             self._log(run, run.reason)
@@ -138,14 +159,12 @@ class Appliance:
         stamp = iso(self.clock.now())
         logs = {
             "occ.log": "\n".join(run.lines) + "\n",
-            "ota_agent.log": f"{stamp} ota_agent: started\n"
-                             f"{stamp} ota_agent: provisioning {run.outcome}\n",
+            "ota_agent.log": f"{stamp} ota_agent: started\n{stamp} ota_agent: provisioning {run.outcome}\n",
             "syslog.log": f"{stamp} panorama-sim systemd[1]: Started provisioning from USB.\n"
-                          f"{stamp} panorama-sim occ[101]: {run.outcome}: {run.reason}\n",
+            f"{stamp} panorama-sim occ[101]: {run.outcome}: {run.reason}\n",
             "kern.log": f"{stamp} panorama-sim kernel: usb 2-1: new SuperSpeed USB device\n"
-                        f"{stamp} panorama-sim kernel: sd 0:0:0:0: [sda] Attached SCSI removable disk\n",
+            f"{stamp} panorama-sim kernel: sd 0:0:0:0: [sda] Attached SCSI removable disk\n",
         }
         for name, text in logs.items():
             target.write(f"{LOG_DIR}/{name}", text.encode())
             run.logs.append(f"/{LOG_DIR}/{name}")
-

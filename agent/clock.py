@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -22,7 +22,7 @@ class SystemClock:
         self.offset = timedelta(seconds=offset_seconds)
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc) + self.offset
+        return datetime.now(UTC) + self.offset
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -32,7 +32,7 @@ class ManualClock:
     """A clock that moves only when told to (tests of expiry and lifecycles)."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
         self._mono = 0.0
 
     def now(self) -> datetime:
@@ -48,7 +48,7 @@ class ManualClock:
 
 def utc(dt: datetime) -> datetime:
     """Make ``dt`` aware UTC (naive values are taken as UTC)."""
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def parse_iso(text: str) -> datetime:

@@ -15,9 +15,10 @@ import os
 import re
 import tomllib
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
@@ -128,8 +129,11 @@ def _shown(value: Any, limit: int = 80) -> str:
 @dataclass(frozen=True)
 class BackendSettings:
     name: str = _opt("local", "which authority to talk to: local (embedded) or aws", choices=("local", "aws"))
-    endpoint_url: str = _opt("", "an authority that speaks the protocol, as an http:// or https:// URL; overrides name",
-                             check=endpoint_url_problem)
+    endpoint_url: str = _opt(
+        "",
+        "an authority that speaks the protocol, as an http:// or https:// URL; overrides name",
+        check=endpoint_url_problem,
+    )
     region: str = _opt("us-east-1", "region for signing and for the aws endpoints")
     profile: str = _opt("", "AWS profile for the aws and endpoint backends (empty: default chain)")
     connect_timeout: float = _opt(5.0, "seconds to wait for a connection", min=0.1)
@@ -145,9 +149,13 @@ class AuthoritySettings:
     device_quota: int = _opt(0, "devices it will hold before answering 402 (0: no limit)", min=0)
     unique_names: bool = _opt(True, "answer 409 to ProvisionDevice for a name already in use")
     job_step_seconds: float = _opt(2.0, "seconds each job, import or task state lasts", min=0.0)
-    regions: tuple[str, ...] = _opt((), "regions a request's credential scope may name, others are refused (403 "
-                                    "InvalidSignatureException); empty: backend.region only; in the environment "
-                                    "comma-separated", check=regions_problem)
+    regions: tuple[str, ...] = _opt(
+        (),
+        "regions a request's credential scope may name, others are refused (403 "
+        "InvalidSignatureException); empty: backend.region only; in the environment "
+        "comma-separated",
+        check=regions_problem,
+    )
     access_key_id: str = _opt("", "access key it accepts (empty: generated into its state dir)")
     secret_access_key: str = _opt("", "secret for access_key_id (prefer the environment to the file)")
 
@@ -169,13 +177,25 @@ class StageSettings:
     margin_seconds: float = _opt(60.0, "do not write when less validity than this is left; start over instead", min=0.0)
     skew_seconds: float = _opt(30.0, "tolerated difference between our clock and the certificate's issuer", min=0.0)
     restarts: int = _opt(1, "times to start over when a fresh archive is already inside the margin", min=0, max=5)
-    certificate_seconds: int = _opt(300, "how long the service's certificates live (documented: 5 minutes): a device "
-                                    "awaiting provisioning younger than this may be on another station's stick (the "
-                                    "local backend uses authority.cert_validity_seconds)", min=1)
-    station: str = _opt("", "this station's name, in the hand-off log and on the devices it provisions (empty: the "
-                        "host name); give each station sharing one service its own", check=operator_problem)
-    operator: str = _opt("", f"who stages (recorded in the hand-off log; empty: $USER); at most {OPERATOR_MAX} "
-                         "characters, no control characters", check=operator_problem)
+    certificate_seconds: int = _opt(
+        300,
+        "how long the service's certificates live (documented: 5 minutes): a device "
+        "awaiting provisioning younger than this may be on another station's stick (the "
+        "local backend uses authority.cert_validity_seconds)",
+        min=1,
+    )
+    station: str = _opt(
+        "",
+        "this station's name, in the hand-off log and on the devices it provisions (empty: the "
+        "host name); give each station sharing one service its own",
+        check=operator_problem,
+    )
+    operator: str = _opt(
+        "",
+        f"who stages (recorded in the hand-off log; empty: $USER); at most {OPERATOR_MAX} "
+        "characters, no control characters",
+        check=operator_problem,
+    )
     allow_non_fat: bool = _opt(False, "accept a directory on a non-FAT filesystem as a stick (lab use)")
 
 
@@ -197,16 +217,27 @@ class StickSettings:
 @dataclass(frozen=True)
 class DaemonSettings:
     max_attempts: int = _opt(3, "hand-offs tried per plan entry before it needs attention", min=1)
-    expired_return: str = _opt("restage", "a stick back with an expired archive of a device not yet provisioned",
-                               choices=("restage", "leave"))
-    returned_logs: str = _opt("collect-wipe", "a stick back with appliance logs",
-                              choices=("collect-wipe", "collect", "leave"))
-    poll_seconds: float = _opt(10.0, "follow-up: first wait before asking the service about staged devices and "
-                               "running jobs again (after a change)", min=0.1)
+    expired_return: str = _opt(
+        "restage", "a stick back with an expired archive of a device not yet provisioned", choices=("restage", "leave")
+    )
+    returned_logs: str = _opt(
+        "collect-wipe", "a stick back with appliance logs", choices=("collect-wipe", "collect", "leave")
+    )
+    poll_seconds: float = _opt(
+        10.0,
+        "follow-up: first wait before asking the service about staged devices and running jobs again (after a change)",
+        min=0.1,
+    )
     poll_max_seconds: float = _opt(600.0, "follow-up: the wait doubles while nothing changes, up to this", min=0.1)
-    followup_hours: float = _opt(72.0, "follow-up: a staged device not online, or a job not finished, this long "
-                                 "after its last change needs attention (no more asking)", min=0.01)
-    notify: str = _opt("auto", "desktop notification, terminal bell, or none", choices=("auto", "desktop", "bell", "none"))
+    followup_hours: float = _opt(
+        72.0,
+        "follow-up: a staged device not online, or a job not finished, this long "
+        "after its last change needs attention (no more asking)",
+        min=0.01,
+    )
+    notify: str = _opt(
+        "auto", "desktop notification, terminal bell, or none", choices=("auto", "desktop", "bell", "none")
+    )
     shutdown_grace_seconds: float = _opt(20.0, "on SIGTERM, how long in-flight hand-offs may take to finish", min=0.0)
     receive_buffer_bytes: int = _opt(128 << 20, "udev monitor socket buffer (raised where permitted)", min=0)
 
@@ -265,8 +296,9 @@ def _section_fields() -> dict[str, dict[str, dataclasses.Field]]:
 
 
 def _type_name(fld: dataclasses.Field) -> str:
-    return {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
-            "tuple": "list of strings"}[_type_of(fld).__name__]
+    return {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "tuple": "list of strings"}[
+        _type_of(fld).__name__
+    ]
 
 
 def _a(noun: str) -> str:
@@ -403,10 +435,7 @@ def load(
         sources[dotted] = "flag --" + key.replace("_", "-")
 
     settings = Settings(
-        **{
-            section: type(getattr(Settings(), section))(**section_values)
-            for section, section_values in values.items()
-        }
+        **{section: type(getattr(Settings(), section))(**section_values) for section, section_values in values.items()}
     )
     return LoadedConfig(settings=settings, sources=sources, files=read)
 
@@ -415,7 +444,9 @@ def _read_file(path: Path, fields: dict[str, dict[str, dataclasses.Field]]):
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}", hint="see the configuration reference in the README") from None
+        raise ConfigError(
+            f"{path}: not valid TOML: {exc}", hint="see the configuration reference in the README"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:

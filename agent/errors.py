@@ -8,9 +8,10 @@ and structured ``details``.  The CLI maps it to its exit code in one place
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Iterable
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -173,7 +174,9 @@ def to_error(exc: BaseException) -> PanostageError:
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
         return PanostageError(
-            f"{exc.strerror or exc}{where}", exit_code=ExitCode.IO, reason="io",
+            f"{exc.strerror or exc}{where}",
+            exit_code=ExitCode.IO,
+            reason="io",
             hint="check the path, its permissions and free space",
         )
     return PanostageError(
@@ -184,20 +187,35 @@ def to_error(exc: BaseException) -> PanostageError:
 
 #: SQLite result codes (by name prefix, or by message when the name is missing) and what to do.
 _SQLITE_FAULTS: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...] = (
-    (("SQLITE_FULL",), ("database or disk is full",),
-     "free space on the filesystem holding the state directory, then run the command again"),
-    (("SQLITE_READONLY",), ("readonly database",),
-     "the state directory's filesystem is read-only or the database file is not writable: remount it "
-     "read-write (dmesg says why it went read-only) or give the user running panostage write access"),
-    (("SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"), ("unable to open database file", "access permission denied"),
-     "check that the state directory exists and that the user running panostage may read and write it "
-     "and the files in it (owner, mode)"),
-    (("SQLITE_CORRUPT", "SQLITE_NOTADB"), ("database disk image is malformed", "file is not a database"),
-     "the database is damaged: stop panostage, move the database file (and its -wal and -shm files) aside and "
-     "restore it from a backup; without one, a new empty database is created (the plan and enrolled sticks "
-     "must then be entered again)"),
-    (("SQLITE_IOERR",), ("disk i/o error",),
-     "the state directory's disk reported an I/O error: check dmesg, free space and the disk's health"),
+    (
+        ("SQLITE_FULL",),
+        ("database or disk is full",),
+        "free space on the filesystem holding the state directory, then run the command again",
+    ),
+    (
+        ("SQLITE_READONLY",),
+        ("readonly database",),
+        "the state directory's filesystem is read-only or the database file is not writable: remount it "
+        "read-write (dmesg says why it went read-only) or give the user running panostage write access",
+    ),
+    (
+        ("SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"),
+        ("unable to open database file", "access permission denied"),
+        "check that the state directory exists and that the user running panostage may read and write it "
+        "and the files in it (owner, mode)",
+    ),
+    (
+        ("SQLITE_CORRUPT", "SQLITE_NOTADB"),
+        ("database disk image is malformed", "file is not a database"),
+        "the database is damaged: stop panostage, move the database file (and its -wal and -shm files) aside and "
+        "restore it from a backup; without one, a new empty database is created (the plan and enrolled sticks "
+        "must then be entered again)",
+    ),
+    (
+        ("SQLITE_IOERR",),
+        ("disk i/o error",),
+        "the state directory's disk reported an I/O error: check dmesg, free space and the disk's health",
+    ),
 )
 
 
@@ -209,15 +227,22 @@ def _sqlite_error(exc: Exception) -> PanostageError | None:
     details = {"database": database, "sqlite_error": name or None}
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "is locked" in text.lower():
         return PanostageError(
-            f"state database {database}: {text}", exit_code=ExitCode.CONFLICT, reason="state-db-locked",
+            f"state database {database}: {text}",
+            exit_code=ExitCode.CONFLICT,
+            reason="state-db-locked",
             hint="another panostage process holds it (the daemon, or a long command): wait for it, then run this "
-                 "again; `fuser` on the database file shows which process",
+            "again; `fuser` on the database file shows which process",
             details=details,
         )
     for names, texts, hint in _SQLITE_FAULTS:
         if name.startswith(names) or any(t in text.lower() for t in texts):
-            return PanostageError(f"state database {database}: {text}", exit_code=ExitCode.IO,
-                                  reason="state-db", hint=hint, details=details)
+            return PanostageError(
+                f"state database {database}: {text}",
+                exit_code=ExitCode.IO,
+                reason="state-db",
+                hint=hint,
+                details=details,
+            )
     return None
 
 
@@ -225,17 +250,26 @@ def _state_db_os_error(exc: OSError) -> PanostageError:
     """The state database could not even be opened (read-only, full, no permission, I/O error)."""
     import errno
 
-    by_errno = {errno.ENOSPC: "SQLITE_FULL", errno.EDQUOT: "SQLITE_FULL", errno.EROFS: "SQLITE_READONLY",
-                errno.EACCES: "SQLITE_CANTOPEN", errno.EPERM: "SQLITE_CANTOPEN", errno.ENOENT: "SQLITE_CANTOPEN",
-                errno.ENOTDIR: "SQLITE_CANTOPEN"}
+    by_errno = {
+        errno.ENOSPC: "SQLITE_FULL",
+        errno.EDQUOT: "SQLITE_FULL",
+        errno.EROFS: "SQLITE_READONLY",
+        errno.EACCES: "SQLITE_CANTOPEN",
+        errno.EPERM: "SQLITE_CANTOPEN",
+        errno.ENOENT: "SQLITE_CANTOPEN",
+        errno.ENOTDIR: "SQLITE_CANTOPEN",
+    }
     like = by_errno.get(exc.errno or 0, "SQLITE_IOERR")
     hint = next(hint for names, _texts, hint in _SQLITE_FAULTS if like in names)
     name = errno.errorcode.get(exc.errno or 0, "error")
-    database = getattr(exc, "database")
+    database = exc.database
     return PanostageError(
         f"state database {database}: cannot open it: {exc.strerror or exc} [{name}]"
         + (f" ({exc.filename})" if exc.filename and str(exc.filename) != database else ""),
-        exit_code=ExitCode.IO, reason="state-db", hint=hint, details={"database": database, "errno": name},
+        exit_code=ExitCode.IO,
+        reason="state-db",
+        hint=hint,
+        details={"database": database, "errno": name},
     )
 
 
@@ -245,7 +279,7 @@ def _short_repr(value: Any, limit: int = 80) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+    if (isinstance(value, float) and value != value) or value in (float("inf"), float("-inf")):
         return repr(value)  # NaN/inf are not JSON
     if value is None or isinstance(value, (str, int, float, bool)):
         return value

@@ -15,7 +15,9 @@ def write_file_atomic(path: Path, data: bytes, *, mode: int = 0o600, overwrite: 
     """
     path = Path(path)
     if path.is_symlink():
-        raise PanostageError(f"{path} is a symlink; refusing to write through it", exit_code=ExitCode.IO, reason="symlink")
+        raise PanostageError(
+            f"{path} is a symlink; refusing to write through it", exit_code=ExitCode.IO, reason="symlink"
+        )
     if path.exists() and not overwrite:
         raise PanostageError(
             f"{path} exists", exit_code=ExitCode.CONFLICT, reason="exists", hint="pass --force to replace it"

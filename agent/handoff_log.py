@@ -17,10 +17,11 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from agent.clock import iso
 from agent.errors import ExitCode, PanostageError
@@ -72,7 +73,7 @@ def _refuse_key_material(record: dict[str, Any], line: bytes) -> None:
         f"refusing to log a {record.get('kind')!r} record: {', '.join(fields)} looks like private key material "
         "(holds 'PRIVATE KEY')",
         hint="hand-off records hold hashes, serials and fingerprints, never keys; "
-             "check the value given for that field (e.g. stage.operator / PANOSTAGE_STAGE_OPERATOR)",
+        "check the value given for that field (e.g. stage.operator / PANOSTAGE_STAGE_OPERATOR)",
         details={"fields": fields},
     )
 
@@ -98,7 +99,7 @@ class HandoffLog:
     """The log in ``state_dir``; safe to append from several processes."""
 
     state_dir: Path
-    journal: "Journal | None" = None
+    journal: Journal | None = None
     path: Path = field(init=False)
     head_path: Path = field(init=False)
 
@@ -153,8 +154,10 @@ class HandoffLog:
             if head is None and digest != GENESIS:
                 raise self._damaged(f"{self.head_path} is missing but {self.path} holds records")
             if head is not None and head[1] != digest:
-                raise self._damaged(f"{self.head_path} does not match the last record of {self.path} "
-                                    "(the last record was edited, replaced or cut off)")
+                raise self._damaged(
+                    f"{self.head_path} does not match the last record of {self.path} "
+                    "(the last record was edited, replaced or cut off)"
+                )
         finally:
             os.close(fd)
 
@@ -247,7 +250,9 @@ class HandoffLog:
     def _damaged(self, what: str) -> PanostageError:
         return PanostageError(
             f"{what}; refusing to extend a broken chain",
-            exit_code=ExitCode.VERIFY_CORRUPT, reason="log-damaged", hint="run `panostage log verify`",
+            exit_code=ExitCode.VERIFY_CORRUPT,
+            reason="log-damaged",
+            hint="run `panostage log verify`",
             details={"path": str(self.path), "head": str(self.head_path)},
         )
 
@@ -291,7 +296,7 @@ class HandoffLog:
                 except ValueError:
                     continue
 
-    def verify(self) -> "ChainReport":
+    def verify(self) -> ChainReport:
         """Check the chain and name every break: edited, deleted, inserted, reordered."""
         raw_lines = self.path.read_bytes().splitlines(keepends=True) if self.path.exists() else []
         problems: list[dict[str, Any]] = []
@@ -300,7 +305,9 @@ class HandoffLog:
         for number, raw in enumerate(raw_lines, start=1):
             entry = _parse(raw)
             if entry is None:
-                problems.append({"line": number, "problem": "unreadable", "message": f"line {number} is not a record (edited?)"})
+                problems.append(
+                    {"line": number, "problem": "unreadable", "message": f"line {number} is not a record (edited?)"}
+                )
                 continue
             by_seq.setdefault(entry[0], []).append((number, raw, entry[1]))
             order.append(entry[0])
@@ -309,7 +316,9 @@ class HandoffLog:
         last_hash = line_hash(by_seq[last_seq][-1][1]) if by_seq else GENESIS
         last_prev = by_seq[last_seq][-1][2] if by_seq else GENESIS
         problems += self._check_head(len(raw_lines), last_hash, last_seq, last_prev)
-        return ChainReport(records=len(raw_lines), problems=sorted(problems, key=lambda p: p["line"]), path=str(self.path))
+        return ChainReport(
+            records=len(raw_lines), problems=sorted(problems, key=lambda p: p["line"]), path=str(self.path)
+        )
 
     def _check_head(self, count: int, last_hash: str, last_seq: int, last_prev: str) -> list[dict[str, Any]]:
         """The head file pins the last record: catches an edited or cut-off end."""
@@ -322,9 +331,16 @@ class HandoffLog:
         if head_hash == last_hash:
             return []
         if head_seq > last_seq:
-            return [{"line": count, "problem": "deleted",
-                     "message": f"records after seq {last_seq} (up to seq {head_seq}) were deleted from the end"}]
-        return [{"line": count, "problem": "edited", "message": f"line {count} (the last record) was edited or replaced"}]
+            return [
+                {
+                    "line": count,
+                    "problem": "deleted",
+                    "message": f"records after seq {last_seq} (up to seq {head_seq}) were deleted from the end",
+                }
+            ]
+        return [
+            {"line": count, "problem": "edited", "message": f"line {count} (the last record) was edited or replaced"}
+        ]
 
     def _read_head(self) -> tuple[int, str] | None:
         try:
@@ -371,9 +387,13 @@ def _parse(raw: bytes) -> tuple[int, str] | None:
 
 def _duplicates(by_seq: dict[int, list[tuple[int, bytes, str]]]) -> list[dict[str, Any]]:
     return [
-        {"line": entries[1][0], "problem": "inserted",
-         "message": f"seq {seq} appears {len(entries)} times (lines {', '.join(str(e[0]) for e in entries)}): a record was inserted"}
-        for seq, entries in by_seq.items() if len(entries) > 1
+        {
+            "line": entries[1][0],
+            "problem": "inserted",
+            "message": f"seq {seq} appears {len(entries)} times (lines {', '.join(str(e[0]) for e in entries)}): a record was inserted",
+        }
+        for seq, entries in by_seq.items()
+        if len(entries) > 1
     ]
 
 
@@ -382,7 +402,13 @@ def _gaps(by_seq: dict[int, list[tuple[int, bytes, str]]]) -> list[dict[str, Any
     for seq in sorted(by_seq):
         if seq > expected:
             gone = f"seq {expected}" if seq == expected + 1 else f"seq {expected}–{seq - 1}"
-            problems.append({"line": by_seq[seq][0][0], "problem": "deleted", "message": f"{gone} deleted (before line {by_seq[seq][0][0]})"})
+            problems.append(
+                {
+                    "line": by_seq[seq][0][0],
+                    "problem": "deleted",
+                    "message": f"{gone} deleted (before line {by_seq[seq][0][0]})",
+                }
+            )
         expected = seq + 1
     return problems
 
@@ -392,8 +418,13 @@ def _disorder(order: list[int], by_seq: dict[int, list[tuple[int, bytes, str]]])
     for seq in order:
         if seq < highest and len(by_seq[seq]) == 1:
             line = by_seq[seq][0][0]
-            problems.append({"line": line, "problem": "reordered",
-                             "message": f"line {line} (seq {seq}) comes after seq {highest}: records were reordered"})
+            problems.append(
+                {
+                    "line": line,
+                    "problem": "reordered",
+                    "message": f"line {line} (seq {seq}) comes after seq {highest}: records were reordered",
+                }
+            )
         highest = max(highest, seq)
     return problems
 
@@ -411,8 +442,13 @@ def _broken_links(by_seq: dict[int, list[tuple[int, bytes, str]]]) -> list[dict[
             continue
         before = by_seq.get(seq - 1)
         if before and len(before) == 1 and line_hash(before[0][1]) != prev:
-            problems.append({"line": before[0][0], "problem": "edited",
-                             "message": f"line {before[0][0]} (seq {seq - 1}) was edited: seq {seq} recorded another hash for it"})
+            problems.append(
+                {
+                    "line": before[0][0],
+                    "problem": "edited",
+                    "message": f"line {before[0][0]} (seq {seq - 1}) was edited: seq {seq} recorded another hash for it",
+                }
+            )
     return problems
 
 

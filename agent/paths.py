@@ -52,7 +52,7 @@ def write_all(fd: int, data: bytes) -> None:
     """``os.write`` until all of ``data`` is written (a nearly full filesystem takes part of a write)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def discard(path: Path) -> None:

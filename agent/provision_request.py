@@ -7,8 +7,9 @@ address given for a DHCP port, a tag without ``=``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from agent.errors import UsageError
 

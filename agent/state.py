@@ -15,11 +15,12 @@ import os
 import sqlite3
 import threading
 import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from agent.clock import iso
 from agent.errors import ExitCode, PanostageError
@@ -31,8 +32,19 @@ SCHEMA_VERSION = 1
 #: a failed hand-off returns the entry to pending, or to attention after too many tries.
 PLAN_STATUSES = ("pending", "claimed", "staged", "provisioned", "done", "attention")
 #: Hand-off states, in order; the last five are terminal.
-HANDOFF_STATES = ("claimed", "provisioning", "provisioned", "writing", "written", "verified",
-                  "ready", "failed", "abandoned", "recovered", "returned")
+HANDOFF_STATES = (
+    "claimed",
+    "provisioning",
+    "provisioned",
+    "writing",
+    "written",
+    "verified",
+    "ready",
+    "failed",
+    "abandoned",
+    "recovered",
+    "returned",
+)
 TERMINAL_HANDOFF = {"ready", "failed", "abandoned", "recovered", "returned"}
 
 SCHEMA = """
@@ -132,7 +144,7 @@ def _writer_lock(path: Path) -> threading.RLock:
 
 
 def _now() -> str:
-    return iso(datetime.now(timezone.utc))
+    return iso(datetime.now(UTC))
 
 
 def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
@@ -165,8 +177,10 @@ class StateDB:
             raise
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise StateError(f"{self.path} was written by a newer panostage (schema {version})",
-                             hint="upgrade panostage, or point --state-dir elsewhere")
+            raise StateError(
+                f"{self.path} was written by a newer panostage (schema {version})",
+                hint="upgrade panostage, or point --state-dir elsewhere",
+            )
         if version < SCHEMA_VERSION:  # executescript commits by itself: the script is its own transaction
             with self._writer:
                 self.db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
@@ -177,8 +191,9 @@ class StateDB:
     def db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=True,
-                                   factory=_Connection)
+            conn = sqlite3.connect(
+                self.path, timeout=10, isolation_level=None, check_same_thread=True, factory=_Connection
+            )
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
@@ -213,18 +228,27 @@ class StateDB:
         now = _now()
         with self.transaction() as db:
             names = [name for name, _, _ in entries]
-            clash = [r["name"] for r in db.execute(
-                f"SELECT name FROM plan WHERE name IN ({','.join('?' * len(names))})", names)] if names else []
+            clash = (
+                [
+                    r["name"]
+                    for r in db.execute(f"SELECT name FROM plan WHERE name IN ({','.join('?' * len(names))})", names)
+                ]
+                if names
+                else []
+            )
             if clash:
-                raise StateError(f"already in the plan: {', '.join(sorted(clash))}",
-                                 hint="remove them first (`panostage plan remove`), or use other names",
-                                 details={"names": sorted(clash)})
+                raise StateError(
+                    f"already in the plan: {', '.join(sorted(clash))}",
+                    hint="remove them first (`panostage plan remove`), or use other names",
+                    details={"names": sorted(clash)},
+                )
             position = db.execute("SELECT COALESCE(MAX(position), 0) FROM plan").fetchone()[0]
             ids = []
             for offset, (name, request, actions) in enumerate(entries, start=1):
                 cur = db.execute(
                     "INSERT INTO plan (name, request, actions, position, created_at, updated_at) VALUES (?,?,?,?,?,?)",
-                    (name, json.dumps(request), json.dumps(actions or {}), position + offset, now, now))
+                    (name, json.dumps(request), json.dumps(actions or {}), position + offset, now, now),
+                )
                 ids.append(cur.lastrowid)
         return ids
 
@@ -235,20 +259,29 @@ class StateDB:
     def brief(self, status: str) -> list[dict[str, Any]]:
         """Entries of ``status`` with only what following them up needs (no JSON decoded): id, name, device_id,
         updated_at - a pass over a thousand staged entries reads them every time."""
-        return [dict(r) for r in self.db.execute(
-            "SELECT id, name, device_id, updated_at FROM plan WHERE status = ? ORDER BY position", (status,))]
+        return [
+            dict(r)
+            for r in self.db.execute(
+                "SELECT id, name, device_id, updated_at FROM plan WHERE status = ? ORDER BY position", (status,)
+            )
+        ]
 
     def entry(self, ref: str | int) -> dict[str, Any]:
         """A plan entry by ID or device name."""
-        row = self.db.execute("SELECT * FROM plan WHERE id = ? OR name = ?",
-                              (int(ref) if str(ref).isdigit() else -1, str(ref))).fetchone()
+        row = self.db.execute(
+            "SELECT * FROM plan WHERE id = ? OR name = ?", (int(ref) if str(ref).isdigit() else -1, str(ref))
+        ).fetchone()
         if row is None:
-            raise PanostageError(f"no plan entry {ref!r}", exit_code=ExitCode.NOT_FOUND, reason="not-found",
-                                 hint="`panostage plan list` shows the plan")
+            raise PanostageError(
+                f"no plan entry {ref!r}",
+                exit_code=ExitCode.NOT_FOUND,
+                reason="not-found",
+                hint="`panostage plan list` shows the plan",
+            )
         return _row(row)
 
     def plan_counts(self) -> dict[str, int]:
-        counts = {status: 0 for status in PLAN_STATUSES}
+        counts = dict.fromkeys(PLAN_STATUSES, 0)
         for row in self.db.execute("SELECT status, COUNT(*) AS n FROM plan GROUP BY status"):
             counts[row["status"]] = row["n"]
         return counts
@@ -259,7 +292,8 @@ class StateDB:
             row = db.execute(
                 "UPDATE plan SET status = 'claimed', handoff_id = ?, attempts = attempts + 1, updated_at = ? "
                 "WHERE id = (SELECT id FROM plan WHERE status = 'pending' ORDER BY position LIMIT 1) RETURNING *",
-                (handoff_id, _now())).fetchone()
+                (handoff_id, _now()),
+            ).fetchone()
         return _row(row)
 
     def set_entry(self, entry_id: int, **fields: Any) -> None:
@@ -277,8 +311,10 @@ class StateDB:
             if row is None:
                 return "gone"
             status = "attention" if row["attempts"] >= max_attempts else "pending"
-            db.execute("UPDATE plan SET status = ?, last_error = ?, handoff_id = NULL, updated_at = ? WHERE id = ?",
-                       (status, error[:500], _now(), entry_id))
+            db.execute(
+                "UPDATE plan SET status = ?, last_error = ?, handoff_id = NULL, updated_at = ? WHERE id = ?",
+                (status, error[:500], _now(), entry_id),
+            )
         return status
 
     def remove_entry(self, ref: str | int) -> dict[str, Any]:
@@ -290,8 +326,11 @@ class StateDB:
     def retry_entry(self, ref: str | int) -> dict[str, Any]:
         with self.transaction() as db:
             entry = self._unclaimed_entry(ref)
-            row = db.execute("UPDATE plan SET status = 'pending', attempts = 0, last_error = NULL, handoff_id = NULL, "
-                             "updated_at = ? WHERE id = ? RETURNING *", (_now(), entry["id"])).fetchone()
+            row = db.execute(
+                "UPDATE plan SET status = 'pending', attempts = 0, last_error = NULL, handoff_id = NULL, "
+                "updated_at = ? WHERE id = ? RETURNING *",
+                (_now(), entry["id"]),
+            ).fetchone()
         return _row(row)
 
     def _unclaimed_entry(self, ref: str | int) -> dict[str, Any]:
@@ -304,26 +343,40 @@ class StateDB:
 
     def enroll(self, identity: str, *, label: str | None = None, note: str | None = None) -> None:
         with self.transaction() as db:
-            db.execute("INSERT INTO enrolled (identity, label, note, enrolled_at) VALUES (?,?,?,?) "
-                       "ON CONFLICT(identity) DO UPDATE SET label = excluded.label, note = excluded.note, "
-                       "enrolled_at = excluded.enrolled_at, revoked_at = NULL", (identity, label, note, _now()))
+            db.execute(
+                "INSERT INTO enrolled (identity, label, note, enrolled_at) VALUES (?,?,?,?) "
+                "ON CONFLICT(identity) DO UPDATE SET label = excluded.label, note = excluded.note, "
+                "enrolled_at = excluded.enrolled_at, revoked_at = NULL",
+                (identity, label, note, _now()),
+            )
 
     def revoke(self, identity: str) -> None:
         with self.transaction() as db:
-            cur = db.execute("UPDATE enrolled SET revoked_at = ? WHERE identity = ? AND revoked_at IS NULL",
-                             (_now(), identity))
+            cur = db.execute(
+                "UPDATE enrolled SET revoked_at = ? WHERE identity = ? AND revoked_at IS NULL", (_now(), identity)
+            )
             if cur.rowcount == 0:
-                raise PanostageError(f"{identity} is not enrolled", exit_code=ExitCode.NOT_FOUND, reason="not-found",
-                                     hint="`panostage stick list` shows the enrolled sticks")
+                raise PanostageError(
+                    f"{identity} is not enrolled",
+                    exit_code=ExitCode.NOT_FOUND,
+                    reason="not-found",
+                    hint="`panostage stick list` shows the enrolled sticks",
+                )
 
     def is_enrolled(self, identity: str | None) -> bool:
         if not identity:
             return False
-        row = self.db.execute("SELECT 1 FROM enrolled WHERE identity = ? AND revoked_at IS NULL", (identity,)).fetchone()
+        row = self.db.execute(
+            "SELECT 1 FROM enrolled WHERE identity = ? AND revoked_at IS NULL", (identity,)
+        ).fetchone()
         return row is not None
 
     def enrolled(self, *, include_revoked: bool = False) -> list[dict[str, Any]]:
-        query = "SELECT * FROM enrolled" + ("" if include_revoked else " WHERE revoked_at IS NULL") + " ORDER BY enrolled_at"
+        query = (
+            "SELECT * FROM enrolled"
+            + ("" if include_revoked else " WHERE revoked_at IS NULL")
+            + " ORDER BY enrolled_at"
+        )
         return [dict(r) for r in self.db.execute(query)]
 
     # ---------------------------------------------------------------- hand-offs
@@ -332,14 +385,23 @@ class StateDB:
     def new_id() -> str:
         return uuid.uuid4().hex
 
-    def new_handoff(self, *, stick_identity: str | None, stick: dict[str, Any], handoff_id: str | None = None,
-                    plan_id: int | None = None, device_name: str | None = None) -> str:
+    def new_handoff(
+        self,
+        *,
+        stick_identity: str | None,
+        stick: dict[str, Any],
+        handoff_id: str | None = None,
+        plan_id: int | None = None,
+        device_name: str | None = None,
+    ) -> str:
         handoff_id = handoff_id or self.new_id()
         now = _now()
         with self.transaction() as db:
-            db.execute("INSERT INTO handoffs (id, plan_id, stick_identity, stick, state, device_name, created_at, updated_at) "
-                       "VALUES (?,?,?,?,?,?,?,?)",
-                       (handoff_id, plan_id, stick_identity, json.dumps(stick), "claimed", device_name, now, now))
+            db.execute(
+                "INSERT INTO handoffs (id, plan_id, stick_identity, stick, state, device_name, created_at, updated_at) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (handoff_id, plan_id, stick_identity, json.dumps(stick), "claimed", device_name, now, now),
+            )
         return handoff_id
 
     def update_handoff(self, handoff_id: str, state: str | None = None, **fields: Any) -> None:
@@ -362,23 +424,37 @@ class StateDB:
 
     def unfinished_handoffs(self) -> list[dict[str, Any]]:
         marks = ",".join("?" * len(TERMINAL_HANDOFF))
-        return [_row(r) for r in self.db.execute(
-            f"SELECT * FROM handoffs WHERE state NOT IN ({marks}) ORDER BY created_at", tuple(TERMINAL_HANDOFF))]
+        return [
+            _row(r)
+            for r in self.db.execute(
+                f"SELECT * FROM handoffs WHERE state NOT IN ({marks}) ORDER BY created_at", tuple(TERMINAL_HANDOFF)
+            )
+        ]
 
     def handoffs(self, *, limit: int = 50) -> list[dict[str, Any]]:
         return [_row(r) for r in self.db.execute("SELECT * FROM handoffs ORDER BY created_at DESC LIMIT ?", (limit,))]
 
     # ---------------------------------------------------------------- sticks in view
 
-    def see_stick(self, syspath: str, *, state: str, devnode: str | None = None, identity: str | None = None,
-                  reason: str | None = None, handoff_id: str | None = None) -> None:
+    def see_stick(
+        self,
+        syspath: str,
+        *,
+        state: str,
+        devnode: str | None = None,
+        identity: str | None = None,
+        reason: str | None = None,
+        handoff_id: str | None = None,
+    ) -> None:
         with self.transaction() as db:
-            db.execute("INSERT INTO sticks (syspath, devnode, identity, state, reason, handoff_id, updated_at) "
-                       "VALUES (?,?,?,?,?,?,?) ON CONFLICT(syspath) DO UPDATE SET "
-                       "devnode = COALESCE(excluded.devnode, devnode), identity = COALESCE(excluded.identity, identity), "
-                       "state = excluded.state, reason = excluded.reason, "
-                       "handoff_id = COALESCE(excluded.handoff_id, handoff_id), updated_at = excluded.updated_at",
-                       (syspath, devnode, identity, state, reason, handoff_id, _now()))
+            db.execute(
+                "INSERT INTO sticks (syspath, devnode, identity, state, reason, handoff_id, updated_at) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(syspath) DO UPDATE SET "
+                "devnode = COALESCE(excluded.devnode, devnode), identity = COALESCE(excluded.identity, identity), "
+                "state = excluded.state, reason = excluded.reason, "
+                "handoff_id = COALESCE(excluded.handoff_id, handoff_id), updated_at = excluded.updated_at",
+                (syspath, devnode, identity, state, reason, handoff_id, _now()),
+            )
 
     def forget_stick(self, syspath: str) -> None:
         with self.transaction() as db:
@@ -395,8 +471,10 @@ class StateDB:
 
     def set_fact(self, key: str, value: Any) -> None:
         with self.transaction() as db:
-            db.execute("INSERT INTO daemon (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                       (key, json.dumps(value)))
+            db.execute(
+                "INSERT INTO daemon (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
 
     def facts(self) -> dict[str, Any]:
         return {r["key"]: json.loads(r["value"]) for r in self.db.execute("SELECT key, value FROM daemon")}

@@ -42,9 +42,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -62,15 +63,25 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 2), "p99": round(pct(values, 0.99), 2),
-            "min": round(min(values), 2), "runs": len(values)}
+    return {
+        "median": round(statistics.median(values), 2),
+        "p99": round(pct(values, 0.99), 2),
+        "min": round(min(values), 2),
+        "runs": len(values),
+    }
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PANOSTAGE_", "AWS_"))}
-    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / "xdg"), PANOSTAGE_SYSTEM_CONFIG=str(home / "none.toml"),
-               AWS_CONFIG_FILE=str(home / "none"), AWS_SHARED_CREDENTIALS_FILE=str(home / "none"),
-               AWS_EC2_METADATA_DISABLED="true", **extra)
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / "xdg"),
+        PANOSTAGE_SYSTEM_CONFIG=str(home / "none.toml"),
+        AWS_CONFIG_FILE=str(home / "none"),
+        AWS_SHARED_CREDENTIALS_FILE=str(home / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+        **extra,
+    )
     return env
 
 
@@ -78,8 +89,14 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
 def authority(home: Path, *args: str) -> Iterator[dict[str, Any]]:
     """A `panostage authority serve` process of its own, with known credentials."""
     env = clean_env(home, PANOSTAGE_AUTHORITY_ACCESS_KEY_ID=KEY, PANOSTAGE_AUTHORITY_SECRET_ACCESS_KEY=SECRET)
-    proc = subprocess.Popen([*PANOSTAGE, "authority", "serve", "--port", "0", "--state-dir", str(home / "authority"), *args],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [*PANOSTAGE, "authority", "serve", "--port", "0", "--state-dir", str(home / "authority"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         info = json.loads(proc.stdout.readline())
         info["pid"] = proc.pid
@@ -91,8 +108,14 @@ def authority(home: Path, *args: str) -> Iterator[dict[str, Any]]:
 
 def timed(command: list[str], env: dict[str, str], *, shell: bool = False) -> float:
     start = time.perf_counter()
-    result = subprocess.run(command if not shell else command[0], env=env, cwd=ROOT, shell=shell,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    result = subprocess.run(
+        command if not shell else command[0],
+        env=env,
+        cwd=ROOT,
+        shell=shell,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     elapsed = (time.perf_counter() - start) * 1000
     if result.returncode != 0:
         raise RuntimeError(f"{command[0] if shell else ' '.join(command)} failed: {result.stderr.decode()[-500:]}")
@@ -109,8 +132,15 @@ def bench_cold_start(runs: int) -> list[dict[str, Any]]:
         times = [timed([*PANOSTAGE, "--help"], env) for _ in range(runs)]
         baseline = [timed([sys.executable, "-c", "pass"], env) for _ in range(runs)]
     stats = summary(times)
-    return [{"row": "cli cold start (panostage --help)", "value": f"{stats['median']:.0f} ms median, p99 {stats['p99']:.0f} ms",
-             "goal": "<= 150 ms", "met": stats["median"] <= 150, "data": {**stats, "python_alone_ms": summary(baseline)}}]
+    return [
+        {
+            "row": "cli cold start (panostage --help)",
+            "value": f"{stats['median']:.0f} ms median, p99 {stats['p99']:.0f} ms",
+            "goal": "<= 150 ms",
+            "met": stats["median"] <= 150,
+            "data": {**stats, "python_alone_ms": summary(baseline)},
+        }
+    ]
 
 
 def bench_throughput(calls: int, threads: int) -> list[dict[str, Any]]:
@@ -121,8 +151,12 @@ def bench_throughput(calls: int, threads: int) -> list[dict[str, Any]]:
     from agent.aws.model import new_botocore_session
 
     with tempfile.TemporaryDirectory() as tmp, authority(Path(tmp)) as info:
-        session = boto3.Session(botocore_session=new_botocore_session(), region_name=REGION,
-                                aws_access_key_id=KEY, aws_secret_access_key=SECRET)
+        session = boto3.Session(
+            botocore_session=new_botocore_session(),
+            region_name=REGION,
+            aws_access_key_id=KEY,
+            aws_secret_access_key=SECRET,
+        )
         config = Config(retries={"mode": "standard", "total_max_attempts": 1}, max_pool_connections=threads)
         per_thread = calls // threads
         barrier = threading.Barrier(threads + 1)
@@ -153,15 +187,27 @@ def bench_throughput(calls: int, threads: int) -> list[dict[str, Any]]:
     total = per_thread * threads
     rate = total / elapsed
     server_ms = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) * 1000 / total
-    return [{"row": f"authority ProvisionDevice/s ({threads} client threads)", "value": f"{rate:.0f}/s",
-             "goal": ">= 200/s", "met": rate >= 200,
-             "data": {"calls": total, "seconds": round(elapsed, 3), "per_second": round(rate, 1),
-                      "server_cpu_ms_per_call": round(server_ms, 3)}}]
+    return [
+        {
+            "row": f"authority ProvisionDevice/s ({threads} client threads)",
+            "value": f"{rate:.0f}/s",
+            "goal": ">= 200/s",
+            "met": rate >= 200,
+            "data": {
+                "calls": total,
+                "seconds": round(elapsed, 3),
+                "per_second": round(rate, 1),
+                "server_cpu_ms_per_call": round(server_ms, 3),
+            },
+        }
+    ]
 
 
-RECIPE = ("aws panorama provision-device --name {name} --endpoint-url {url} --query Certificates --output text"
-          " | base64 --decode > {tmp}/{name}.zip"
-          " && mcopy -o -i {image} {tmp}/{name}.zip ::/certificates-omni_{name}.zip && sync; rm -f {tmp}/{name}.zip")
+RECIPE = (
+    "aws panorama provision-device --name {name} --endpoint-url {url} --query Certificates --output text"
+    " | base64 --decode > {tmp}/{name}.zip"
+    " && mcopy -o -i {image} {tmp}/{name}.zip ::/certificates-omni_{name}.zip && sync; rm -f {tmp}/{name}.zip"
+)
 
 
 def bench_stage(runs: int) -> list[dict[str, Any]]:
@@ -173,8 +219,15 @@ def bench_stage(runs: int) -> list[dict[str, Any]]:
 
     aws = Path(sys.executable).with_name("aws")
     if not aws.exists() or not shutil.which("mcopy") or not shutil.which("mkfs.fat"):
-        return [{"row": "stage vs aws-cli recipe", "value": "skipped", "goal": "<= 1/5 of the recipe", "met": None,
-                 "data": {"reason": "needs awscli in the venv, mtools and dosfstools"}}]
+        return [
+            {
+                "row": "stage vs aws-cli recipe",
+                "value": "skipped",
+                "goal": "<= 1/5 of the recipe",
+                "met": None,
+                "data": {"reason": "needs awscli in the venv, mtools and dosfstools"},
+            }
+        ]
     with tempfile.TemporaryDirectory() as tmp_name, authority(Path(tmp_name), "--job-step-seconds", "0.5") as info:
         tmp = Path(tmp_name)
         url = info["endpoint_url"]
@@ -182,18 +235,32 @@ def bench_stage(runs: int) -> list[dict[str, Any]]:
         for kind in ("recipe", "cold", "warm"):
             images[kind] = tmp / f"{kind}.img"
             subprocess.run(["mkfs.fat", "-C", "-F", "32", str(images[kind]), "65536"], check=True, capture_output=True)
-        data_path = subprocess.run([*PANOSTAGE, "config", "data-path"], capture_output=True, text=True, cwd=ROOT,
-                                   env=clean_env(tmp)).stdout.strip()
+        data_path = subprocess.run(
+            [*PANOSTAGE, "config", "data-path"], capture_output=True, text=True, cwd=ROOT, env=clean_env(tmp)
+        ).stdout.strip()
         scratch = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp  # the recipe's zip: keep it off the disk
-        env = clean_env(tmp, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION=REGION,
-                        AWS_DATA_PATH=data_path, PATH=f"{aws.parent}:{os.environ['PATH']}",
-                        PANOSTAGE_BACKEND_ENDPOINT_URL=url, PANOSTAGE_BACKEND_REGION=REGION,
-                        PANOSTAGE_PATHS_STATE_DIR=str(tmp / "state-cold"))
+        env = clean_env(
+            tmp,
+            AWS_ACCESS_KEY_ID=KEY,
+            AWS_SECRET_ACCESS_KEY=SECRET,
+            AWS_DEFAULT_REGION=REGION,
+            AWS_DATA_PATH=data_path,
+            PATH=f"{aws.parent}:{os.environ['PATH']}",
+            PANOSTAGE_BACKEND_ENDPOINT_URL=url,
+            PANOSTAGE_BACKEND_REGION=REGION,
+            PANOSTAGE_PATHS_STATE_DIR=str(tmp / "state-cold"),
+        )
         # the warm path: one process, one backend, one Stager, as the daemon holds them
         os.environ.update(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
-        settings = load(env={"PANOSTAGE_BACKEND_ENDPOINT_URL": url, "PANOSTAGE_BACKEND_REGION": REGION,
-                             "PANOSTAGE_PATHS_STATE_DIR": str(tmp / "state-warm"), "HOME": tmp_name,
-                             "PANOSTAGE_SYSTEM_CONFIG": str(tmp / "none.toml")}).settings
+        settings = load(
+            env={
+                "PANOSTAGE_BACKEND_ENDPOINT_URL": url,
+                "PANOSTAGE_BACKEND_REGION": REGION,
+                "PANOSTAGE_PATHS_STATE_DIR": str(tmp / "state-warm"),
+                "HOME": tmp_name,
+                "PANOSTAGE_SYSTEM_CONFIG": str(tmp / "none.toml"),
+            }
+        ).settings
         backend = open_backend(settings)
         stager = make_stager(settings, backend, SystemClock(), replace=True)
         results: dict[str, list[float]] = {"recipe": [], "cold": [], "warm": []}
@@ -209,31 +276,50 @@ def bench_stage(runs: int) -> list[dict[str, Any]]:
         warm("warmup-0")  # first call pays client creation, as the daemon's first stick does
         timed([RECIPE.format(name="warmup-r", url=url, tmp=scratch, image=images["recipe"])], env, shell=True)
         for n in range(runs):  # interleaved A/B/C so drift hits all three alike
-            results["recipe"].append(timed([RECIPE.format(name=f"r-{n}", url=url, tmp=scratch, image=images["recipe"])],
-                                           env, shell=True))
-            results["cold"].append(timed([*PANOSTAGE, "stage", "--name", f"c-{n}", "--to", str(images["cold"]),
-                                          "--replace", "-q"], env))
+            results["recipe"].append(
+                timed([RECIPE.format(name=f"r-{n}", url=url, tmp=scratch, image=images["recipe"])], env, shell=True)
+            )
+            results["cold"].append(
+                timed([*PANOSTAGE, "stage", "--name", f"c-{n}", "--to", str(images["cold"]), "--replace", "-q"], env)
+            )
             results["warm"].append(warm(f"w-{n}"))
         backend.close()
     stats = {k: summary(v) for k, v in results.items()}
     recipe = stats["recipe"]["median"]
     # what the agent itself adds: the whole warm hand-off minus the service call and the stick's own I/O
-    overhead = [total - sum(s.get(k, 0.0) for k in ("provision", "write", "read_back"))
-                for total, s in zip(results["warm"], steps[1:])]
+    overhead = [
+        total - sum(s.get(k, 0.0) for k in ("provision", "write", "read_back"))
+        for total, s in zip(results["warm"], steps[1:])
+    ]
     step_medians = {k: round(statistics.median(s.get(k, 0.0) for s in steps[1:]), 2) for k in steps[-1]}
     rows = []
     for kind, label in (("warm", "stage, warm process (daemon path)"), ("cold", "stage, cold CLI process")):
         ratio = stats[kind]["median"] / recipe
-        rows.append({"row": f"{label} vs aws-cli recipe",
-                     "value": f"{stats[kind]['median']:.0f} ms (p99 {stats[kind]['p99']:.0f}) vs {recipe:.0f} ms "
-                              f"(p99 {stats['recipe']['p99']:.0f}) = {ratio:.2f}x",
-                     "goal": "<= 0.20x", "met": ratio <= 0.2,
-                     "data": {"panostage": stats[kind], "recipe": stats["recipe"], "ratio": round(ratio, 3),
-                              **({"steps_median_ms": step_medians} if kind == "warm" else {})}})
+        rows.append(
+            {
+                "row": f"{label} vs aws-cli recipe",
+                "value": f"{stats[kind]['median']:.0f} ms (p99 {stats[kind]['p99']:.0f}) vs {recipe:.0f} ms "
+                f"(p99 {stats['recipe']['p99']:.0f}) = {ratio:.2f}x",
+                "goal": "<= 0.20x",
+                "met": ratio <= 0.2,
+                "data": {
+                    "panostage": stats[kind],
+                    "recipe": stats["recipe"],
+                    "ratio": round(ratio, 3),
+                    **({"steps_median_ms": step_medians} if kind == "warm" else {}),
+                },
+            }
+        )
     over = summary(overhead)
-    rows.append({"row": "agent overhead per stage (warm; minus service call and stick I/O)",
-                 "value": f"{over['median']:.1f} ms median, p99 {over['p99']:.1f} ms", "goal": "<= 50 ms p99",
-                 "met": over["p99"] <= 50, "data": over})
+    rows.append(
+        {
+            "row": "agent overhead per stage (warm; minus service call and stick I/O)",
+            "value": f"{over['median']:.1f} ms median, p99 {over['p99']:.1f} ms",
+            "goal": "<= 50 ms p99",
+            "met": over["p99"] <= 50,
+            "data": over,
+        }
+    )
     return rows
 
 
@@ -263,8 +349,12 @@ class DaemonRig:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.env = clean_env(tmp, PANOSTAGE_PATHS_STATE_DIR=str(tmp / "state"), PANOSTAGE_PATHS_RUNTIME_DIR=str(tmp / "run"),
-                             PANOSTAGE_STICKS_ALLOW_NON_USB="true")
+        self.env = clean_env(
+            tmp,
+            PANOSTAGE_PATHS_STATE_DIR=str(tmp / "state"),
+            PANOSTAGE_PATHS_RUNTIME_DIR=str(tmp / "run"),
+            PANOSTAGE_STICKS_ALLOW_NON_USB="true",
+        )
         self.volid = 0x6B000000 + (os.getpid() % 4096) * 256
         self.proc: subprocess.Popen | None = None
 
@@ -288,8 +378,13 @@ class DaemonRig:
         sock = __import__("socket").socket(1, 2)  # AF_UNIX, SOCK_DGRAM: systemd's side of sd_notify
         sock.bind(str(sock_path))
         sock.settimeout(60)
-        self.proc = subprocess.Popen([*PANOSTAGE, "watch"], cwd=ROOT, env={**self.env, "NOTIFY_SOCKET": str(sock_path), **env},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [*PANOSTAGE, "watch"],
+            cwd=ROOT,
+            env={**self.env, "NOTIFY_SOCKET": str(sock_path), **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         while b"READY=1" not in sock.recv(4096):
             pass
         sock.close()
@@ -301,8 +396,9 @@ class DaemonRig:
             self.proc.wait(timeout=60)
 
     def attach(self, image: Path) -> str:
-        return subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            ["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True
+        ).stdout.strip()
 
     def detach(self, dev: str, timeout: float = 30) -> None:
         """Detach, and wait until the daemon has forgotten the stick (so a reused /dev/loopN is a new stick)."""
@@ -360,7 +456,9 @@ class DaemonRig:
 def bench_daemon(runs: int, idle_seconds: float) -> list[dict[str, Any]]:
     """udev event -> ready (one stick, and eight at once), and the idle daemon's footprint."""
     if os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("udevadm"):
-        return [{"row": "daemon rows", "value": "skipped", "goal": "-", "met": None, "data": {"reason": "needs root, udev"}}]
+        return [
+            {"row": "daemon rows", "value": "skipped", "goal": "-", "met": None, "data": {"reason": "needs root, udev"}}
+        ]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_name, udevd_running():
         tmp = Path(tmp_name)
@@ -382,22 +480,53 @@ def bench_daemon(runs: int, idle_seconds: float) -> list[dict[str, Any]]:
         network = _eight_behind_network(tmp / "network", runs, SERVICE_ROUND_TRIP_MS)
     stats = summary(single)
     steps = {"udev_and_dispatch": round(stats["median"] - sum(steps.values()), 2), **steps}
-    rows.append({"row": "udev event -> stick ready (one stick)", "value": f"{stats['median']:.0f} ms median, p99 {stats['p99']:.0f} ms",
-                 "goal": "(reported)", "met": None, "data": {**stats, "steps_median_ms": steps}})
+    rows.append(
+        {
+            "row": "udev event -> stick ready (one stick)",
+            "value": f"{stats['median']:.0f} ms median, p99 {stats['p99']:.0f} ms",
+            "goal": "(reported)",
+            "met": None,
+            "data": {**stats, "steps_median_ms": steps},
+        }
+    )
     ratio = eight / stats["median"]
-    rows.append({"row": "eight sticks at once, all ready", "value": f"{eight:.0f} ms = {ratio:.2f}x one stick",
-                 "goal": "<= 2x one stick", "met": ratio <= 2.0, "data": {"all_ready_ms": round(eight, 1), "ratio": round(ratio, 3)}})
+    rows.append(
+        {
+            "row": "eight sticks at once, all ready",
+            "value": f"{eight:.0f} ms = {ratio:.2f}x one stick",
+            "goal": "<= 2x one stick",
+            "met": ratio <= 2.0,
+            "data": {"all_ready_ms": round(eight, 1), "ratio": round(ratio, 3)},
+        }
+    )
     net_ratio = network["eight_ms"] / network["single"]["median"]
-    rows.append({"row": f"  same, service {SERVICE_ROUND_TRIP_MS} ms away (own process, +{SERVICE_ROUND_TRIP_MS} ms/call)",
-                 "value": f"{network['eight_ms']:.0f} ms = {net_ratio:.2f}x one stick ({network['single']['median']:.0f} ms)",
-                 "goal": "<= 2x one stick", "met": net_ratio <= 2.0, "data": {**network, "ratio": round(net_ratio, 3)}})
-    rows.append({"row": f"idle daemon RSS / wake-ups over {idle_seconds:g} s",
-                 "value": f"{idle['rss_mib']:.1f} MiB, {idle['wakeups']} wake-ups",
-                 "goal": "<= 60 MiB, 0 periodic", "met": idle["rss_mib"] <= 60 and idle["wakeups"] <= 2, "data": idle})
-    rows.append({"row": "  same, authority in its own process (--endpoint-url)",
-                 "value": f"{idle_remote['rss_mib']:.1f} MiB, {idle_remote['wakeups']} wake-ups",
-                 "goal": "<= 60 MiB, 0 periodic", "met": idle_remote["rss_mib"] <= 60 and idle_remote["wakeups"] <= 2,
-                 "data": idle_remote})
+    rows.append(
+        {
+            "row": f"  same, service {SERVICE_ROUND_TRIP_MS} ms away (own process, +{SERVICE_ROUND_TRIP_MS} ms/call)",
+            "value": f"{network['eight_ms']:.0f} ms = {net_ratio:.2f}x one stick ({network['single']['median']:.0f} ms)",
+            "goal": "<= 2x one stick",
+            "met": net_ratio <= 2.0,
+            "data": {**network, "ratio": round(net_ratio, 3)},
+        }
+    )
+    rows.append(
+        {
+            "row": f"idle daemon RSS / wake-ups over {idle_seconds:g} s",
+            "value": f"{idle['rss_mib']:.1f} MiB, {idle['wakeups']} wake-ups",
+            "goal": "<= 60 MiB, 0 periodic",
+            "met": idle["rss_mib"] <= 60 and idle["wakeups"] <= 2,
+            "data": idle,
+        }
+    )
+    rows.append(
+        {
+            "row": "  same, authority in its own process (--endpoint-url)",
+            "value": f"{idle_remote['rss_mib']:.1f} MiB, {idle_remote['wakeups']} wake-ups",
+            "goal": "<= 60 MiB, 0 periodic",
+            "met": idle_remote["rss_mib"] <= 60 and idle_remote["wakeups"] <= 2,
+            "data": idle_remote,
+        }
+    )
     return rows
 
 
@@ -411,8 +540,12 @@ def _eight_behind_network(tmp: Path, runs: int, latency_ms: int) -> dict[str, An
     tmp.mkdir()
     with authority(tmp) as info:
         rig = DaemonRig(tmp)
-        rig.env.update(PANOSTAGE_BACKEND_ENDPOINT_URL=info["endpoint_url"], AWS_ACCESS_KEY_ID=KEY,
-                       AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION=REGION)
+        rig.env.update(
+            PANOSTAGE_BACKEND_ENDPOINT_URL=info["endpoint_url"],
+            AWS_ACCESS_KEY_ID=KEY,
+            AWS_SECRET_ACCESS_KEY=SECRET,
+            AWS_DEFAULT_REGION=REGION,
+        )
         for operation in ("ProvisionDevice", "ListDevices", "DescribeDevice", "DeleteDevice"):
             rig.cli("authority", "fault", "set", operation, f"latency_ms={latency_ms}")
         rig.cli("plan", "import", str(_bench_plan(tmp, runs + 8 + 1)))
@@ -432,8 +565,12 @@ def _idle_with_remote_authority(tmp: Path, seconds: float) -> dict[str, Any]:
     tmp.mkdir()
     with authority(tmp) as info:
         rig = DaemonRig(tmp)
-        rig.env.update(PANOSTAGE_BACKEND_ENDPOINT_URL=info["endpoint_url"], AWS_ACCESS_KEY_ID=KEY,
-                       AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION=REGION)
+        rig.env.update(
+            PANOSTAGE_BACKEND_ENDPOINT_URL=info["endpoint_url"],
+            AWS_ACCESS_KEY_ID=KEY,
+            AWS_SECRET_ACCESS_KEY=SECRET,
+            AWS_DEFAULT_REGION=REGION,
+        )
         rig.cli("plan", "add", "--name", "remote-0")
         image = rig.image("remote")
         pid = rig.start()
@@ -472,8 +609,12 @@ def _idle_footprint(pid: int, seconds: float) -> dict[str, Any]:
     before = switches()
     time.sleep(seconds)
     after = switches()
-    return {"rss_mib": round(proc.memory_info().rss / (1 << 20), 1), "wakeups": after - before,
-            "threads": proc.num_threads(), "window_seconds": seconds}
+    return {
+        "rss_mib": round(proc.memory_info().rss / (1 << 20), 1),
+        "wakeups": after - before,
+        "threads": proc.num_threads(),
+        "window_seconds": seconds,
+    }
 
 
 def _stations_rows(runs: int) -> list[dict[str, Any]]:
@@ -525,8 +666,12 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for name in args.only.split(","):
         rows += ROWS[name.strip()](args)
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
-               "load_average_1m": round(os.getloadavg()[0], 2)}
+    machine = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
     if args.json:
         print(json.dumps({"machine": machine, "rows": rows}, indent=2))
         return 0
@@ -538,9 +683,14 @@ def main() -> int:
         print(f"{r['row']:<{width}}  {r['value']:<{vwidth}}  {r['goal']:<20}  {met}")
     for r in rows:
         if "steps_median_ms" in r.get("data", {}):
-            print(f"{r['row']}, steps (median ms): " + ", ".join(f"{k} {v}" for k, v in r["data"]["steps_median_ms"].items()))
-    print(f"machine: {machine['cpus']} cpus, python {machine['python']}, kernel {machine['kernel']}, "
-          f"load {machine['load_average_1m']}")
+            print(
+                f"{r['row']}, steps (median ms): "
+                + ", ".join(f"{k} {v}" for k, v in r["data"]["steps_median_ms"].items())
+            )
+    print(
+        f"machine: {machine['cpus']} cpus, python {machine['python']}, kernel {machine['kernel']}, "
+        f"load {machine['load_average_1m']}"
+    )
     return 0
 
 

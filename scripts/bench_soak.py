@@ -59,8 +59,11 @@ class LabelRig(DaemonRig):
     def image(self, name: str) -> Path:
         self.volid += 1
         path = self.tmp / f"{name}.img"
-        subprocess.run(["mkfs.fat", "-C", "-F", "16", "-n", self.label, "-i", f"{self.volid:08X}", str(path), "16384"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["mkfs.fat", "-C", "-F", "16", "-n", self.label, "-i", f"{self.volid:08X}", str(path), "16384"],
+            check=True,
+            capture_output=True,
+        )
         return path
 
     def attach(self, image: Path) -> str:
@@ -81,9 +84,18 @@ class LabelRig(DaemonRig):
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(path))
         with self.log.open("wb") as err:
-            self.proc = subprocess.Popen([*PANOSTAGE, "watch"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-                                         env={**self.env, "NOTIFY_SOCKET": str(path), **env,
-                                              **({"WATCHDOG_USEC": WATCHDOG_USEC} if watchdog else {})})
+            self.proc = subprocess.Popen(
+                [*PANOSTAGE, "watch"],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={
+                    **self.env,
+                    "NOTIFY_SOCKET": str(path),
+                    **env,
+                    **({"WATCHDOG_USEC": WATCHDOG_USEC} if watchdog else {}),
+                },
+            )
         deadline = time.monotonic() + 60
         while b"READY=1" not in self.receive(0.5):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -128,7 +140,9 @@ class LabelRig(DaemonRig):
                             raise RuntimeError(f"{dev}: failed: {stick['reason']}; {self.log_tail()}")
                         last[dev] = f"{stick['state']}: {stick['reason']}"
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"not ready in {timeout:g}s: {sorted(devs - set(seen))} {last}; {self.log_tail()}")
+                    raise RuntimeError(
+                        f"not ready in {timeout:g}s: {sorted(devs - set(seen))} {last}; {self.log_tail()}"
+                    )
                 time.sleep(0.005)
         finally:
             state.close()
@@ -228,19 +242,32 @@ def bench_soak(count: int) -> list[dict[str, Any]]:
     first, last = _quantiles(took[:tenth]), _quantiles(took[-tenth:])
     ratio, growth = last["p95"] / first["p95"], round(end["rss_mib"] - base["rss_mib"], 1)
     return [
-        {"row": f"soak: {count} hand-offs in bursts, last tenth p95 vs first",
-         "value": f"{last['p95']:.0f} ms vs {first['p95']:.0f} ms = {ratio:.2f}x (p50 {last['p50']:.0f} vs "
-                  f"{first['p50']:.0f}, p99 {last['p99']:.0f} vs {first['p99']:.0f})",
-         "goal": "<= 1.2x", "met": ratio <= 1.2,
-         "data": {"first_tenth_ms": first, "last_tenth_ms": last, "ratio_p95": round(ratio, 3), "all_ms": summary(took),
-                  "bursts": burst, "run_seconds": round(seconds, 1), "entries_past_pending": followed}},
-        {"row": "soak: descriptors / threads / SQLite handles / RSS, start -> end",
-         "value": f"fds {base['fds']}->{end['fds']}, threads {base['threads']}->{end['threads']}, SQLite "
-                  f"{base['wal']}->{end['wal']} (descriptors kept {base['database']}->{end['database']}), HTTP pool "
-                  f"{base['http_connections']}->{end['http_connections']}, RSS {base['rss_mib']:.1f}->{end['rss_mib']:.1f} "
-                  f"MiB ({growth:+.1f})",
-         "goal": "end <= start (RSS reported)", "met": all(end[key] <= base[key] for key in HELD),
-         "data": {"start": base, "end": end, "rss_growth_mib": growth}},
+        {
+            "row": f"soak: {count} hand-offs in bursts, last tenth p95 vs first",
+            "value": f"{last['p95']:.0f} ms vs {first['p95']:.0f} ms = {ratio:.2f}x (p50 {last['p50']:.0f} vs "
+            f"{first['p50']:.0f}, p99 {last['p99']:.0f} vs {first['p99']:.0f})",
+            "goal": "<= 1.2x",
+            "met": ratio <= 1.2,
+            "data": {
+                "first_tenth_ms": first,
+                "last_tenth_ms": last,
+                "ratio_p95": round(ratio, 3),
+                "all_ms": summary(took),
+                "bursts": burst,
+                "run_seconds": round(seconds, 1),
+                "entries_past_pending": followed,
+            },
+        },
+        {
+            "row": "soak: descriptors / threads / SQLite handles / RSS, start -> end",
+            "value": f"fds {base['fds']}->{end['fds']}, threads {base['threads']}->{end['threads']}, SQLite "
+            f"{base['wal']}->{end['wal']} (descriptors kept {base['database']}->{end['database']}), HTTP pool "
+            f"{base['http_connections']}->{end['http_connections']}, RSS {base['rss_mib']:.1f}->{end['rss_mib']:.1f} "
+            f"MiB ({growth:+.1f})",
+            "goal": "end <= start (RSS reported)",
+            "met": all(end[key] <= base[key] for key in HELD),
+            "data": {"start": base, "end": end, "rss_growth_mib": growth},
+        },
     ]
 
 
@@ -286,9 +313,15 @@ def _idle_window(rig: LabelRig, pid: int, seconds: float) -> dict[str, Any]:
     pings = rig.pings(seconds)
     cpu1, wake1, wall = proc.cpu_times(), switches(), time.perf_counter() - wall0
     cpu = cpu1.user + cpu1.system - cpu0.user - cpu0.system
-    return {"cpu_percent": round(100 * cpu / wall, 2), "cpu_seconds": round(cpu, 3), "wakeups": wake1 - wake0,
-            "watchdog_pings": pings, "window_seconds": round(wall, 1), "rss_mib": round(proc.memory_info().rss / MIB, 1),
-            "block_uevents_on_the_machine": sum(1 for _ in iter(lambda: others.poll(timeout=0), None))}
+    return {
+        "cpu_percent": round(100 * cpu / wall, 2),
+        "cpu_seconds": round(cpu, 3),
+        "wakeups": wake1 - wake0,
+        "watchdog_pings": pings,
+        "window_seconds": round(wall, 1),
+        "rss_mib": round(proc.memory_info().rss / MIB, 1),
+        "block_uevents_on_the_machine": sum(1 for _ in iter(lambda: others.poll(timeout=0), None)),
+    }
 
 
 def bench_idle_followup(runs: int, seconds: float) -> list[dict[str, Any]]:
@@ -299,7 +332,10 @@ def bench_idle_followup(runs: int, seconds: float) -> list[dict[str, Any]]:
         return skipped
     label, volid = f"IDLE{os.getpid() % 1000}", 0x5B000000 + (os.getpid() % 2048) * 8192
     with tempfile.TemporaryDirectory() as tmp_name, udevd_running():
-        fresh, busy = LabelRig(Path(tmp_name) / "fresh", label, volid), LabelRig(Path(tmp_name) / "staged", label, volid + 4096)
+        fresh, busy = (
+            LabelRig(Path(tmp_name) / "fresh", label, volid),
+            LabelRig(Path(tmp_name) / "staged", label, volid + 4096),
+        )
         try:
             _plan(fresh, "fresh", runs + 1)
             images = [fresh.image(f"b{n}") for n in range(runs + 1)]
@@ -322,16 +358,26 @@ def bench_idle_followup(runs: int, seconds: float) -> list[dict[str, Any]]:
     base, under = _quantiles(baseline), _quantiles(during)
     ratio = under["p99"] / base["p99"]
     return [
-        {"row": f"idle daemon, {STAGED} staged entries followed, over {idle['window_seconds']:.0f} s",
-         "value": f"{idle['cpu_percent']:.2f} % of a core, main thread {idle['wakeups']} wake-ups, "
-                  f"{idle['watchdog_pings']} watchdog pings",
-         "goal": "<= 1 %, wake-ups <= pings + 2",
-         "met": idle["cpu_percent"] <= 1.0 and idle["wakeups"] <= idle["watchdog_pings"] + 2,
-         "data": {**idle, "staged": STAGED, "seed_seconds": round(seeded, 1), "poll_seconds": 10}},
-        {"row": "  one stick while follow-up passes run vs nothing staged",
-         "value": f"p99 {under['p99']:.0f} ms vs {base['p99']:.0f} ms = {ratio:.2f}x (p50 {under['p50']:.0f} vs "
-                  f"{base['p50']:.0f})",
-         "goal": "p99 <= nothing staged", "met": ratio <= 1.0,
-         "data": {"with_passes_ms": under, "nothing_staged_ms": base, "ratio_p99": round(ratio, 3),
-                  "daemon_cpu_percent_with_passes": busy_cpu, **BACK_TO_BACK}},
+        {
+            "row": f"idle daemon, {STAGED} staged entries followed, over {idle['window_seconds']:.0f} s",
+            "value": f"{idle['cpu_percent']:.2f} % of a core, main thread {idle['wakeups']} wake-ups, "
+            f"{idle['watchdog_pings']} watchdog pings",
+            "goal": "<= 1 %, wake-ups <= pings + 2",
+            "met": idle["cpu_percent"] <= 1.0 and idle["wakeups"] <= idle["watchdog_pings"] + 2,
+            "data": {**idle, "staged": STAGED, "seed_seconds": round(seeded, 1), "poll_seconds": 10},
+        },
+        {
+            "row": "  one stick while follow-up passes run vs nothing staged",
+            "value": f"p99 {under['p99']:.0f} ms vs {base['p99']:.0f} ms = {ratio:.2f}x (p50 {under['p50']:.0f} vs "
+            f"{base['p50']:.0f})",
+            "goal": "p99 <= nothing staged",
+            "met": ratio <= 1.0,
+            "data": {
+                "with_passes_ms": under,
+                "nothing_staged_ms": base,
+                "ratio_p99": round(ratio, 3),
+                "daemon_cpu_percent_with_passes": busy_cpu,
+                **BACK_TO_BACK,
+            },
+        },
     ]

@@ -21,8 +21,13 @@ def _station(tmp: Path, name: str, url: str, count: int, volid_base: int) -> Dae
     tmp.mkdir()
     rig = DaemonRig(tmp)
     rig.volid = volid_base
-    rig.env.update(PANOSTAGE_BACKEND_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET,
-                   AWS_DEFAULT_REGION=REGION, PANOSTAGE_STAGE_STATION=name)
+    rig.env.update(
+        PANOSTAGE_BACKEND_ENDPOINT_URL=url,
+        AWS_ACCESS_KEY_ID=KEY,
+        AWS_SECRET_ACCESS_KEY=SECRET,
+        AWS_DEFAULT_REGION=REGION,
+        PANOSTAGE_STAGE_STATION=name,
+    )
     plan = tmp / "plan.csv"
     plan.write_text("name\n" + "".join(f"{name}-{n:03d}\n" for n in range(count)))
     rig.cli("plan", "import", str(plan))
@@ -58,8 +63,10 @@ def _two_stations(tmp: Path, runs: int, latency_ms: int) -> dict[str, Any]:
     tmp.mkdir()
     with authority(tmp / "service") as info:
         base = 0x7C000000 + (os.getpid() % 2048) * 2048 + latency_ms * 4
-        rigs = [_station(tmp / name, name, info["endpoint_url"], runs + 8, base + 512 * i)
-                for i, name in enumerate(("warehouse", "van"))]
+        rigs = [
+            _station(tmp / name, name, info["endpoint_url"], runs + 8, base + 512 * i)
+            for i, name in enumerate(("warehouse", "van"))
+        ]
         if latency_ms:
             for operation in ("ProvisionDevice", "ListDevices", "DescribeDevice", "DeleteDevice"):
                 rigs[0].cli("authority", "fault", "set", operation, f"latency_ms={latency_ms}")
@@ -74,27 +81,46 @@ def _two_stations(tmp: Path, runs: int, latency_ms: int) -> dict[str, Any]:
                 rig.one_at_a_time([image])
             start = time.perf_counter()
             devs = [{rig.attach(image) for image in batch} for rig, batch in zip(rigs, batches)]
-            took = {rig.env["PANOSTAGE_STAGE_STATION"]: (max(at.values()) - start) * 1000
-                    for rig, at in zip(rigs, _ready_together(rigs, devs))}
+            took = {
+                rig.env["PANOSTAGE_STAGE_STATION"]: (max(at.values()) - start) * 1000
+                for rig, at in zip(rigs, _ready_together(rigs, devs))
+            }
             for rig, attached in zip(rigs, devs):
                 for dev in attached:
                     rig.detach(dev)
         finally:
             for rig in rigs:
                 rig.stop()
-    return {"single": single, "per_station_ms": {k: round(v, 1) for k, v in took.items()},
-            "all_ms": round(max(took.values()), 1), "ratio": round(max(took.values()) / single["median"], 3)}
+    return {
+        "single": single,
+        "per_station_ms": {k: round(v, 1) for k, v in took.items()},
+        "all_ms": round(max(took.values()), 1),
+        "ratio": round(max(took.values()) / single["median"], 3),
+    }
 
 
 def bench_stations(runs: int) -> list[dict[str, Any]]:
     if os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("udevadm"):
-        return [{"row": "two stations rows", "value": "skipped", "goal": "-", "met": None,
-                 "data": {"reason": "needs root, udev"}}]
+        return [
+            {
+                "row": "two stations rows",
+                "value": "skipped",
+                "goal": "-",
+                "met": None,
+                "data": {"reason": "needs root, udev"},
+            }
+        ]
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name, udevd_running():
         for latency, label in ((0, ""), (SERVICE_ROUND_TRIP_MS, f"  same, service {SERVICE_ROUND_TRIP_MS} ms away")):
             got = _two_stations(Path(tmp_name) / f"latency{latency}", runs, latency)
-            rows.append({"row": label or "two stations, four sticks each, one authority: all ready",
-                         "value": f"{got['all_ms']:.0f} ms = {got['ratio']:.2f}x one stick ({got['single']['median']:.0f} ms)",
-                         "goal": "<= 2x one stick", "met": got["ratio"] <= 2.0, "data": {"latency_ms": latency, **got}})
+            rows.append(
+                {
+                    "row": label or "two stations, four sticks each, one authority: all ready",
+                    "value": f"{got['all_ms']:.0f} ms = {got['ratio']:.2f}x one stick ({got['single']['median']:.0f} ms)",
+                    "goal": "<= 2x one stick",
+                    "met": got["ratio"] <= 2.0,
+                    "data": {"latency_ms": latency, **got},
+                }
+            )
     return rows

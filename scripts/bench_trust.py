@@ -63,14 +63,20 @@ def _memory_rows(tmp: Path) -> list[dict[str, Any]]:
     rc_ok, verify_base = peak_rss([*PANOSTAGE, "verify", str(clean)], env)
     rc_huge, verify_peak = peak_rss([*PANOSTAGE, "verify", str(huge)], env)
     return [
-        {"row": "stage --replace onto a stick holding a 1 GiB junk archive: peak RSS",
-         "value": f"{peak:.0f} MiB (exit {rc_junk}) vs {base:.0f} MiB onto a clean stick (exit {rc_clean})",
-         "goal": "<= 100 MiB", "met": rc_junk == 0 and peak <= 100,
-         "data": {"peak_mib": round(peak, 1), "clean_mib": round(base, 1), "exit": rc_junk}},
-        {"row": "verify a 3 GiB file: peak RSS",
-         "value": f"{verify_peak:.0f} MiB (exit {rc_huge}) vs {verify_base:.0f} MiB for a real archive (exit {rc_ok})",
-         "goal": "<= 100 MiB", "met": rc_huge == 22 and verify_peak <= 100,
-         "data": {"peak_mib": round(verify_peak, 1), "archive_mib": round(verify_base, 1), "exit": rc_huge}},
+        {
+            "row": "stage --replace onto a stick holding a 1 GiB junk archive: peak RSS",
+            "value": f"{peak:.0f} MiB (exit {rc_junk}) vs {base:.0f} MiB onto a clean stick (exit {rc_clean})",
+            "goal": "<= 100 MiB",
+            "met": rc_junk == 0 and peak <= 100,
+            "data": {"peak_mib": round(peak, 1), "clean_mib": round(base, 1), "exit": rc_junk},
+        },
+        {
+            "row": "verify a 3 GiB file: peak RSS",
+            "value": f"{verify_peak:.0f} MiB (exit {rc_huge}) vs {verify_base:.0f} MiB for a real archive (exit {rc_ok})",
+            "goal": "<= 100 MiB",
+            "met": rc_huge == 22 and verify_peak <= 100,
+            "data": {"peak_mib": round(verify_peak, 1), "archive_mib": round(verify_base, 1), "exit": rc_huge},
+        },
     ]
 
 
@@ -80,8 +86,13 @@ def _copy_junk(image: Path, size: int) -> None:
     with open(source, "wb") as handle:
         handle.truncate(size)
     try:
-        subprocess.run(["mcopy", "-i", str(image), str(source), "::/certificates-omni_x.zip"], check=True,
-                       env={**os.environ, "MTOOLSRC": "/dev/null"}, capture_output=True, timeout=600)
+        subprocess.run(
+            ["mcopy", "-i", str(image), str(source), "::/certificates-omni_x.zip"],
+            check=True,
+            env={**os.environ, "MTOOLSRC": "/dev/null"},
+            capture_output=True,
+            timeout=600,
+        )
     finally:
         source.unlink()
 
@@ -95,8 +106,13 @@ def _checks_row(tmp: Path, runs: int) -> dict[str, Any]:
     from agent.stick import open_target
 
     image = _fat_image(tmp / "warm.img", 64 * MIB)
-    settings = load(env={"PANOSTAGE_PATHS_STATE_DIR": str(tmp / "state-warm"), "HOME": str(tmp),
-                         "PANOSTAGE_SYSTEM_CONFIG": str(tmp / "none.toml")}).settings
+    settings = load(
+        env={
+            "PANOSTAGE_PATHS_STATE_DIR": str(tmp / "state-warm"),
+            "HOME": str(tmp),
+            "PANOSTAGE_SYSTEM_CONFIG": str(tmp / "none.toml"),
+        }
+    ).settings
     backend = open_backend(settings)
     stager = make_stager(settings, backend, SystemClock(), replace=True)
     log = HandoffLog(tmp / "state-warm")
@@ -119,16 +135,27 @@ def _checks_row(tmp: Path, runs: int) -> dict[str, Any]:
     finally:
         backend.close()
     cost, whole = summary(checks), statistics.median(stages)
-    return {"row": "checks before ProvisionDevice (census, room, log), warm 64 MiB FAT32 stick",
-            "value": f"{cost['median']:.2f} ms median (p99 {cost['p99']:.2f}) of a {whole:.0f} ms warm hand-off "
-                     f"= {cost['median'] / whole:.2f}x",
-            "goal": "<= 5 ms", "met": cost["median"] <= 5, "data": {"checks": cost, "warm_stage_median_ms": whole}}
+    return {
+        "row": "checks before ProvisionDevice (census, room, log), warm 64 MiB FAT32 stick",
+        "value": f"{cost['median']:.2f} ms median (p99 {cost['p99']:.2f}) of a {whole:.0f} ms warm hand-off "
+        f"= {cost['median'] / whole:.2f}x",
+        "goal": "<= 5 ms",
+        "met": cost["median"] <= 5,
+        "data": {"checks": cost, "warm_stage_median_ms": whole},
+    }
 
 
 def bench_trust(runs: int) -> list[dict[str, Any]]:
     if not all(Path(p).exists() for p in ("/usr/bin/mcopy", "/sbin/mkfs.fat")):
-        return [{"row": "stick trust rows", "value": "skipped", "goal": "-", "met": None,
-                 "data": {"reason": "needs mtools and dosfstools"}}]
+        return [
+            {
+                "row": "stick trust rows",
+                "value": "skipped",
+                "goal": "-",
+                "met": None,
+                "data": {"reason": "needs mtools and dosfstools"},
+            }
+        ]
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp_name:
         tmp = Path(tmp_name)
         return [*_memory_rows(tmp), _checks_row(tmp, runs)]

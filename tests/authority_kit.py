@@ -9,9 +9,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -123,8 +124,16 @@ class Authority:
     stderr_path: Path | None = None
     _clients: dict[Any, Any] = field(default_factory=dict)
 
-    def client(self, service: str = "panorama", *, validate: bool = True, attempts: int = 1,
-               key: str | None = None, secret: str | None = None, region: str = REGION) -> Any:
+    def client(
+        self,
+        service: str = "panorama",
+        *,
+        validate: bool = True,
+        attempts: int = 1,
+        key: str | None = None,
+        secret: str | None = None,
+        region: str = REGION,
+    ) -> Any:
         import boto3
         from botocore.config import Config
 
@@ -133,13 +142,20 @@ class Authority:
         cache_key = (service, validate, attempts, key, secret, region)
         if cache_key not in self._clients:
             session = boto3.Session(
-                botocore_session=new_botocore_session(), region_name=region,
-                aws_access_key_id=key or self.access_key_id, aws_secret_access_key=secret or self.secret_access_key,
+                botocore_session=new_botocore_session(),
+                region_name=region,
+                aws_access_key_id=key or self.access_key_id,
+                aws_secret_access_key=secret or self.secret_access_key,
             )
             client = session.client(
-                service, endpoint_url=self.endpoint_url,
-                config=Config(retries={"mode": "standard", "total_max_attempts": attempts}, parameter_validation=validate,
-                              connect_timeout=5, read_timeout=30),
+                service,
+                endpoint_url=self.endpoint_url,
+                config=Config(
+                    retries={"mode": "standard", "total_max_attempts": attempts},
+                    parameter_validation=validate,
+                    connect_timeout=5,
+                    read_timeout=30,
+                ),
             )
             client.meta.events.register("after-call.*.*", check_wire)
             self._clients[cache_key] = client
@@ -163,15 +179,30 @@ class Authority:
         return self.proc.returncode
 
 
-def start_authority(tmp: Path, *, env: dict[str, str] | None = None, args: list[str] | None = None,
-                    state_dir: Path | None = None) -> Authority:
+def start_authority(
+    tmp: Path, *, env: dict[str, str] | None = None, args: list[str] | None = None, state_dir: Path | None = None
+) -> Authority:
     """Start `python -m agent authority serve --port 0` and wait for its JSON line."""
     tmp.mkdir(parents=True, exist_ok=True)
     state = state_dir or tmp / "authority-state"
     with open(tmp / "authority.stderr", "wb") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "authority", "serve", "--port", "0", "--state-dir", str(state), *(args or [])],
-            cwd=ROOT, env=_base_env(tmp, env), stdout=subprocess.PIPE, stderr=stderr,
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "authority",
+                "serve",
+                "--port",
+                "0",
+                "--state-dir",
+                str(state),
+                *(args or []),
+            ],
+            cwd=ROOT,
+            env=_base_env(tmp, env),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
         )
     try:
         info = json.loads(read_line(proc, time.monotonic() + START_DEADLINE))

@@ -7,18 +7,19 @@ import os
 import shutil
 import struct
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from agent.stick.mtools import BASE_ENV, missing_tools
-from tests.helpers import wait_until as wait_for  # noqa: F401 - the kit's name for it
+from tests.helpers import wait_until as wait_for  # re-exported: the kit's name for it
 
 MISSING = missing_tools() + [t for t in ("mkfs.fat", "fsck.fat") if shutil.which(t) is None]
 if MISSING:
-    pytest.skip(f"mtools/dosfstools missing: {', '.join(MISSING)} (apt-get install mtools dosfstools)",
-                allow_module_level=True)
+    pytest.skip(
+        f"mtools/dosfstools missing: {', '.join(MISSING)} (apt-get install mtools dosfstools)", allow_module_level=True
+    )
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (loop devices, mounts)")
@@ -34,8 +35,15 @@ def mtools_env() -> dict[str, str]:
     return {**os.environ, **BASE_ENV}
 
 
-def make_image(path: Path, bits: int = 32, *, size: str | None = None, label: str | None = "PANOSTICK",
-               volid: str = "1234ABCD", extra: tuple[str, ...] = ()) -> Path:
+def make_image(
+    path: Path,
+    bits: int = 32,
+    *,
+    size: str | None = None,
+    label: str | None = "PANOSTICK",
+    volid: str = "1234ABCD",
+    extra: tuple[str, ...] = (),
+) -> Path:
     """A fresh FAT image made by mkfs.fat."""
     path.unlink(missing_ok=True)
     run("truncate", "-s", size or SIZES[bits], str(path))
@@ -60,8 +68,20 @@ def make_mbr_image(path: Path, parts: list[tuple[int, int, int]], size_mb: int =
 
 
 def mkfs_at(path: Path, start: int, count: int, bits: int = 32, label: str = "PART", volid: str = "11112222") -> None:
-    run("mkfs.fat", "-F", str(bits), "-n", label, "-i", volid, f"--offset={start}", "-h", str(start), str(path),
-        str(count // 2))
+    run(
+        "mkfs.fat",
+        "-F",
+        str(bits),
+        "-n",
+        label,
+        "-i",
+        volid,
+        f"--offset={start}",
+        "-h",
+        str(start),
+        str(path),
+        str(count // 2),
+    )
 
 
 def mtools(*argv: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:

@@ -40,7 +40,10 @@ def resources(pid: int) -> dict[str, int]:
     served = sum(port in listening for port, _ in http)
     store = sum(link.endswith(("authority.sqlite3", "authority.sqlite3-wal")) for link in links)  # a handler's
     database = sum(link.endswith("panostage.sqlite3") for link in links)
-    return {"fds": len(links) - len(http) - store - database, "threads": len(os.listdir(f"/proc/{pid}/task")) - served,
-            "database": database,
-            "wal": sum(link.endswith("panostage.sqlite3-wal") for link in links),
-            "http_connections": len(http) - served}
+    return {
+        "fds": len(links) - len(http) - store - database,
+        "threads": len(os.listdir(f"/proc/{pid}/task")) - served,
+        "database": database,
+        "wal": sum(link.endswith("panostage.sqlite3-wal") for link in links),
+        "http_connections": len(http) - served,
+    }

@@ -15,7 +15,11 @@ class Station:
     def __init__(self, home: Path, **env: str) -> None:
         self.home = home
         self.state = home / "state"
-        self.env = {"PANOSTAGE_PATHS_STATE_DIR": str(self.state), "PANOSTAGE_PATHS_RUNTIME_DIR": str(home / "run"), **env}
+        self.env = {
+            "PANOSTAGE_PATHS_STATE_DIR": str(self.state),
+            "PANOSTAGE_PATHS_RUNTIME_DIR": str(home / "run"),
+            **env,
+        }
 
     def run(self, *args: str, **env: str):
         return run_cli(*args, env={**self.env, **env}, home=self.home)

@@ -74,7 +74,11 @@ next_tokens = st.text(string.ascii_letters + string.digits + "+/=", min_size=1, 
 
 # ---------------------------------------------------------------- tags
 
-tag_keys = st.one_of(exact_text(one_line_chars(), 1), exact_text(one_line_chars(), 128), st.text(one_line_chars(False), min_size=1, max_size=20))
+tag_keys = st.one_of(
+    exact_text(one_line_chars(), 1),
+    exact_text(one_line_chars(), 128),
+    st.text(one_line_chars(False), min_size=1, max_size=20),
+)
 tag_values = st.one_of(st.just(""), exact_text(one_line_chars(), 256), st.text(one_line_chars(False), max_size=20))
 
 
@@ -108,7 +112,9 @@ def ipv4_with_optional_port(draw) -> str:
 
 
 #: ``[a-z0-9]+(-[a-z0-9]+)*``
-_label = st.lists(st.text(string.ascii_lowercase + string.digits, min_size=1, max_size=6), min_size=1, max_size=3).map("-".join)
+_label = st.lists(st.text(string.ascii_lowercase + string.digits, min_size=1, max_size=6), min_size=1, max_size=3).map(
+    "-".join
+)
 _tld = st.text(string.ascii_lowercase, min_size=2, max_size=6)
 
 
@@ -181,7 +187,9 @@ def create_job_for_devices() -> st.SearchStrategy[dict]:
                 "DeviceJobConfig": st.fixed_dictionaries({"OTAJobConfig": ota_config()}),
             }
         ),
-        st.fixed_dictionaries({"DeviceIds": st.lists(device_ids, min_size=1, max_size=1), "JobType": st.just("REBOOT")}),
+        st.fixed_dictionaries(
+            {"DeviceIds": st.lists(device_ids, min_size=1, max_size=1), "JobType": st.just("REBOOT")}
+        ),
     )
 
 
@@ -192,7 +200,9 @@ object_keys = st.text(string.ascii_letters + string.digits + "/._-", min_size=1,
 regions = st.sampled_from(["us-east-1", "us-west-2", "eu-west-1", "ap-southeast-2", "ca-central-1"])
 package_names = bounded_text(ID_CHARS, 1, 128)
 package_versions = st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)).map(lambda t: f"{t[0]}.{t[1]}")
-small_tags = st.dictionaries(st.text(ID_CHARS, min_size=1, max_size=20), st.text(ID_CHARS, max_size=20), min_size=1, max_size=3)
+small_tags = st.dictionaries(
+    st.text(ID_CHARS, min_size=1, max_size=20), st.text(ID_CHARS, max_size=20), min_size=1, max_size=3
+)
 
 
 def s3_location() -> st.SearchStrategy[dict]:
@@ -206,7 +216,9 @@ def package_output() -> st.SearchStrategy[dict]:
 
 
 def job_tags() -> st.SearchStrategy[list]:
-    return st.lists(st.fixed_dictionaries({"ResourceType": st.just("PACKAGE"), "Tags": small_tags}), min_size=1, max_size=2)
+    return st.lists(
+        st.fixed_dictionaries({"ResourceType": st.just("PACKAGE"), "Tags": small_tags}), min_size=1, max_size=2
+    )
 
 
 def create_package_import_job() -> st.SearchStrategy[dict]:

@@ -23,8 +23,8 @@ from agent.archive import (
     archive_file_name,
     device_name_from_file_name,
     verify_archive,
+    zipscan,
 )
-from agent.archive import zipscan
 from agent.errors import ExitCode, InputValidationError
 from tests.archive_factory import (
     DEVICE,
@@ -47,8 +47,13 @@ from tests.archive_factory import (
     zeros_stream,
 )
 
-EXIT = {Outcome.OK: ExitCode.OK, Outcome.EXPIRING: ExitCode.VERIFY_EXPIRING, Outcome.EXPIRED: ExitCode.VERIFY_EXPIRED,
-        Outcome.CORRUPT: ExitCode.VERIFY_CORRUPT, Outcome.UNVERIFIABLE: ExitCode.VERIFY_UNVERIFIABLE}
+EXIT = {
+    Outcome.OK: ExitCode.OK,
+    Outcome.EXPIRING: ExitCode.VERIFY_EXPIRING,
+    Outcome.EXPIRED: ExitCode.VERIFY_EXPIRED,
+    Outcome.CORRUPT: ExitCode.VERIFY_CORRUPT,
+    Outcome.UNVERIFIABLE: ExitCode.VERIFY_UNVERIFIABLE,
+}
 
 
 def check(data: bytes, outcome: Outcome, code: str | None = None, **kwargs):
@@ -95,8 +100,13 @@ def test_valid_archive_is_ok_and_described():
     assert report.seconds_left == 300.0 and report.not_after == NOW + LIFETIME
     assert report.network["Ethernet0"]["ConnectionType"] == "DHCP"
     assert report.manifest["device_name"] == DEVICE
-    assert [m.name for m in report.members] == ["certificate.pem.crt", "private.pem.key", "root-ca.pem",
-                                                "network.json", "manifest.json"]
+    assert [m.name for m in report.members] == [
+        "certificate.pem.crt",
+        "private.pem.key",
+        "root-ca.pem",
+        "network.json",
+        "manifest.json",
+    ]
     assert all(m.crc_ok for m in report.members)
     assert report.key_members == ["private.pem.key"]
     assert report.device_name == DEVICE
@@ -137,11 +147,14 @@ def test_archive_with_comment_is_ok():
 # ---------------------------------------------------------------- structure
 
 
-@pytest.mark.parametrize("data, code", [
-    (b"", "not_zip"),
-    (b"hello, world\n" * 20, "not_zip"),
-    (b"\x89PNG\r\n\x1a\n" + bytes(200), "not_zip"),
-])
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b"", "not_zip"),
+        (b"hello, world\n" * 20, "not_zip"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(200), "not_zip"),
+    ],
+)
 def test_not_a_zip(data, code):
     report = check(data, Outcome.CORRUPT, code)
     assert report.members == [] and report.device_certificate is None
@@ -356,8 +369,9 @@ def test_no_private_key():
 
 
 def test_encrypted_private_key_is_unreadable():
-    members = replace_member(standard_members(manifest=False), "private.pem.key",
-                             data=key_pem(Pki.make().device_key, password=b"secret"))
+    members = replace_member(
+        standard_members(manifest=False), "private.pem.key", data=key_pem(Pki.make().device_key, password=b"secret")
+    )
     report = check(write_zip(members), Outcome.CORRUPT, "key_unreadable")
     assert "no_private_key" not in report.codes()
 
@@ -412,12 +426,14 @@ def test_damaged_certificate_pem_is_corrupt():
 
 def test_der_certificates_and_keys_under_odd_names():
     pki = Pki.make()
-    members = with_manifest([
-        Member("0001", cert_der(pki.ca_cert)),
-        Member("blob", key_der(pki.device_key)),
-        Member("x", cert_der(pki.device_cert)),
-        Member("network.json", network_bytes()),
-    ])
+    members = with_manifest(
+        [
+            Member("0001", cert_der(pki.ca_cert)),
+            Member("blob", key_der(pki.device_key)),
+            Member("x", cert_der(pki.device_cert)),
+            Member("network.json", network_bytes()),
+        ]
+    )
     report = check(write_zip(members), Outcome.OK)
     assert report.device_certificate.member == "x" and report.device_certificate.encoding == "DER"
     assert report.device_certificate.key_member == "blob"
@@ -427,11 +443,13 @@ def test_der_certificates_and_keys_under_odd_names():
 def test_several_certificates_in_one_pem_member_and_a_traditional_key():
     pki = Pki.make()
     chain = b"subject=whatever\n" + cert_pem(pki.ca_cert) + b"\n" + cert_pem(pki.device_cert)
-    members = with_manifest([
-        Member("bundle", chain),
-        Member("k", key_pem(pki.device_key, fmt="traditional")),
-        Member("network.json", network_bytes()),
-    ])
+    members = with_manifest(
+        [
+            Member("bundle", chain),
+            Member("k", key_pem(pki.device_key, fmt="traditional")),
+            Member("network.json", network_bytes()),
+        ]
+    )
     report = check(write_zip(members), Outcome.OK)
     assert report.device_certificate.member == report.ca_certificate.member == "bundle"
     assert len(report.certificates) == 2
@@ -439,8 +457,12 @@ def test_several_certificates_in_one_pem_member_and_a_traditional_key():
 
 def test_key_and_certificate_in_one_member():
     pki = Pki.make()
-    members = with_manifest([Member("everything.pem", key_pem(pki.device_key) + cert_pem(pki.device_cert)
-                                    + cert_pem(pki.ca_cert)), Member("network.json", network_bytes())])
+    members = with_manifest(
+        [
+            Member("everything.pem", key_pem(pki.device_key) + cert_pem(pki.device_cert) + cert_pem(pki.ca_cert)),
+            Member("network.json", network_bytes()),
+        ]
+    )
     report = check(write_zip(members), Outcome.OK)
     assert report.device_certificate.key_member == "everything.pem"
 
@@ -489,8 +511,9 @@ def test_manifest_that_is_not_json():
     check(write_zip(members), Outcome.CORRUPT, "manifest_invalid")
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'"text"', b"\xef\xbb\xbf{}", b'{"a": NaN}',
-                                     b"[" * 100000])
+@pytest.mark.parametrize(
+    "content", [b"{not json", b"[1, 2]", b'"text"', b"\xef\xbb\xbf{}", b'{"a": NaN}', b"[" * 100000]
+)
 def test_bad_network_json(content):
     members = replace_member(standard_members(manifest=False), "network.json", data=content, method=0)
     check(write_zip(members), Outcome.CORRUPT, "network_json_invalid")
@@ -508,8 +531,14 @@ def test_file_name_helpers():
     assert archive_file_name("cam-01") == "certificates-omni_cam-01.zip"
     assert device_name_from_file_name("certificates-omni_cam_01.zip") == "cam_01"
     assert device_name_from_file_name("/media/stick/certificates-omni_x.zip") == "x"
-    for bad in ("certificates-omni_.zip", "certificates-omni_a.b.zip", "CERTIFICATES-OMNI_a.zip",
-                "certificates-omni_a.zip.tmp", "certificates-omni_a.ZIP", "a.zip"):
+    for bad in (
+        "certificates-omni_.zip",
+        "certificates-omni_a.b.zip",
+        "CERTIFICATES-OMNI_a.zip",
+        "certificates-omni_a.zip.tmp",
+        "certificates-omni_a.ZIP",
+        "a.zip",
+    ):
         assert device_name_from_file_name(bad) is None, bad
     with pytest.raises(InputValidationError):
         archive_file_name("bad name")
@@ -538,8 +567,15 @@ def test_manifest_names_another_device():
 def _key_fingerprints(key) -> list[str]:
     der = key_der(key)
     pem_body = b"".join(key_pem(key).splitlines()[1:-1]).decode()
-    return ["PRIVATE KEY", base64.b64encode(der).decode(), der.hex(), der.hex().upper(), pem_body[:40],
-            pem_body[-40:], format(key.private_numbers().private_value, "x")]
+    return [
+        "PRIVATE KEY",
+        base64.b64encode(der).decode(),
+        der.hex(),
+        der.hex().upper(),
+        pem_body[:40],
+        pem_body[-40:],
+        format(key.private_numbers().private_value, "x"),
+    ]
 
 
 @pytest.mark.parametrize("variant", ["pem", "der", "mismatch", "in_network_json", "in_name"])
@@ -593,7 +629,7 @@ def _mutate(data: bytes, ops) -> bytes:
         elif op == "insert":
             buf[at:at] = arg
         elif op == "delete":
-            del buf[at:at + arg]
+            del buf[at : at + arg]
     return bytes(buf)
 
 
@@ -620,7 +656,7 @@ def test_random_bytes_never_raise(data):
 def test_mutated_central_directory_never_raises(back, junk):
     data = _valid()
     at = max(0, len(data) - back)
-    verify_archive(data[:at] + junk + data[at + len(junk):], now=NOW)
+    verify_archive(data[:at] + junk + data[at + len(junk) :], now=NOW)
 
 
 def test_every_code_has_an_outcome():
@@ -631,23 +667,34 @@ def test_every_code_has_an_outcome():
 # ---------------------------------------------------------------- the local authority's archives
 
 
-@pytest.mark.parametrize("defect, outcome, code", [
-    (None, Outcome.OK, None),
-    ("not_zip", Outcome.CORRUPT, "not_zip"),
-    ("bad_crc", Outcome.CORRUPT, "bad_crc"),
-    ("path_traversal", Outcome.CORRUPT, "unsafe_path"),
-    ("zip_bomb", Outcome.CORRUPT, "zip_bomb"),
-    ("no_certificate", Outcome.UNVERIFIABLE, "no_certificate"),
-    ("duplicate_member", Outcome.CORRUPT, "duplicate_member"),
-])
+@pytest.mark.parametrize(
+    "defect, outcome, code",
+    [
+        (None, Outcome.OK, None),
+        ("not_zip", Outcome.CORRUPT, "not_zip"),
+        ("bad_crc", Outcome.CORRUPT, "bad_crc"),
+        ("path_traversal", Outcome.CORRUPT, "unsafe_path"),
+        ("zip_bomb", Outcome.CORRUPT, "zip_bomb"),
+        ("no_certificate", Outcome.UNVERIFIABLE, "no_certificate"),
+        ("duplicate_member", Outcome.CORRUPT, "duplicate_member"),
+    ],
+)
 def test_the_authoritys_archives_and_defects(defect, outcome, code):
     bundle = pytest.importorskip("agent.authority.bundle")
     pki = Pki.make()
     content = bundle.ArchiveContent(
-        device_id="device-0123", device_name=DEVICE, thing_name=f"thing-{DEVICE}", cert_pem=cert_pem(pki.device_cert),
-        key_pem=key_pem(pki.device_key), ca_pem=cert_pem(pki.ca_cert), network={"Ethernet0": {"ConnectionType": "DHCP"}},
-        created=NOW, not_after=pki.device_cert.not_valid_after_utc)
-    report = check(bundle.build_archive(content, defect), outcome, code, file_name=archive_file_name(DEVICE),
-                   device_name=DEVICE)
+        device_id="device-0123",
+        device_name=DEVICE,
+        thing_name=f"thing-{DEVICE}",
+        cert_pem=cert_pem(pki.device_cert),
+        key_pem=key_pem(pki.device_key),
+        ca_pem=cert_pem(pki.ca_cert),
+        network={"Ethernet0": {"ConnectionType": "DHCP"}},
+        created=NOW,
+        not_after=pki.device_cert.not_valid_after_utc,
+    )
+    report = check(
+        bundle.build_archive(content, defect), outcome, code, file_name=archive_file_name(DEVICE), device_name=DEVICE
+    )
     if defect is None:
         assert report.problems == [] and report.manifest["device_name"] == DEVICE

@@ -25,9 +25,15 @@ class Operator:
     def __init__(self, authority, home: Path, **env: str) -> None:
         self.authority = authority
         self.home = home
-        self.env = {"AWS_ACCESS_KEY_ID": TEST_KEY, "AWS_SECRET_ACCESS_KEY": TEST_SECRET,
-                    "PANOSTAGE_BACKEND_ENDPOINT_URL": authority.endpoint_url, "PANOSTAGE_BACKEND_REGION": REGION,
-                    "PANOSTAGE_PATHS_STATE_DIR": str(home / "state"), "PANOSTAGE_WAIT_INTERVAL_SECONDS": "0.05", **env}
+        self.env = {
+            "AWS_ACCESS_KEY_ID": TEST_KEY,
+            "AWS_SECRET_ACCESS_KEY": TEST_SECRET,
+            "PANOSTAGE_BACKEND_ENDPOINT_URL": authority.endpoint_url,
+            "PANOSTAGE_BACKEND_REGION": REGION,
+            "PANOSTAGE_PATHS_STATE_DIR": str(home / "state"),
+            "PANOSTAGE_WAIT_INTERVAL_SECONDS": "0.05",
+            **env,
+        }
 
     def run(self, *args: str, **env: str) -> subprocess.CompletedProcess:
         return run_cli(*args, env={**self.env, **env}, home=self.home)
@@ -43,7 +49,10 @@ class Operator:
         stick = self.home / f"stick-{name}"
         stick.mkdir()
         made = self.json("device", "provision", "--name", name, "--out", str(stick))
-        assert self.json("sim", "appliance", str(stick), "--endpoint-url", self.authority.endpoint_url)["outcome"] == "provisioned"
+        assert (
+            self.json("sim", "appliance", str(stick), "--endpoint-url", self.authority.endpoint_url)["outcome"]
+            == "provisioned"
+        )
         return made["DeviceId"]
 
 
@@ -58,8 +67,9 @@ def own_authority(tmp_path):
     servers = []
 
     def start(*args: str, **env: str):
-        server = start_authority(tmp_path / f"authority{len(servers)}", args=list(args) or ["--job-step-seconds", "0.2"],
-                                 env=env or None)
+        server = start_authority(
+            tmp_path / f"authority{len(servers)}", args=list(args) or ["--job-step-seconds", "0.2"], env=env or None
+        )
         servers.append(server)
         return server
 
@@ -73,10 +83,36 @@ def own_authority(tmp_path):
 
 def test_device_provision_list_describe_delete(op, tmp_path):
     out = tmp_path / "archive.zip"
-    made = op.json("device", "provision", "--name", "cli-dev-1", "--description", "lobby camera",
-                   "--tag", "site=lab", "--tag", "floor=", "--eth0", "static", "--eth0-ip", "10.1.2.3",
-                   "--eth0-mask", "255.255.255.0", "--eth0-gateway", "10.1.2.1", "--eth0-dns", "10.1.2.2",
-                   "--eth1", "dhcp", "--ntp", "pool.ntp.org", "--ntp", "10.1.2.1:123", "--out", str(out))
+    made = op.json(
+        "device",
+        "provision",
+        "--name",
+        "cli-dev-1",
+        "--description",
+        "lobby camera",
+        "--tag",
+        "site=lab",
+        "--tag",
+        "floor=",
+        "--eth0",
+        "static",
+        "--eth0-ip",
+        "10.1.2.3",
+        "--eth0-mask",
+        "255.255.255.0",
+        "--eth0-gateway",
+        "10.1.2.1",
+        "--eth0-dns",
+        "10.1.2.2",
+        "--eth1",
+        "dhcp",
+        "--ntp",
+        "pool.ntp.org",
+        "--ntp",
+        "10.1.2.1:123",
+        "--out",
+        str(out),
+    )
     assert made["Status"] == "AWAITING_PROVISIONING" and made["attempts"] == 1
     assert out.stat().st_mode & 0o777 == 0o600 and out.stat().st_size == made["archive"]["size"]
     listed = [d for d in op.json("device", "list", "--name", "cli-dev-") if d["DeviceId"] == made["DeviceId"]]
@@ -102,16 +138,36 @@ def test_provision_out_refuses_to_overwrite_and_can_write_stdout(op, tmp_path):
 
 
 def test_validation_lists_every_violation_and_sends_nothing(op):
-    error = op.json("device", "provision", "--name", "bad name", "--description", "x" * 256, "--tag", "k=" + "v" * 257,
-                    "--eth1", "static", "--eth1-ip", "192.168.1.1:0", "--ntp", "NTP.example.com",
-                    expect=ExitCode.VALIDATION)
+    error = op.json(
+        "device",
+        "provision",
+        "--name",
+        "bad name",
+        "--description",
+        "x" * 256,
+        "--tag",
+        "k=" + "v" * 257,
+        "--eth1",
+        "static",
+        "--eth1-ip",
+        "192.168.1.1:0",
+        "--ntp",
+        "NTP.example.com",
+        expect=ExitCode.VALIDATION,
+    )
     fields = sorted(v["field"] for v in error["details"]["violations"])
-    assert fields == sorted([
-        "Name", "Description", "Tags.k", "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.IpAddress",
-        "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.Mask",
-        "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.DefaultGateway",
-        "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.Dns", "NetworkingConfiguration.Ntp.NtpServers[0]",
-    ])
+    assert fields == sorted(
+        [
+            "Name",
+            "Description",
+            "Tags.k",
+            "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.IpAddress",
+            "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.Mask",
+            "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.DefaultGateway",
+            "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.Dns",
+            "NetworkingConfiguration.Ntp.NtpServers[0]",
+        ]
+    )
     assert not [d for d in op.json("device", "list") if d["Name"] == "bad name"]
 
 
@@ -179,20 +235,60 @@ def test_wait_timeout_names_the_last_state(own_authority, tmp_path):
 
 
 def test_package_import_is_idempotent_by_default(op):
-    args = ("package", "import", "--bucket", "pkgs", "--key", "nodes/n1.tar.gz", "--name", "people-counter",
-            "--version", "1.2", "--tag", "team=vision")
+    args = (
+        "package",
+        "import",
+        "--bucket",
+        "pkgs",
+        "--key",
+        "nodes/n1.tar.gz",
+        "--name",
+        "people-counter",
+        "--version",
+        "1.2",
+        "--tag",
+        "team=vision",
+    )
     first = op.json(*args)
     again = op.json(*args)
     assert again["JobId"] == first["JobId"]  # same request, same derived ClientToken
     finished = op.json("package", "describe", first["JobId"], "--wait")
     assert finished["Status"] == "SUCCEEDED" and finished["Output"]["PackageVersion"] == "1.2"
-    clash = op.json("package", "import", "--bucket", "pkgs", "--key", "other", "--name", "people-counter",
-                    "--version", "1.3", "--client-token", first["ClientToken"], expect=ExitCode.CONFLICT)
+    clash = op.json(
+        "package",
+        "import",
+        "--bucket",
+        "pkgs",
+        "--key",
+        "other",
+        "--name",
+        "people-counter",
+        "--version",
+        "1.3",
+        "--client-token",
+        first["ClientToken"],
+        expect=ExitCode.CONFLICT,
+    )
     assert clash["details"]["error_code"] == "ConflictException"
-    bad = op.json("package", "import", "--bucket", "b", "--key", "k", "--name", "p", "--version", "1.2.3",
-                  "--client-token", "has space", expect=ExitCode.VALIDATION)
+    bad = op.json(
+        "package",
+        "import",
+        "--bucket",
+        "b",
+        "--key",
+        "k",
+        "--name",
+        "p",
+        "--version",
+        "1.2.3",
+        "--client-token",
+        "has space",
+        expect=ExitCode.VALIDATION,
+    )
     assert {v["field"] for v in bad["details"]["violations"]} == {
-        "ClientToken", "OutputConfig.PackageVersionOutputConfig.PackageVersion"}
+        "ClientToken",
+        "OutputConfig.PackageVersionOutputConfig.PackageVersion",
+    }
 
 
 # ---------------------------------------------------------------- snow
@@ -239,10 +335,13 @@ def test_quota_is_its_own_exit_code(own_authority, tmp_path):
     assert error["details"]["quotaCode"]
 
 
-@pytest.mark.parametrize(("status", "code", "exit_code"), [
-    (500, "InternalServerException", ExitCode.SERVICE),
-    (429, "ThrottlingException", ExitCode.THROTTLED),
-])
+@pytest.mark.parametrize(
+    ("status", "code", "exit_code"),
+    [
+        (500, "InternalServerException", ExitCode.SERVICE),
+        (429, "ThrottlingException", ExitCode.THROTTLED),
+    ],
+)
 def test_persistent_service_errors_after_standard_retries(own_authority, tmp_path, status, code, exit_code):
     server = own_authority()
     server.admin.set_fault("ListDevices", error=status)
@@ -265,9 +364,14 @@ def test_unreachable_endpoint(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nothing listens here once closed
-    result = run_cli("--endpoint-url", f"http://127.0.0.1:{port}", "device", "list",
-                     env={"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b", "PANOSTAGE_BACKEND_MAX_ATTEMPTS": "1"},
-                     home=tmp_path)
+    result = run_cli(
+        "--endpoint-url",
+        f"http://127.0.0.1:{port}",
+        "device",
+        "list",
+        env={"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b", "PANOSTAGE_BACKEND_MAX_ATTEMPTS": "1"},
+        home=tmp_path,
+    )
     assert result.returncode == ExitCode.UNREACHABLE and "cannot reach" in result.stderr
 
 
@@ -322,12 +426,30 @@ def test_the_aws_cli_works_with_our_service_definition(op):
         pytest.skip("awscli is not installed in this environment (scripts/test installs it)")
     data_path = op.json("config", "data-path")["data_path"]
     env = clean_env(op.home, {**op.env, "AWS_DATA_PATH": data_path, "AWS_DEFAULT_REGION": REGION})
-    made = subprocess.run([str(aws), "panorama", "provision-device", "--name", "awscli-1", "--endpoint-url",
-                           op.authority.endpoint_url, "--output", "json"], env=env, capture_output=True, text=True)
+    made = subprocess.run(
+        [
+            str(aws),
+            "panorama",
+            "provision-device",
+            "--name",
+            "awscli-1",
+            "--endpoint-url",
+            op.authority.endpoint_url,
+            "--output",
+            "json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert made.returncode == 0, made.stderr
     assert json.loads(made.stdout)["Status"] == "AWAITING_PROVISIONING"
-    without = subprocess.run([str(aws), "panorama", "list-devices", "--endpoint-url", op.authority.endpoint_url],
-                             env={k: v for k, v in env.items() if k != "AWS_DATA_PATH"}, capture_output=True, text=True)
+    without = subprocess.run(
+        [str(aws), "panorama", "list-devices", "--endpoint-url", op.authority.endpoint_url],
+        env={k: v for k, v in env.items() if k != "AWS_DATA_PATH"},
+        capture_output=True,
+        text=True,
+    )
     assert without.returncode != 0  # the aws cli's own botocore no longer knows panorama
 
 
@@ -335,14 +457,21 @@ def test_an_older_botocore_uses_our_definition_too(op):
     python = os.environ.get("PANOSTAGE_COMPAT_PYTHON")
     if not python:
         pytest.skip("PANOSTAGE_COMPAT_PYTHON is not set (scripts/test sets up .venv-compat with an older botocore)")
-    probe = ("import botocore, agent.aws.model as m; s = m.new_botocore_session(); "
-             "print(botocore.__version__); print(s.get_service_model('panorama').documentation)")
+    probe = (
+        "import botocore, agent.aws.model as m; s = m.new_botocore_session(); "
+        "print(botocore.__version__); print(s.get_service_model('panorama').documentation)"
+    )
     out = subprocess.run([python, "-c", probe], capture_output=True, text=True, cwd=REPO, env=clean_env(op.home))
     assert out.returncode == 0, out.stderr
     version, doc = out.stdout.splitlines()[:2]
     assert tuple(int(x) for x in version.split(".")[:3]) < (1, 43, 38)  # a botocore that still ships panorama
     assert "subset used by panostage" in doc
-    result = subprocess.run([python, "-m", "agent", "--json", "device", "provision", "--name", "compat-1"],
-                            capture_output=True, text=True, cwd=REPO, env=clean_env(op.home, op.env))
+    result = subprocess.run(
+        [python, "-m", "agent", "--json", "device", "provision", "--name", "compat-1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=clean_env(op.home, op.env),
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["Status"] == "AWAITING_PROVISIONING"

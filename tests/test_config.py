@@ -13,8 +13,12 @@ from tests.helpers import PEM_KEY_HEADER, run_cli
 
 
 def isolated_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
-            "PANOSTAGE_SYSTEM_CONFIG": str(tmp_path / "etc.toml"), **extra}
+    return {
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+        "PANOSTAGE_SYSTEM_CONFIG": str(tmp_path / "etc.toml"),
+        **extra,
+    }
 
 
 def write(path: Path, text: str) -> Path:
@@ -48,7 +52,7 @@ def test_precedence_default_file_env_flag(tmp_path):
 
 def test_explicit_file_replaces_the_standard_ones(tmp_path):
     write(tmp_path / "etc.toml", '[backend]\nregion = "eu-west-1"\n')
-    mine = write(tmp_path / "mine.toml", '[wait]\ninterval_seconds = 0.5\n')
+    mine = write(tmp_path / "mine.toml", "[wait]\ninterval_seconds = 0.5\n")
     loaded = config.load(str(mine), env=isolated_env(tmp_path))
     assert loaded.settings.backend.region == "us-east-1"
     assert loaded.settings.wait.interval_seconds == 0.5
@@ -61,12 +65,12 @@ def test_explicit_file_replaces_the_standard_ones(tmp_path):
         ('[backend]\nregoin = "x"\n', "unknown key backend.regoin"),
         ('[backnd]\nregion = "x"\n', "unknown section [backnd]"),
         ('[backend]\nread_timeout = "fast"\n', "backend.read_timeout must be a number, got str 'fast'"),
-        ('[backend]\nmax_attempts = 2.5\n', "backend.max_attempts must be an integer"),
+        ("[backend]\nmax_attempts = 2.5\n", "backend.max_attempts must be an integer"),
         ('[authority]\nunique_names = "yes"\n', "authority.unique_names must be a boolean"),
         ('[backend]\nname = "cloud"\n', "backend.name = 'cloud' must be one of local, aws"),
-        ('[authority]\nport = 70000\n', "authority.port = 70000 must be at most 65535"),
-        ('[backend\n', "not valid TOML"),
-        ('backend = 3\n', "backend must be a table"),
+        ("[authority]\nport = 70000\n", "authority.port = 70000 must be at most 65535"),
+        ("[backend\n", "not valid TOML"),
+        ("backend = 3\n", "backend must be a table"),
     ],
 )
 def test_bad_file_names_file_key_and_type(tmp_path, text, needle):
@@ -82,7 +86,11 @@ def test_bad_file_names_file_key_and_type(tmp_path, text, needle):
 @pytest.mark.parametrize(
     ("var", "value", "needle"),
     [
-        ("PANOSTAGE_BACKEND_READ_TIMEOUT", "soon", "PANOSTAGE_BACKEND_READ_TIMEOUT: backend.read_timeout must be a number"),
+        (
+            "PANOSTAGE_BACKEND_READ_TIMEOUT",
+            "soon",
+            "PANOSTAGE_BACKEND_READ_TIMEOUT: backend.read_timeout must be a number",
+        ),
         ("PANOSTAGE_AUTHORITY_UNIQUE_NAMES", "maybe", "must be a boolean"),
         ("PANOSTAGE_BACKEND_REGOIN", "x", "PANOSTAGE_BACKEND_REGOIN is not a configuration key"),
         ("PANOSTAGE_AUTHORITY_DEVICE_QUOTA", "-1", "must be at least 0"),
@@ -100,7 +108,10 @@ def test_missing_explicit_file_is_an_error(tmp_path):
 
 
 def test_config_show_cli_reports_sources_and_hides_secrets(tmp_path):
-    write(tmp_path / "xdg/panostage/config.toml", '[authority]\nsecret_access_key = "s3cr3t"\n[backend]\nregion = "ap-south-1"\n')
+    write(
+        tmp_path / "xdg/panostage/config.toml",
+        '[authority]\nsecret_access_key = "s3cr3t"\n[backend]\nregion = "ap-south-1"\n',
+    )
     result = run_cli("--profile", "lab", "config", "show", "--json", env=isolated_env(tmp_path), home=tmp_path)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -120,9 +131,11 @@ def test_authority_regions_is_a_list_in_files_comma_separated_in_the_environment
     loaded = config.load(env=isolated_env(tmp_path, PANOSTAGE_AUTHORITY_REGIONS=" us-west-2 , ap-south-1,,"))
     assert loaded.settings.authority.regions == ("us-west-2", "ap-south-1")
     assert loaded.sources["authority.regions"] == "env PANOSTAGE_AUTHORITY_REGIONS"
-    for text, needle in [('regions = "us-east-1"', "authority.regions must be a list of strings, got str"),
-                         ("regions = [1]", "authority.regions must be a list of strings, got list"),
-                         ('regions = ["us east-1"]', "must hold region names such as us-east-1")]:
+    for text, needle in [
+        ('regions = "us-east-1"', "authority.regions must be a list of strings, got str"),
+        ("regions = [1]", "authority.regions must be a list of strings, got list"),
+        ('regions = ["us east-1"]', "must hold region names such as us-east-1"),
+    ]:
         bad = write(tmp_path / "bad.toml", f"[authority]\n{text}\n")
         with pytest.raises(ConfigError) as info:
             config.load(str(bad), env=isolated_env(tmp_path))
@@ -130,8 +143,9 @@ def test_authority_regions_is_a_list_in_files_comma_separated_in_the_environment
     with pytest.raises(ConfigError) as info:
         config.load(env=isolated_env(tmp_path, PANOSTAGE_AUTHORITY_REGIONS="eu-west-1,eu_west_2"))
     assert "PANOSTAGE_AUTHORITY_REGIONS" in info.value.message and "'eu_west_2' is not one" in info.value.message
-    shown = run_cli("config", "show", "--json", env=isolated_env(tmp_path, PANOSTAGE_AUTHORITY_REGIONS="eu-west-1"),
-                    home=tmp_path)
+    shown = run_cli(
+        "config", "show", "--json", env=isolated_env(tmp_path, PANOSTAGE_AUTHORITY_REGIONS="eu-west-1"), home=tmp_path
+    )
     row = {row["key"]: row for row in json.loads(shown.stdout)["settings"]}["authority.regions"]
     assert (row["value"], row["type"]) == (["eu-west-1"], "list of strings"), row
     human = run_cli("config", "show", env=isolated_env(tmp_path), home=tmp_path)
@@ -151,9 +165,19 @@ def test_config_error_exit_code_and_message_from_the_cli(tmp_path):
     assert error["exit_name"] == "CONFIG" and error["details"]["key"] == "wait.timeout_seconds"
 
 
-@pytest.mark.parametrize("value", ["notaurl", "ftp://authority.example", "http://", "https:///path",
-                                   "http://-bad-.example", "http://host:99999", "http://a b.example",
-                                   "http://[nope]:80"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "notaurl",
+        "ftp://authority.example",
+        "http://",
+        "https:///path",
+        "http://-bad-.example",
+        "http://host:99999",
+        "http://a b.example",
+        "http://[nope]:80",
+    ],
+)
 def test_endpoint_url_must_be_an_http_url_with_a_host(tmp_path, value):
     with pytest.raises(ConfigError) as info:
         config.load(env=isolated_env(tmp_path, PANOSTAGE_BACKEND_ENDPOINT_URL=value))
@@ -163,8 +187,16 @@ def test_endpoint_url_must_be_an_http_url_with_a_host(tmp_path, value):
     assert info.value.exit_code == ExitCode.CONFIG
 
 
-@pytest.mark.parametrize("value", ["", "http://127.0.0.1:8750", "https://panorama.us-east-1.amazonaws.com/",
-                                   "http://[::1]:8750", "HTTP://Authority.Example.:80"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "http://127.0.0.1:8750",
+        "https://panorama.us-east-1.amazonaws.com/",
+        "http://[::1]:8750",
+        "HTTP://Authority.Example.:80",
+    ],
+)
 def test_endpoint_url_accepts_http_urls(tmp_path, value):
     loaded = config.load(env=isolated_env(tmp_path, PANOSTAGE_BACKEND_ENDPOINT_URL=value))
     assert loaded.settings.backend.endpoint_url == value
@@ -178,13 +210,16 @@ def test_endpoint_url_rule_holds_in_files_and_flags(tmp_path):
         config.load(env=isolated_env(tmp_path), flags={"backend.endpoint_url": "x"})
 
 
-@pytest.mark.parametrize(("value", "rule"), [
-    (PEM_KEY_HEADER, "not key material"),
-    ("ops\nsecond line", "control characters"),
-    ("x" * 129, "at most 128 characters"),
-    ("alice\x1b[2J", "control characters"),
-    ("alice\u202e", "control characters"),
-])
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        (PEM_KEY_HEADER, "not key material"),
+        ("ops\nsecond line", "control characters"),
+        ("x" * 129, "at most 128 characters"),
+        ("alice\x1b[2J", "control characters"),
+        ("alice\u202e", "control characters"),
+    ],
+)
 def test_operator_rules(tmp_path, value, rule):
     with pytest.raises(ConfigError) as info:
         config.load(env=isolated_env(tmp_path, PANOSTAGE_STAGE_OPERATOR=value))
@@ -213,9 +248,13 @@ def test_check_operator_for_the_login_name_fallback():
 
 
 def test_operator_refused_by_the_cli_before_anything_runs(tmp_path):
-    result = run_cli("config", "show", env=isolated_env(tmp_path, PANOSTAGE_STAGE_OPERATOR=PEM_KEY_HEADER), home=tmp_path)
+    result = run_cli(
+        "config", "show", env=isolated_env(tmp_path, PANOSTAGE_STAGE_OPERATOR=PEM_KEY_HEADER), home=tmp_path
+    )
     assert result.returncode == ExitCode.CONFIG and "Traceback" not in result.stderr
     assert "PRIVATE KEY" not in result.stdout
-    result = run_cli("device", "list", env=isolated_env(tmp_path, PANOSTAGE_BACKEND_ENDPOINT_URL="notaurl"), home=tmp_path)
+    result = run_cli(
+        "device", "list", env=isolated_env(tmp_path, PANOSTAGE_BACKEND_ENDPOINT_URL="notaurl"), home=tmp_path
+    )
     assert result.returncode == ExitCode.CONFIG, result.stderr
     assert "PANOSTAGE_BACKEND_ENDPOINT_URL" in result.stderr and "'notaurl'" in result.stderr

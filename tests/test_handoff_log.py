@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import multiprocessing
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from agent.errors import ExitCode, PanostageError
 from agent.handoff_log import HandoffLog, Journal, KeyMaterialRefused, line_hash
 
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -87,8 +87,10 @@ def test_check_appendable_on_a_new_and_on_a_sound_log(tmp_path, log):
     assert (log.path.read_bytes(), log.head_path.read_bytes()) == before
 
 
-@pytest.mark.parametrize("damage", ["last-line-edited", "last-line-garbage", "head-missing", "head-garbage",
-                                    "last-line-cut-off", "log-emptied"])
+@pytest.mark.parametrize(
+    "damage",
+    ["last-line-edited", "last-line-garbage", "head-missing", "head-garbage", "last-line-cut-off", "log-emptied"],
+)
 def test_check_appendable_refuses_a_damaged_log(log, damage):
     lines = lines_of(log)
     if damage == "last-line-edited":
@@ -165,8 +167,13 @@ def test_journal_gets_structured_fields(tmp_path):
         server.bind(path)
         server.settimeout(5)
         log = HandoffLog(tmp_path / "state", journal=Journal(socket_path=path))
-        log.append("handoff", time=NOW, device={"name": "cam-1", "id": "device-1"}, outcome="failed",
-                   error={"reason": "stick-removed", "message": "line one\nline two"})
+        log.append(
+            "handoff",
+            time=NOW,
+            device={"name": "cam-1", "id": "device-1"},
+            outcome="failed",
+            error={"reason": "stick-removed", "message": "line one\nline two"},
+        )
         datagram = server.recv(65536)
     assert b"SYSLOG_IDENTIFIER=panostage\n" in datagram
     assert b"PANOSTAGE_DEVICE_NAME=cam-1\n" in datagram

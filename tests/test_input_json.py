@@ -17,8 +17,9 @@ from tests.helpers import REPO, run_cli
 
 
 def plan_add(tmp_path: Path, source: str) -> subprocess.CompletedProcess:
-    return run_cli("--state-dir", str(tmp_path / "state"), "plan", "add", "--name", "cam-1", "--input-json", source,
-                   home=tmp_path)
+    return run_cli(
+        "--state-dir", str(tmp_path / "state"), "plan", "add", "--name", "cam-1", "--input-json", source, home=tmp_path
+    )
 
 
 def assert_usage(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -36,10 +37,14 @@ def test_deeply_nested_file(tmp_path: Path) -> None:
 
 def test_nesting_just_past_the_limit(tmp_path: Path) -> None:
     path = tmp_path / "deep.json"
-    path.write_text(json.dumps({"Name": "cam-1", "Tags": json.loads("[" * INPUT_JSON_MAX_DEPTH + "]" * INPUT_JSON_MAX_DEPTH)}))
+    path.write_text(
+        json.dumps({"Name": "cam-1", "Tags": json.loads("[" * INPUT_JSON_MAX_DEPTH + "]" * INPUT_JSON_MAX_DEPTH)})
+    )
     with pytest.raises(UsageError, match="nested more than"):
         read_input_json(str(path))
-    path.write_text(json.dumps({"Tags": json.loads("[" * (INPUT_JSON_MAX_DEPTH - 1) + "]" * (INPUT_JSON_MAX_DEPTH - 1))}))
+    path.write_text(
+        json.dumps({"Tags": json.loads("[" * (INPUT_JSON_MAX_DEPTH - 1) + "]" * (INPUT_JSON_MAX_DEPTH - 1))})
+    )
     assert read_input_json(str(path))["Tags"]
 
 
@@ -72,18 +77,27 @@ def test_a_directory(tmp_path: Path) -> None:
         read_input_json(str(tmp_path))
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root and setpriv (to read the file as an unprivileged user)")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv (to read the file as an unprivileged user)",
+)
 def test_unreadable_file(tmp_path: Path) -> None:
     path = tmp_path / "private.json"
     path.write_text("{}")
     path.chmod(0o600)
-    code = ("import sys; from agent.cli.inputs import read_input_json\n"
-            "try:\n    read_input_json(sys.argv[1])\n"
-            "except Exception as exc:\n    print(int(exc.exit_code), exc.message)\n")
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code,
-                           str(path)], capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          timeout=60)
+    code = (
+        "import sys; from agent.cli.inputs import read_input_json\n"
+        "try:\n    read_input_json(sys.argv[1])\n"
+        "except Exception as exc:\n    print(int(exc.exit_code), exc.message)\n"
+    )
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
     assert proc.stdout.startswith(f"{int(ExitCode.USAGE)} --input-json {path}: cannot read it: Permission denied"), proc
 
 

@@ -40,7 +40,9 @@ class Planner:
     def fails(self, code: ExitCode, *args: str, input: str | None = None) -> dict:
         """Run with --json, expect exit ``code``, return the error object."""
         result = self.run(*args, "--json", input=input)
-        assert result.returncode == code, f"exit {result.returncode} (wanted {int(code)})\n{result.stdout}\n{result.stderr}"
+        assert result.returncode == code, (
+            f"exit {result.returncode} (wanted {int(code)})\n{result.stdout}\n{result.stderr}"
+        )
         assert result.stdout == ""
         return json.loads(result.stderr.splitlines()[-1])["error"]
 
@@ -61,8 +63,15 @@ def pl(tmp_path) -> Planner:
     return Planner(tmp_path)
 
 
-STATIC_ETH0 = {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": {
-    "IpAddress": "10.0.0.10", "Mask": "255.255.255.0", "DefaultGateway": "10.0.0.1", "Dns": ["10.0.0.2", "10.0.0.3"]}}
+STATIC_ETH0 = {
+    "ConnectionType": "STATIC_IP",
+    "StaticIpConnectionInfo": {
+        "IpAddress": "10.0.0.10",
+        "Mask": "255.255.255.0",
+        "DefaultGateway": "10.0.0.1",
+        "Dns": ["10.0.0.2", "10.0.0.3"],
+    },
+}
 #: What every format's "full" entry must turn into.
 FULL_REQUEST = {
     "Name": "cam-01",
@@ -81,10 +90,40 @@ FULL_ACTIONS = {"ota": {"image_version": "4.3.94", "allow_major": True}, "reboot
 
 
 def test_add_list_remove_retry(pl):
-    added = pl.ok("plan", "add", "--name", "cam-01", "--description", "lobby camera", "--tag", "site=lab",
-                  "--tag", "floor=2", "--eth0", "static", "--eth0-ip", "10.0.0.10", "--eth0-mask", "255.255.255.0",
-                  "--eth0-gateway", "10.0.0.1", "--eth0-dns", "10.0.0.2", "--eth0-dns", "10.0.0.3", "--eth1", "dhcp",
-                  "--ntp", "pool.ntp.org", "--ntp", "10.0.0.1:123", "--ota", "4.3.94", "--allow-major", "--reboot")
+    added = pl.ok(
+        "plan",
+        "add",
+        "--name",
+        "cam-01",
+        "--description",
+        "lobby camera",
+        "--tag",
+        "site=lab",
+        "--tag",
+        "floor=2",
+        "--eth0",
+        "static",
+        "--eth0-ip",
+        "10.0.0.10",
+        "--eth0-mask",
+        "255.255.255.0",
+        "--eth0-gateway",
+        "10.0.0.1",
+        "--eth0-dns",
+        "10.0.0.2",
+        "--eth0-dns",
+        "10.0.0.3",
+        "--eth1",
+        "dhcp",
+        "--ntp",
+        "pool.ntp.org",
+        "--ntp",
+        "10.0.0.1:123",
+        "--ota",
+        "4.3.94",
+        "--allow-major",
+        "--reboot",
+    )
     assert added["request"] == FULL_REQUEST and added["actions"] == FULL_ACTIONS
     assert (added["status"], added["attempts"], added["position"]) == ("pending", 0, 1)
     assert pl.ok("plan", "add", "--name", "cam-02")["actions"] == {}
@@ -92,7 +131,10 @@ def test_add_list_remove_retry(pl):
 
     listed = pl.ok("plan", "list")
     assert [(e["position"], e["name"], e["status"]) for e in listed] == [
-        (1, "cam-01", "pending"), (2, "cam-02", "pending"), (3, "cam-03", "pending")]
+        (1, "cam-01", "pending"),
+        (2, "cam-02", "pending"),
+        (3, "cam-03", "pending"),
+    ]
     human = pl.run("plan", "list")
     assert human.returncode == 0
     header, *rows, summary = human.stdout.splitlines()
@@ -103,10 +145,13 @@ def test_add_list_remove_retry(pl):
     assert pl.fails(ExitCode.CONFLICT, "plan", "add", "--name", "cam-01")["details"] == {"names": ["cam-01"]}
     error = pl.fails(ExitCode.VALIDATION, "plan", "add", "--name", "cam 4", "--eth0-ip", "10.0.0.300", "--ota", "")
     assert {v["field"] for v in error["details"]["violations"]} == {
-        "Name", "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.IpAddress",
+        "Name",
+        "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.IpAddress",
         "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.Mask",
         "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.DefaultGateway",
-        "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.Dns", "--ota"}
+        "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.Dns",
+        "--ota",
+    }
     error = pl.fails(ExitCode.VALIDATION, "plan", "add", "--name", "cam-4", "--allow-major")
     assert error["details"]["violations"][0]["field"] == "--ota"
     assert pl.fails(ExitCode.USAGE, "plan", "add", "--name", "cam-4", "--eth0", "dhcp", "--eth0-ip", "10.0.0.1")
@@ -123,7 +168,8 @@ def test_add_list_remove_retry(pl):
     first, fifth = db.entry("cam-01"), db.entry("cam-05")
     db.set_entry(first["id"], status="attention", attempts=3, last_error="stick pulled during write")
     assert [(e["status"], e["attempts"], e["last_error"]) for e in pl.ok("plan", "list", "--status", "attention")] == [
-        ("attention", 3, "stick pulled during write")]
+        ("attention", 3, "stick pulled during write")
+    ]
     assert "stick pulled during write" in pl.run("plan", "list").stdout
     retried = pl.ok("plan", "retry", "cam-01")
     assert (retried["status"], retried["attempts"], retried["last_error"]) == ("pending", 0, None)
@@ -134,7 +180,9 @@ def test_add_list_remove_retry(pl):
     error = pl.fails(ExitCode.CONFLICT, "plan", "retry", "cam-05")
     assert "remove" in error["hint"]
     assert [(e["name"], e["status"], e["device_id"]) for e in pl.ok("plan", "list")] == [
-        ("cam-01", "claimed", None), ("cam-05", "done", "device-5")]
+        ("cam-01", "claimed", None),
+        ("cam-05", "done", "device-5"),
+    ]
     assert pl.ok("plan", "list", "--status", "pending") == []
     assert pl.run("plan", "list", "--status", "pending").stdout.strip() == "no pending entries in the plan"
     db.close()
@@ -143,16 +191,16 @@ def test_add_list_remove_retry(pl):
 # ---------------------------------------------------------------- import, one file per format
 
 
-CSV_FULL = '''
+CSV_FULL = """
     name,description,tags,eth0,eth0_ip,eth0_mask,eth0_gateway,eth0_dns,eth1,eth1_ip,eth1_mask,eth1_gateway,eth1_dns,ntp,ota_version,allow_major,reboot
     cam-01,lobby camera,site=lab;floor=2,static,10.0.0.10,255.255.255.0,10.0.0.1,10.0.0.2;10.0.0.3,dhcp,,,,,pool.ntp.org;10.0.0.1:123,4.3.94,yes,true
 ,,,,,,
 
     cam-02,"two lines? no: one, with a comma",,,,,,,,,,,,,,,
     cam-03,,k=,,10.0.1.5:8080,255.255.0.0,10.0.0.1,dns.example.com,static,10.0.2.5,255.255.255.0,10.0.2.1,10.0.2.2,,,,1
-'''
+"""
 
-TOML_FULL = '''
+TOML_FULL = """
     # the plan for floor 2
     [[device]]
     name = "cam-01"
@@ -184,9 +232,9 @@ TOML_FULL = '''
     [device.request.NetworkingConfiguration.Ethernet1]
     ConnectionType = "STATIC_IP"
     StaticIpConnectionInfo = { IpAddress = "10.0.2.5", Mask = "255.255.255.0", DefaultGateway = "10.0.2.1", Dns = ["10.0.2.2"] }
-'''
+"""
 
-JSON_FULL = '''
+JSON_FULL = """
     {"devices": [
       {"name": "cam-01", "description": "lobby camera", "tags": {"site": "lab", "floor": "2"},
        "eth0": "static", "eth0_ip": "10.0.0.10", "eth0_mask": "255.255.255.0", "eth0_gateway": "10.0.0.1",
@@ -199,32 +247,52 @@ JSON_FULL = '''
        "eth1": "static", "eth1_ip": "10.0.2.5", "eth1_mask": "255.255.255.0", "eth1_gateway": "10.0.2.1",
        "eth1_dns": "10.0.2.2", "reboot": "1"}
     ]}
-'''
+"""
 
 CAM_03 = {
     "Name": "cam-03",
     "Tags": {"k": ""},
     "NetworkingConfiguration": {
-        "Ethernet0": {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": {
-            "IpAddress": "10.0.1.5:8080", "Mask": "255.255.0.0", "DefaultGateway": "10.0.0.1", "Dns": ["dns.example.com"]}},
-        "Ethernet1": {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": {
-            "IpAddress": "10.0.2.5", "Mask": "255.255.255.0", "DefaultGateway": "10.0.2.1", "Dns": ["10.0.2.2"]}},
+        "Ethernet0": {
+            "ConnectionType": "STATIC_IP",
+            "StaticIpConnectionInfo": {
+                "IpAddress": "10.0.1.5:8080",
+                "Mask": "255.255.0.0",
+                "DefaultGateway": "10.0.0.1",
+                "Dns": ["dns.example.com"],
+            },
+        },
+        "Ethernet1": {
+            "ConnectionType": "STATIC_IP",
+            "StaticIpConnectionInfo": {
+                "IpAddress": "10.0.2.5",
+                "Mask": "255.255.255.0",
+                "DefaultGateway": "10.0.2.1",
+                "Dns": ["10.0.2.2"],
+            },
+        },
     },
 }
 
 
-@pytest.mark.parametrize("fmt, text, lines, cam03_actions", [
-    ("csv", CSV_FULL, [2, 5, 6], {"reboot": True}),
-    ("toml", TOML_FULL, [2, 17, 21], {"ota": {"image_version": "4.3.95", "allow_major": False}}),
-    ("json", JSON_FULL, [2, 6, 7], {"reboot": True}),
-])
+@pytest.mark.parametrize(
+    "fmt, text, lines, cam03_actions",
+    [
+        ("csv", CSV_FULL, [2, 5, 6], {"reboot": True}),
+        ("toml", TOML_FULL, [2, 17, 21], {"ota": {"image_version": "4.3.95", "allow_major": False}}),
+        ("json", JSON_FULL, [2, 6, 7], {"reboot": True}),
+    ],
+)
 def test_import_every_field(pl, fmt, text, lines, cam03_actions):
     path = pl.write(f"plan.{fmt}", text)
     preview = pl.ok("plan", "import", path, "--dry-run")
     assert preview["dry_run"] and preview["count"] == 3 and [e["line"] for e in preview["entries"]] == lines
     assert pl.names() == []  # a dry run changes nothing
     human = pl.run("plan", "import", path, "--dry-run")
-    assert "would add 3 entries (dry run: nothing changed)" in human.stdout and "eth0 10.0.0.10, eth1 dhcp, ntp ×2" in human.stdout
+    assert (
+        "would add 3 entries (dry run: nothing changed)" in human.stdout
+        and "eth0 10.0.0.10, eth1 dhcp, ntp ×2" in human.stdout
+    )
 
     imported = pl.ok("plan", "import", path)
     assert imported["count"] == 3 and not imported["dry_run"]
@@ -254,7 +322,9 @@ def _problems(error: dict) -> set[tuple[int, str]]:
 
 
 def test_csv_bad_rows_reported_by_physical_line_and_nothing_imported(pl):
-    path = pl.write("bad.csv", '''
+    path = pl.write(
+        "bad.csv",
+        """
         name,description,eth0,eth0_ip,eth0_mask,eth0_gateway,eth0_dns,ntp,ota_version,allow_major,reboot
         cam-01,"a description
         over two lines",dhcp
@@ -263,19 +333,28 @@ def test_csv_bad_rows_reported_by_physical_line_and_nothing_imported(pl):
         cam-04,,,,,,,,,,
         cam-05,,dhcp,10.0.0.5,,,,,,,nope
         cam-06,,,,,,,,,true,
-    ''')
+    """,
+    )
     error = pl.fails(ExitCode.VALIDATION, "plan", "import", path)
     assert error["reason"] == "validation" and error["details"]["source"] == path
     assert _problems(error) == {
         (2, "description"),  # a line break: ^.*$; reported where the row starts
         (4, "eth0_ip"),
-        (5, "name"), (5, "ntp[0]"), (5, "allow_major"),
-        (7, "eth0"), (7, "reboot"),
+        (5, "name"),
+        (5, "ntp[0]"),
+        (5, "allow_major"),
+        (7, "eth0"),
+        (7, "reboot"),
         (8, "ota_version"),
     }
     by_line = {v["line"]: v for v in error["details"]["violations"]}
-    assert by_line[4] == {"line": 4, "entry": "cam-02", "field": "eth0_ip", "value": "10.0.0.300",
-                          "rule": "must be a dotted IPv4 address, optionally :port 1–65535"}
+    assert by_line[4] == {
+        "line": 4,
+        "entry": "cam-02",
+        "field": "eth0_ip",
+        "value": "10.0.0.300",
+        "rule": "must be a dotted IPv4 address, optionally :port 1–65535",
+    }
     human = pl.run("plan", "import", path)
     assert human.returncode == ExitCode.VALIDATION
     assert "line 4 (cam-02): eth0_ip = '10.0.0.300': must be a dotted IPv4 address" in human.stderr
@@ -284,7 +363,9 @@ def test_csv_bad_rows_reported_by_physical_line_and_nothing_imported(pl):
 
 
 def test_toml_and_json_bad_entries_reported_by_start_line(pl):
-    toml_path = pl.write("bad.toml", '''
+    toml_path = pl.write(
+        "bad.toml",
+        '''
         [[device]]
         name = "cam-01"
         note = """[[device]]
@@ -299,11 +380,14 @@ def test_toml_and_json_bad_entries_reported_by_start_line(pl):
         eth0_dns = 5
         [device.request]
         Description = 7
-    ''')
+    ''',
+    )
     error = pl.fails(ExitCode.VALIDATION, "plan", "import", toml_path)
     assert _problems(error) == {(1, "note"), (6, "tags key"), (10, "eth0_dns"), (10, "request.Description")}
 
-    json_path = pl.write("bad.json", '''
+    json_path = pl.write(
+        "bad.json",
+        """
         [
           {"name": "cam-01"},
           {"name": "cam-02", "eth1": "bridge",
@@ -312,25 +396,36 @@ def test_toml_and_json_bad_entries_reported_by_start_line(pl):
 
           {"name": "cam-04", "name": "cam-05"}, {"name": "cam-06", "actions": {"reboot": 1, "ota": {"image_version": ""}}}
         ]
-    ''')
+    """,
+    )
     error = pl.fails(ExitCode.VALIDATION, "plan", "import", json_path)
-    assert _problems(error) == {(3, "eth1"), (5, "(entry)"), (7, "name"), (7, "actions.reboot"),
-                                (7, "actions.ota.image_version")}
+    assert _problems(error) == {
+        (3, "eth1"),
+        (5, "(entry)"),
+        (7, "name"),
+        (7, "actions.reboot"),
+        (7, "actions.ota.image_version"),
+    }
     assert pl.names() == []
 
 
 def test_duplicates_in_the_file_and_against_the_plan(pl):
     pl.ok("plan", "add", "--name", "cam-01")
-    path = pl.write("dups.csv", '''
+    path = pl.write(
+        "dups.csv",
+        """
         name,eth0
         cam-01,dhcp
         cam-02,dhcp
         cam-03,dhcp
         cam-02,dhcp
-    ''')
+    """,
+    )
     error = pl.fails(ExitCode.VALIDATION, "plan", "import", path)
     assert {(v["line"], v["rule"]) for v in error["details"]["violations"]} == {
-        (2, "already in the plan"), (5, "also on line 3")}
+        (2, "already in the plan"),
+        (5, "also on line 3"),
+    }
     assert pl.names() == ["cam-01"]
     pl.ok("plan", "remove", "cam-01")
     error = pl.fails(ExitCode.VALIDATION, "plan", "import", path)
@@ -343,28 +438,37 @@ def test_unknown_columns_and_keys_are_named(pl):
     assert "unknown column" in error["details"]["violations"][0]["rule"]
     error = pl.fails(ExitCode.VALIDATION, "plan", "import", pl.write("semi.csv", "name;eth0\ncam-01;dhcp\n"))
     assert "separator is a comma" in error["message"]
-    error = pl.fails(ExitCode.VALIDATION, "plan", "import", pl.write("keys.json", '[{"name": "cam-01", "Eth0": "dhcp"}]'))
+    error = pl.fails(
+        ExitCode.VALIDATION, "plan", "import", pl.write("keys.json", '[{"name": "cam-01", "Eth0": "dhcp"}]')
+    )
     assert [(v["line"], v["field"]) for v in error["details"]["violations"]] == [(1, "Eth0")]
 
 
 # ---------------------------------------------------------------- files that are not plans
 
 
-@pytest.mark.parametrize("name, content, line, words", [
-    ("quote.csv", 'name,description\ncam-01,"unclosed\n', 2, "not valid CSV"),
-    ("quote2.csv", 'name,description\ncam-01,"a"b\n', 2, "not valid CSV"),
-    ("syntax.toml", '[[device]]\nname = "cam-01"\nname2 = \n', 3, "not valid TOML"),
-    ("syntax.json", '[{"name": "cam-01"},\n {"name": "cam-02",}]\n', 2, "not valid JSON"),
-    ("trailing.json", '[{"name": "cam-01"}] []\n', 1, "not valid JSON"),
-    ("latin1.csv", b"name,description\ncam-01,caf\xe9\n", 2, "not UTF-8"),
-    ("empty.toml", "\n  \n", None, "is empty"),
-    ("header.csv", "name,eth0\n", None, "holds no devices"),
-    ("table.toml", '[device]\nname = "cam-01"\n', None, "write [[device]]"),
-    ("object.json", '{"device": []}', 1, "unknown top-level key"),
-])
+@pytest.mark.parametrize(
+    "name, content, line, words",
+    [
+        ("quote.csv", 'name,description\ncam-01,"unclosed\n', 2, "not valid CSV"),
+        ("quote2.csv", 'name,description\ncam-01,"a"b\n', 2, "not valid CSV"),
+        ("syntax.toml", '[[device]]\nname = "cam-01"\nname2 = \n', 3, "not valid TOML"),
+        ("syntax.json", '[{"name": "cam-01"},\n {"name": "cam-02",}]\n', 2, "not valid JSON"),
+        ("trailing.json", '[{"name": "cam-01"}] []\n', 1, "not valid JSON"),
+        ("latin1.csv", b"name,description\ncam-01,caf\xe9\n", 2, "not UTF-8"),
+        ("empty.toml", "\n  \n", None, "is empty"),
+        ("header.csv", "name,eth0\n", None, "holds no devices"),
+        ("table.toml", '[device]\nname = "cam-01"\n', None, "write [[device]]"),
+        ("object.json", '{"device": []}', 1, "unknown top-level key"),
+    ],
+)
 def test_malformed_files(pl, name, content, line, words):
-    error = pl.fails(ExitCode.VALIDATION, "plan", "import", pl.write(name, content) if isinstance(content, str)
-                     else pl.write(name, content))
+    error = pl.fails(
+        ExitCode.VALIDATION,
+        "plan",
+        "import",
+        pl.write(name, content),
+    )
     assert error["reason"] == "plan-file" and words in error["message"]
     assert error["details"].get("line") == line
     assert pl.names() == []
@@ -396,8 +500,17 @@ def test_every_entry_claimed_exactly_once_by_eight_processes(pl):
     rows = "\n".join(f"cam-{i:02d},dhcp" for i in range(50))
     assert pl.ok("plan", "import", pl.write("fifty.csv", "name,eth0\n" + rows + "\n"))["count"] == 50
     env = clean_env(pl.home)
-    workers = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(pl.state), f"handoff-{n}"], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(8)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, str(pl.state), f"handoff-{n}"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(8)
+    ]
     claimed: list[int] = []
     for worker in workers:
         out, err = worker.communicate(timeout=60)
@@ -489,8 +602,13 @@ def test_list_shows_action_progress_and_retry_reruns_the_failed_action(pl):
     db = StateDB(pl.state)
     entry = db.entry("cam-01")
     progress = {**entry["actions"], "progress": {"ota": "FAILED", "ota_job": "job-1"}}
-    db.set_entry(entry["id"], status="attention", device_id="device-1", actions=json.dumps(progress),
-                 last_error="ota job job-1 failed")
+    db.set_entry(
+        entry["id"],
+        status="attention",
+        device_id="device-1",
+        actions=json.dumps(progress),
+        last_error="ota job job-1 failed",
+    )
     assert "ota 4.3.94 [FAILED], reboot" in pl.run("plan", "list").stdout
     result = pl.run("plan", "retry", "cam-01")
     assert result.returncode == 0 and "ota will run again on device device-1" in result.stdout
@@ -498,4 +616,3 @@ def test_list_shows_action_progress_and_retry_reruns_the_failed_action(pl):
     assert (after["status"], after["device_id"]) == ("provisioned", "device-1")
     assert after["actions"]["progress"] == {} and after["actions"]["reboot"] is True
     db.close()
-

@@ -19,10 +19,11 @@ import re
 import signal
 import string
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -37,7 +38,11 @@ from tests.strategies import ipv4_with_optional_port, ntp_servers, plain_ipv4
 
 #: PLAN_FUZZ_SCALE=20 for a long campaign; the default keeps the file under ~30 s.
 SCALE = max(1, int(os.environ.get("PLAN_FUZZ_SCALE", "1")))
-FUZZ = settings(max_examples=200 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example])
+FUZZ = settings(
+    max_examples=200 * SCALE,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example],
+)
 
 
 @contextmanager
@@ -90,10 +95,49 @@ def outcome(call, *args: Any) -> list[plan.PlanEntry] | PanostageError:
 
 formats = st.sampled_from(plan.FORMATS)
 #: Bytes that look a little like plans: pieces of each syntax glued together.
-TOKENS = ['"', "'", '"""', "'''", "[", "]", "[[device]]", "{", "}", ",", ":", ";", "=", "#", "\\", "\n", "\r\n",
-          "\r", "\x00", "\ufeff", " ", "name", "eth0", "dhcp", "static", "true", "nan", "1e999", "-", "devices",
-          "10.0.0.1", "cam-1", "\u2028", "é", "1" * 5000, "[" * 2000, "{\"a\":" * 1500, "x = ", "x = " + "[" * 1200,
-          "\n[backend]\nconnect_timeout = ", "\n[wait]\n"]
+TOKENS = [
+    '"',
+    "'",
+    '"""',
+    "'''",
+    "[",
+    "]",
+    "[[device]]",
+    "{",
+    "}",
+    ",",
+    ":",
+    ";",
+    "=",
+    "#",
+    "\\",
+    "\n",
+    "\r\n",
+    "\r",
+    "\x00",
+    "\ufeff",
+    " ",
+    "name",
+    "eth0",
+    "dhcp",
+    "static",
+    "true",
+    "nan",
+    "1e999",
+    "-",
+    "devices",
+    "10.0.0.1",
+    "cam-1",
+    "\u2028",
+    "é",
+    "1" * 5000,
+    "[" * 2000,
+    '{"a":' * 1500,
+    "x = ",
+    "x = " + "[" * 1200,
+    "\n[backend]\nconnect_timeout = ",
+    "\n[wait]\n",
+]
 token_text = st.lists(st.one_of(st.sampled_from(TOKENS), st.text(max_size=5)), max_size=40).map("".join)
 
 
@@ -120,7 +164,9 @@ tag_safe = tricky_text  # no ";" nor "=": the CSV form of tags splits on them
 @st.composite
 def valid_fields(draw, index: int) -> dict[str, Any]:
     """One entry's keys, every value within the documented rules (lists and tables as in TOML/JSON)."""
-    fields: dict[str, Any] = {"name": f"cam-{index}-" + draw(st.text(string.ascii_letters + string.digits + "-_", max_size=6))}
+    fields: dict[str, Any] = {
+        "name": f"cam-{index}-" + draw(st.text(string.ascii_letters + string.digits + "-_", max_size=6))
+    }
     if draw(st.booleans()):
         fields["description"] = draw(st.one_of(tricky_text, st.just("[[device]]"), st.just('a """ b')))
     if draw(st.booleans()):
@@ -166,12 +212,16 @@ def _flag(value: bool) -> str:
 
 # ---- serializers: each returns the text and the line each entry starts on
 
+
 def to_csv(entries: list[dict[str, Any]], draw) -> tuple[str, list[int]]:
     columns = list(plan.FLAT_KEYS) + sorted({k for e in entries for k in e} - set(plan.FLAT_KEYS))
     columns = draw(st.permutations(columns))
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator=draw(st.sampled_from(["\n", "\r\n"])),
-                        quoting=draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL])))
+    writer = csv.writer(
+        out,
+        lineterminator=draw(st.sampled_from(["\n", "\r\n"])),
+        quoting=draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL])),
+    )
     writer.writerow([c.upper() if draw(st.booleans()) else c for c in columns])
     line, lines = 2, []
     for entry in entries:
@@ -210,7 +260,11 @@ def toml_string(text: str, draw=None) -> str:
     if style == "multi":
         return f'"""{escaped}"""' if not escaped.endswith('"') else f'"{escaped}"'
     if style == "multi-continued":  # a line-ending backslash: the value stays on one line, the text does not
-        return f'"""\\\n   {escaped}"""' if not escaped.endswith('"') and not escaped.startswith((" ", "\t")) else f'"{escaped}"'
+        return (
+            f'"""\\\n   {escaped}"""'
+            if not escaped.endswith('"') and not escaped.startswith((" ", "\t"))
+            else f'"{escaped}"'
+        )
     return f'"{escaped}"'
 
 
@@ -261,7 +315,9 @@ def to_toml(entries: list[dict[str, Any]], draw) -> tuple[str, list[int]]:
             if draw(st.integers(0, 5)) == 0:
                 text += draw(st.sampled_from(["\n", "# [[device]] in a comment\n", "  # \"\"\" '''\n"]))
         if tags_as_table:
-            text += "[device.tags]\n" + "".join(f"{toml_key(k)} = {toml_value(v, draw)}\n" for k, v in entry["tags"].items())
+            text += "[device.tags]\n" + "".join(
+                f"{toml_key(k)} = {toml_value(v, draw)}\n" for k, v in entry["tags"].items()
+            )
     return text, lines
 
 
@@ -322,15 +378,39 @@ def test_every_bad_entry_is_reported_on_its_own_line(case):
     assert isinstance(error, plan.PlanValidationError), error
     reported = {(v["line"], v["field"]) for v in error.details["violations"]}
     if fmt == "csv":  # an unknown column is the header's problem, on line 1
-        planted = {(1 if field == "vlan" else line, "header column" if field == "vlan" else field)
-                   for line, field in planted}
+        planted = {
+            (1 if field == "vlan" else line, "header column" if field == "vlan" else field) for line, field in planted
+        }
         reported = {(line, "header column" if field.startswith("header column") else field) for line, field in reported}
     assert planted <= reported
     assert {line for line, _ in reported} <= set(lines) | {1}
 
 
-MUTATION_TOKENS = ['"', "'", '"""', "[", "]", "[[device]]\n", "{", "}", ",", "\n", "\r", "=", "#", "\\", "\x00",
-                   ";", "name", "\ufeff", "\t", "nan", "-1", "1" * 4400, "[" * 1200]
+MUTATION_TOKENS = [
+    '"',
+    "'",
+    '"""',
+    "[",
+    "]",
+    "[[device]]\n",
+    "{",
+    "}",
+    ",",
+    "\n",
+    "\r",
+    "=",
+    "#",
+    "\\",
+    "\x00",
+    ";",
+    "name",
+    "\ufeff",
+    "\t",
+    "nan",
+    "-1",
+    "1" * 4400,
+    "[" * 1200,
+]
 
 
 @st.composite
@@ -342,7 +422,7 @@ def mutated_plans(draw):
         at = draw(st.integers(0, len(text)))
         operation = draw(st.sampled_from(["delete", "insert", "duplicate-line", "truncate"]))
         if operation == "delete":
-            text = text[:at] + text[at + draw(st.integers(1, 8)):]
+            text = text[:at] + text[at + draw(st.integers(1, 8)) :]
         elif operation == "insert":
             text = text[:at] + draw(st.one_of(st.sampled_from(MUTATION_TOKENS), st.text(max_size=4))) + text[at:]
         elif operation == "duplicate-line":
@@ -366,20 +446,56 @@ def test_mutated_plans_end_in_entries_or_a_validation_error(case):
 # ---------------------------------------------------------------- any value under the known keys
 
 #: Member names of the request and the actions, so random tables reach deep into the checks.
-MEMBERS = ["Name", "Tags", "NetworkingConfiguration", "Ethernet0", "Ethernet1", "ConnectionType", "STATIC_IP", "DHCP",
-           "StaticIpConnectionInfo", "IpAddress", "Mask", "DefaultGateway", "Dns", "Ntp", "NtpServers", "Description",
-           "ota", "image_version", "allow_major", "reboot", "dhcp", "static", "cam-1", "10.0.0.1", ""]
+MEMBERS = [
+    "Name",
+    "Tags",
+    "NetworkingConfiguration",
+    "Ethernet0",
+    "Ethernet1",
+    "ConnectionType",
+    "STATIC_IP",
+    "DHCP",
+    "StaticIpConnectionInfo",
+    "IpAddress",
+    "Mask",
+    "DefaultGateway",
+    "Dns",
+    "Ntp",
+    "NtpServers",
+    "Description",
+    "ota",
+    "image_version",
+    "allow_major",
+    "reboot",
+    "dhcp",
+    "static",
+    "cam-1",
+    "10.0.0.1",
+    "",
+]
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.sampled_from(MEMBERS), st.text(max_size=8)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(),
+        st.sampled_from(MEMBERS),
+        st.text(max_size=8),
+    ),
     lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(MEMBERS), inner, max_size=4)),
     max_leaves=12,
 )
-any_entry = st.fixed_dictionaries({}, optional={
-    **{key: json_values for key in plan.FLAT_KEYS + ("actions", "Name", "")},
-    "request": st.dictionaries(st.sampled_from(["Name", "Tags", "NetworkingConfiguration", "Description"]), json_values),
-    "tags": st.one_of(json_values, st.dictionaries(st.text(max_size=3), st.text(max_size=3), min_size=1)),
-    "eth0": st.one_of(json_values, st.sampled_from(["dhcp", "static"])),
-})
+any_entry = st.fixed_dictionaries(
+    {},
+    optional={
+        **dict.fromkeys(plan.FLAT_KEYS + ("actions", "Name", ""), json_values),
+        "request": st.dictionaries(
+            st.sampled_from(["Name", "Tags", "NetworkingConfiguration", "Description"]), json_values
+        ),
+        "tags": st.one_of(json_values, st.dictionaries(st.text(max_size=3), st.text(max_size=3), min_size=1)),
+        "eth0": st.one_of(json_values, st.sampled_from(["dhcp", "static"])),
+    },
+)
 
 
 def _no_none(value: Any) -> bool:
@@ -398,8 +514,10 @@ def test_any_values_under_the_known_keys(entries, wrap):
     text = json.dumps({"devices": entries} if wrap else entries)
     outcome(plan.parse_plan, text, "json", "fuzz")
     if _no_none(entries):  # TOML has no null
-        toml = "".join("[[device]]\n" + "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in entry.items())
-                       for entry in entries)
+        toml = "".join(
+            "[[device]]\n" + "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in entry.items())
+            for entry in entries
+        )
         outcome(plan.parse_plan, toml, "toml", "fuzz")
 
 
@@ -412,7 +530,12 @@ def cli_home():
         yield Path(home)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example], database=None)
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example],
+    database=None,
+)
 @given(case=mutated_plans())
 def test_mutated_plans_through_the_cli(cli_home, case):
     fmt, text = case
@@ -436,25 +559,42 @@ def test_mutated_plans_through_the_cli(cli_home, case):
 
 config_keys = {section: list(keys) for section, keys in config._section_fields().items()}
 scalars = st.one_of(
-    st.booleans(), st.integers(), st.integers(min_value=-(10**30), max_value=10**30),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
     st.sampled_from(["local", "aws", "restage", "auto", "", "0", "-1"]),
-    st.datetimes(timezones=st.sampled_from([None, timezone.utc])), st.dates(), st.times(),
+    st.datetimes(timezones=st.sampled_from([None, UTC])),
+    st.dates(),
+    st.times(),
 )
-toml_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                            st.dictionaries(st.text(max_size=5), inner, max_size=3)),
-                           max_leaves=8)
+toml_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    max_leaves=8,
+)
 
 
 @st.composite
 def config_documents(draw) -> str:
-    sections = draw(st.lists(st.one_of(st.sampled_from(list(config_keys)), st.text(min_size=1, max_size=8)),
-                             max_size=4, unique=True))
+    sections = draw(
+        st.lists(
+            st.one_of(st.sampled_from(list(config_keys)), st.text(min_size=1, max_size=8)), max_size=4, unique=True
+        )
+    )
     lines = []
     for section in sections:
         known = config_keys.get(section, [])
-        keys = draw(st.lists(st.one_of(st.sampled_from(known), st.text(min_size=1, max_size=8)) if known
-                             else st.text(min_size=1, max_size=8), max_size=4, unique=True))
+        keys = draw(
+            st.lists(
+                st.one_of(st.sampled_from(known), st.text(min_size=1, max_size=8))
+                if known
+                else st.text(min_size=1, max_size=8),
+                max_size=4,
+                unique=True,
+            )
+        )
         lines.append(f"[{toml_key(section)}]")
         lines += [f"{toml_key(key)} = {toml_value(draw(toml_values))}" for key in keys]
     if draw(st.integers(0, 9)) == 0:  # deep nesting: the TOML parser recurses per level
@@ -508,8 +648,13 @@ env_names = st.one_of(
 
 
 @FUZZ
-@given(env=st.dictionaries(env_names, st.one_of(st.text(max_size=12), st.sampled_from(["nan", "inf", "1e999", "-0", "yes", " 7 "])),
-                           max_size=4))
+@given(
+    env=st.dictionaries(
+        env_names,
+        st.one_of(st.text(max_size=12), st.sampled_from(["nan", "inf", "1e999", "-0", "yes", " 7 "])),
+        max_size=4,
+    )
+)
 def test_config_loader_on_random_environment(config_dir, env):
     path = config_dir / "empty.toml"
     path.write_text("")

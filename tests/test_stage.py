@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ExitCode
+from tests.fat_kit import IS_ROOT, fsck, loop_device, make_image, mtools, raw_contains
 from tests.helpers import wait_until
 from tests.station import files_on
-from tests.fat_kit import IS_ROOT, fsck, loop_device, make_image, mtools, raw_contains
 
 
 @pytest.fixture
@@ -43,7 +43,9 @@ def test_stage_to_a_fat_image(station, image):
 def test_human_output_tells_the_time_left(station, image):
     result = station.run("stage", "--name", "cam-01", "--to", str(image))
     assert result.returncode == 0, result.stderr
-    assert re.search(r"TIME LEFT (4m\d\d|5m00)s", result.stdout) and "plug the stick into the appliance" in result.stdout
+    assert (
+        re.search(r"TIME LEFT (4m\d\d|5m00)s", result.stdout) and "plug the stick into the appliance" in result.stdout
+    )
 
 
 def test_stage_to_a_directory_needs_fat_unless_allowed(station, tmp_path):
@@ -82,10 +84,14 @@ def test_another_devices_live_archive_blocks_unless_replace(station, image):
 def test_expired_archive_of_another_device_is_replaced(station, image):
     short = {"PANOSTAGE_AUTHORITY_CERT_VALIDITY_SECONDS": "2"}
     station.json("stage", "--name", "cam-01", "--to", str(image), "--margin", "0", **short)
-    wait_until(lambda: station.run("verify", str(image), "--margin", "0", "--skew", "0").returncode == ExitCode.VERIFY_EXPIRED,
-               timeout=15, what="the 2 s certificate to expire")
-    data = station.json("stage", "--name", "cam-02", "--to", str(image), "--margin", "0", **short,
-                        PANOSTAGE_STAGE_SKEW_SECONDS="0")
+    wait_until(
+        lambda: station.run("verify", str(image), "--margin", "0", "--skew", "0").returncode == ExitCode.VERIFY_EXPIRED,
+        timeout=15,
+        what="the 2 s certificate to expire",
+    )
+    data = station.json(
+        "stage", "--name", "cam-02", "--to", str(image), "--margin", "0", **short, PANOSTAGE_STAGE_SKEW_SECONDS="0"
+    )
     assert data["removed_from_stick"] == ["certificates-omni_cam-01.zip"]
     assert files_on(image) == ["certificates-omni_cam-02.zip"]
 
@@ -122,13 +128,16 @@ def test_provisioned_device_is_a_conflict_unless_replace_device(station, image, 
     assert station.run("sim", "appliance", str(image)).returncode == 0
     other = make_image(tmp_path / "other.img", 16)
     refused = station.run("stage", "--name", "cam-01", "--to", str(other))
-    assert refused.returncode == ExitCode.CONFLICT and "already exists" in refused.stderr and "SUCCEEDED" in refused.stderr
+    assert (
+        refused.returncode == ExitCode.CONFLICT and "already exists" in refused.stderr and "SUCCEEDED" in refused.stderr
+    )
     assert files_on(other) == []
 
 
 def test_inside_the_margin_nothing_is_written_and_no_device_is_left(station, image):
-    result = station.run("stage", "--name", "cam-01", "--to", str(image), "--json",
-                         PANOSTAGE_AUTHORITY_CERT_VALIDITY_SECONDS="30")  # margin 60 > validity 30
+    result = station.run(
+        "stage", "--name", "cam-01", "--to", str(image), "--json", PANOSTAGE_AUTHORITY_CERT_VALIDITY_SECONDS="30"
+    )  # margin 60 > validity 30
     assert result.returncode == ExitCode.VERIFY_EXPIRING, result.stderr
     assert files_on(image) == []
     assert station.devices() == []  # both attempts deleted again
@@ -177,7 +186,11 @@ def test_full_stick_fails_cleanly_without_orphans(station, tmp_path):
     assert files_on(image) == ["filler.bin"]
     assert station.devices() == []
     [record] = station.log()
-    assert (record["outcome"], record["failed_step"], record["error"]["reason"]) == ("failed", "check_room", "stick-full")
+    assert (record["outcome"], record["failed_step"], record["error"]["reason"]) == (
+        "failed",
+        "check_room",
+        "stick-full",
+    )
     fsck(image)
 
 
@@ -227,10 +240,14 @@ def test_appliance_round_trip_collect_and_wipe(station, image):
 
 
 def test_expired_archive_fails_at_the_appliance(station, image):
-    station.json("stage", "--name", "cam-01", "--to", str(image), "--margin", "0",
-                 PANOSTAGE_AUTHORITY_CERT_VALIDITY_SECONDS="1")
-    wait_until(lambda: station.run("verify", str(image), "--margin", "0", "--skew", "0").returncode == ExitCode.VERIFY_EXPIRED,
-               timeout=15, what="the 1 s certificate to expire")
+    station.json(
+        "stage", "--name", "cam-01", "--to", str(image), "--margin", "0", PANOSTAGE_AUTHORITY_CERT_VALIDITY_SECONDS="1"
+    )
+    wait_until(
+        lambda: station.run("verify", str(image), "--margin", "0", "--skew", "0").returncode == ExitCode.VERIFY_EXPIRED,
+        timeout=15,
+        what="the 1 s certificate to expire",
+    )
     result = station.run("sim", "appliance", str(image), "--json")
     assert result.returncode == ExitCode.OPERATION_FAILED
     assert "expired" in json.loads(result.stdout)["reason"]
@@ -279,7 +296,11 @@ def test_no_key_or_archive_byte_reaches_the_disk(station, image, tmp_path):
     # but the local authority's own CA key.  (Other sessions' authorities may have CA keys in
     # /tmp; this archive's bytes above are unique to this test and were searched everywhere.)
     ca_dir = station.state / "authority"
-    for path, data in [*_files(station.state, set()), *_files(station.home / "run", set()), *_files(private_tmp, set())]:
+    for path, data in [
+        *_files(station.state, set()),
+        *_files(station.home / "run", set()),
+        *_files(private_tmp, set()),
+    ]:
         if b"PRIVATE KEY-----" in data:
             assert ca_dir in path.parents, f"a PEM private key in {path}"
     keys = [p for p, data in _files(ca_dir, set()) if b"PRIVATE KEY-----" in data]
@@ -293,14 +314,21 @@ def _secret_needles(archive: bytes) -> dict[str, bytes]:
 
     from cryptography.hazmat.primitives import serialization
 
-    needles = {"the archive": archive, "the archive's first 64 bytes": archive[:64], "the archive's last 64 bytes": archive[-64:]}
+    needles = {
+        "the archive": archive,
+        "the archive's first 64 bytes": archive[:64],
+        "the archive's last 64 bytes": archive[-64:],
+    }
     with zipfile.ZipFile(io.BytesIO(archive)) as zf:
         for name in zf.namelist():
             content = zf.read(name)
-            for pem in re.findall(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----.+?-----END [A-Z ]*PRIVATE KEY-----", content, re.S):
+            for pem in re.findall(
+                rb"-----BEGIN [A-Z ]*PRIVATE KEY-----.+?-----END [A-Z ]*PRIVATE KEY-----", content, re.S
+            ):
                 key = serialization.load_pem_private_key(pem, password=None)
-                der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption())
+                der = key.private_bytes(
+                    serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
                 scalar = key.private_numbers().private_value.to_bytes(32, "big")
                 needles.update({f"key PEM in {name}": pem, f"key DER in {name}": der, f"key scalar in {name}": scalar})
     assert any(label.startswith("key PEM") for label in needles)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -10,7 +10,7 @@ from agent.aws.provisioning import TAG_HANDOFF, TAG_STATION
 from agent.errors import ExitCode, PanostageError
 from agent.staging.stale import Rules, decide
 
-NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 RULES = Rules(certificate_seconds=300, skew_seconds=30, margin_seconds=60)
 
 
@@ -21,12 +21,15 @@ def device(age: float | None, status: str = "AWAITING_PROVISIONING", **tags: str
     return made
 
 
-@pytest.mark.parametrize(("age", "action", "seconds"), [
-    (331, "delete", 0.0),  # past lifetime + skew: dead for everyone
-    (330, "delete", 0.0),  # exactly at the end
-    (329, "wait", 1.0),
-    (270, "wait", 60.0),  # exactly the margin away: waited for
-])
+@pytest.mark.parametrize(
+    ("age", "action", "seconds"),
+    [
+        (331, "delete", 0.0),  # past lifetime + skew: dead for everyone
+        (330, "delete", 0.0),  # exactly at the end
+        (329, "wait", 1.0),
+        (270, "wait", 60.0),  # exactly the margin away: waited for
+    ],
+)
 def test_dead_or_about_to_die(age, action, seconds):
     decision = decide(device(age), NOW, RULES)
     assert (decision.action, decision.seconds) == (action, seconds)

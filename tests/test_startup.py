@@ -50,8 +50,15 @@ def test_backend_clients_do_not_import_boto3(tmp_path) -> None:
         "backend.close()\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 's3transfer')))\n"
     )
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PANOSTAGE_SYSTEM_CONFIG": str(tmp_path / "none.toml"),
-           "PANOSTAGE_PATHS_STATE_DIR": str(tmp_path / "state"), "PANOSTAGE_PATHS_RUNTIME_DIR": str(tmp_path / "run")}
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PANOSTAGE_SYSTEM_CONFIG": str(tmp_path / "none.toml"),
+        "PANOSTAGE_PATHS_STATE_DIR": str(tmp_path / "state"),
+        "PANOSTAGE_PATHS_RUNTIME_DIR": str(tmp_path / "run"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

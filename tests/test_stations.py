@@ -29,10 +29,17 @@ def service(fresh_authority):
 
 
 def station(service, home: Path, name: str) -> Station:
-    return Station(home / name, PANOSTAGE_BACKEND_ENDPOINT_URL=service.endpoint_url, PANOSTAGE_BACKEND_REGION=REGION,
-                   AWS_ACCESS_KEY_ID=TEST_KEY, AWS_SECRET_ACCESS_KEY=TEST_SECRET, PANOSTAGE_STAGE_STATION=name,
-                   PANOSTAGE_STAGE_CERTIFICATE_SECONDS=str(LIFETIME), PANOSTAGE_STAGE_MARGIN_SECONDS=str(MARGIN),
-                   PANOSTAGE_STAGE_SKEW_SECONDS=str(SKEW))
+    return Station(
+        home / name,
+        PANOSTAGE_BACKEND_ENDPOINT_URL=service.endpoint_url,
+        PANOSTAGE_BACKEND_REGION=REGION,
+        AWS_ACCESS_KEY_ID=TEST_KEY,
+        AWS_SECRET_ACCESS_KEY=TEST_SECRET,
+        PANOSTAGE_STAGE_STATION=name,
+        PANOSTAGE_STAGE_CERTIFICATE_SECONDS=str(LIFETIME),
+        PANOSTAGE_STAGE_MARGIN_SECONDS=str(MARGIN),
+        PANOSTAGE_STAGE_SKEW_SECONDS=str(SKEW),
+    )
 
 
 def made_ago(service, name: str, seconds: float, station: str | None = "warehouse") -> str:
@@ -52,9 +59,16 @@ def endpoint_backend(service, tmp_path: Path, monkeypatch):
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
-    return open_backend(load(env={"HOME": str(tmp_path), "PANOSTAGE_SYSTEM_CONFIG": str(tmp_path / "none"),
-                                  "PANOSTAGE_BACKEND_ENDPOINT_URL": service.endpoint_url,
-                                  "PANOSTAGE_BACKEND_REGION": REGION}).settings)
+    return open_backend(
+        load(
+            env={
+                "HOME": str(tmp_path),
+                "PANOSTAGE_SYSTEM_CONFIG": str(tmp_path / "none"),
+                "PANOSTAGE_BACKEND_ENDPOINT_URL": service.endpoint_url,
+                "PANOSTAGE_BACKEND_REGION": REGION,
+            }
+        ).settings
+    )
 
 
 def error_of(result) -> dict:
@@ -80,7 +94,9 @@ def test_another_stations_live_device_is_left_alone_and_named(service, tmp_path)
 
 def test_a_device_dead_on_the_services_clock_is_deleted_by_any_station(service, tmp_path):
     old = made_ago(service, "cam-old", LIFETIME + SKEW + 2)
-    again = station(service, tmp_path, "van").json("stage", "--name", "cam-old", "--to", str(make_image(tmp_path / "b.img", 16)))
+    again = station(service, tmp_path, "van").json(
+        "stage", "--name", "cam-old", "--to", str(make_image(tmp_path / "b.img", 16))
+    )
     [deleted] = again["devices_deleted"]
     assert deleted["id"] == old and "expired on the service's clock" in deleted["reason"]
     assert [d["DeviceId"] for d in station(service, tmp_path, "van").devices()] == [again["device"]["id"]]
@@ -89,8 +105,9 @@ def test_a_device_dead_on_the_services_clock_is_deleted_by_any_station(service, 
 def test_restaging_just_after_expiry_waits_instead_of_failing(service, tmp_path):
     old = made_ago(service, "cam-late", LIFETIME + SKEW - 3)  # expired for the appliance, still inside the skew
     started = time.monotonic()
-    result = station(service, tmp_path, "warehouse").run("stage", "--name", "cam-late", "--to",
-                                                          str(make_image(tmp_path / "a.img", 16)), "--json")
+    result = station(service, tmp_path, "warehouse").run(
+        "stage", "--name", "cam-late", "--to", str(make_image(tmp_path / "a.img", 16)), "--json"
+    )
     waited = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert "waiting" in result.stderr and "to expire on the service's clock" in result.stderr
@@ -100,8 +117,9 @@ def test_restaging_just_after_expiry_waits_instead_of_failing(service, tmp_path)
 
 def test_a_long_wait_is_still_refused_with_the_time(service, tmp_path):
     made_ago(service, "cam-wait", LIFETIME + SKEW - MARGIN - 30)  # 30 s more than the margin to go
-    refused = station(service, tmp_path, "warehouse").run("stage", "--name", "cam-wait", "--to",
-                                                           str(make_image(tmp_path / "a.img", 16)), "--json")
+    refused = station(service, tmp_path, "warehouse").run(
+        "stage", "--name", "cam-wait", "--to", str(make_image(tmp_path / "a.img", 16)), "--json"
+    )
     assert refused.returncode == ExitCode.CONFLICT
     assert MARGIN < error_of(refused)["details"]["seconds_left"] <= MARGIN + 31
 
@@ -112,8 +130,9 @@ def test_a_device_made_without_panostage_is_judged_the_same(service, tmp_path):
     made = {"DeviceId": made_ago(service, "cam-console", 0, station=None)}
     refused = a.run("stage", "--name", "cam-console", "--to", str(make_image(tmp_path / "a.img", 16)), "--json")
     assert refused.returncode == ExitCode.CONFLICT and "not by panostage" in error_of(refused)["message"]
-    forced = a.json("stage", "--name", "cam-console", "--to", str(make_image(tmp_path / "b.img", 16)),
-                    "--replace-device")
+    forced = a.json(
+        "stage", "--name", "cam-console", "--to", str(make_image(tmp_path / "b.img", 16)), "--replace-device"
+    )
     assert [d["id"] for d in forced["devices_deleted"]] == [made["DeviceId"]]
 
 
@@ -122,7 +141,7 @@ def test_a_wait_ends_when_the_stick_leaves(service, tmp_path, monkeypatch):
     from agent.clock import SystemClock
     from agent.daemon.worker import Abandoned
     from agent.handoff_log import HandoffLog
-    from agent.staging.stage import Stager, StageOptions
+    from agent.staging.stage import StageOptions, Stager
     from agent.stick import open_target
 
     backend = endpoint_backend(service, tmp_path, monkeypatch)
@@ -135,9 +154,15 @@ def test_a_wait_ends_when_the_stick_leaves(service, tmp_path, monkeypatch):
             raise Abandoned("abandoned while waiting: the stick was removed")
 
     image = make_image(tmp_path / "a.img", 16)
-    stager = Stager(backend, clock=SystemClock(), log=HandoffLog(tmp_path / "state"), checkpoint=checkpoint,
-                    options=StageOptions(margin_seconds=MARGIN, skew_seconds=SKEW, certificate_seconds=LIFETIME),
-                    station="warehouse", operator="tester")
+    stager = Stager(
+        backend,
+        clock=SystemClock(),
+        log=HandoffLog(tmp_path / "state"),
+        checkpoint=checkpoint,
+        options=StageOptions(margin_seconds=MARGIN, skew_seconds=SKEW, certificate_seconds=LIFETIME),
+        station="warehouse",
+        operator="tester",
+    )
     try:
         with open_target(image) as target, pytest.raises(Abandoned):
             stager.stage({"Name": "cam-gone"}, target)
@@ -165,8 +190,13 @@ def test_a_lost_answer_deletes_only_the_device_its_own_attempt_made(fresh_author
             theirs.append(service.client().provision_device(**request)["DeviceId"])
 
     try:
-        made = provision_device(backend, tagged({"Name": "cam-race"}, "warehouse", "our-handoff"), clock=SystemClock(),
-                                on_event=another_station_meanwhile, sleep=lambda _s: None)
+        made = provision_device(
+            backend,
+            tagged({"Name": "cam-race"}, "warehouse", "our-handoff"),
+            clock=SystemClock(),
+            on_event=another_station_meanwhile,
+            sleep=lambda _s: None,
+        )
     finally:
         backend.close()
     assert made.attempts == 2 and len(made.orphans_deleted) == 1 and theirs[0] not in made.orphans_deleted

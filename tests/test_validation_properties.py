@@ -18,8 +18,9 @@ import copy
 import json
 import math
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -130,7 +131,9 @@ def remove(operation: str, name: str, path: tuple[str, ...], reserve=None):
 # -- shared bad values
 
 not_a_string = st.one_of(st.integers(), st.booleans(), st.lists(st.text(max_size=3), max_size=2), st.just({"a": "b"}))
-not_an_int = st.one_of(st.text(string.digits, min_size=1, max_size=3), st.booleans(), st.floats(allow_nan=False), st.just([1]))
+not_an_int = st.one_of(
+    st.text(string.digits, min_size=1, max_size=3), st.booleans(), st.floats(allow_nan=False), st.just([1])
+)
 bad_id_chars = st.sampled_from(list(" .!@/:+=*?\"'é\t\n") + ["\u00a0", "日"])
 too_long_ids = lambda n: S.exact_text(S.ID_CHARS, n)  # noqa: E731
 
@@ -160,7 +163,11 @@ def multi_line(draw, high: int):
 def bad_ipv4(draw, with_ports: bool = True):
     """Not ``dotted IPv4[:port 1-65535]``."""
     good = [str(draw(S.octets)) for _ in range(4)]
-    kind = draw(st.sampled_from(["octet", "zero", "port", "shape", "fixed"] if with_ports else ["octet", "zero", "shape", "fixed"]))
+    kind = draw(
+        st.sampled_from(
+            ["octet", "zero", "port", "shape", "fixed"] if with_ports else ["octet", "zero", "shape", "fixed"]
+        )
+    )
     if kind == "octet":
         good[draw(st.integers(0, 3))] = str(draw(st.integers(256, 99999)))
         return ".".join(good)
@@ -175,8 +182,22 @@ def bad_ipv4(draw, with_ports: bool = True):
     return draw(
         st.sampled_from(
             [
-                "", "a.b.c.d", "1-2-3-4", "1.2.3.4.", ".1.2.3.4", "1..2.3", " 1.2.3.4", "1.2.3.4 ", "1.2.3.4\n",
-                "1.2.3.4/24", "0x1.2.3.4", "\u0661.2.3.4", "1.2.3.4:", "::1", "fe80::1", "1.2.3.-4",
+                "",
+                "a.b.c.d",
+                "1-2-3-4",
+                "1.2.3.4.",
+                ".1.2.3.4",
+                "1..2.3",
+                " 1.2.3.4",
+                "1.2.3.4 ",
+                "1.2.3.4\n",
+                "1.2.3.4/24",
+                "0x1.2.3.4",
+                "\u0661.2.3.4",
+                "1.2.3.4:",
+                "::1",
+                "fe80::1",
+                "1.2.3.-4",
             ]
         )
     )
@@ -200,8 +221,18 @@ def bad_ntp(draw):
     return draw(
         st.sampled_from(
             [
-                "localhost", "pool.ntp.org.", "-pool.ntp.org", "pool-.ntp.org", "pool--x.org" + ".", "pool..org",
-                "pool.ntp.org\n", "pool ntp.org", "päól.ntp.org", "pool.ntp.org:123", "*.ntp.org", "",
+                "localhost",
+                "pool.ntp.org.",
+                "-pool.ntp.org",
+                "pool-.ntp.org",
+                "pool--x.org" + ".",
+                "pool..org",
+                "pool.ntp.org\n",
+                "pool ntp.org",
+                "päól.ntp.org",
+                "pool.ntp.org:123",
+                "*.ntp.org",
+                "",
             ]
         )
     )
@@ -233,7 +264,11 @@ replace(PD, "tags as a string", ("Tags",), st.just("k=v"))
 
 def _tag_mutation(name: str, bad_key: st.SearchStrategy | None, bad_value: st.SearchStrategy | None, words=()):
     def fn(draw, req):
-        tags = draw(st.dictionaries(st.text(S.ID_CHARS, min_size=1, max_size=8), st.text(S.one_line_chars(), max_size=5), max_size=5))
+        tags = draw(
+            st.dictionaries(
+                st.text(S.ID_CHARS, min_size=1, max_size=8), st.text(S.one_line_chars(), max_size=5), max_size=5
+            )
+        )
         if bad_key is not None:
             key = draw(bad_key.filter(lambda k: k not in tags))
             tags[key] = draw(S.tag_values)
@@ -278,7 +313,9 @@ def _static(draw, eth: dict) -> dict:
 
 
 def _conn_type_bad(draw, prefix, eth):
-    eth["ConnectionType"] = value = draw(st.sampled_from(["dhcp", "static_ip", "STATIC", "DHCPv6", "PPPOE", "", " DHCP", "DHCP\n"]))
+    eth["ConnectionType"] = value = draw(
+        st.sampled_from(["dhcp", "static_ip", "STATIC", "DHCPv6", "PPPOE", "", " DHCP", "DHCP\n"])
+    )
     return [{f"{prefix}.ConnectionType": value}]
 
 
@@ -337,7 +374,14 @@ _eth_mutation("Dns entry wrong type", _dns_entry(not_a_string))
 _eth_mutation("Dns not a list", _static_field("Dns", st.just("8.8.8.8")))
 
 NTP = "NetworkingConfiguration.Ntp"
-replace(PD, "6 NTP servers", NET + ("Ntp", "NtpServers"), st.lists(S.ntp_servers, min_size=6, max_size=6), ("5",), reserve=NTP)
+replace(
+    PD,
+    "6 NTP servers",
+    NET + ("Ntp", "NtpServers"),
+    st.lists(S.ntp_servers, min_size=6, max_size=6),
+    ("5",),
+    reserve=NTP,
+)
 remove(PD, "Ntp without NtpServers", NET + ("Ntp", "NtpServers"), reserve=NTP)
 
 
@@ -368,7 +412,13 @@ def _bad_device_id(draw, req):
     return [{"DeviceIds[0]": value}]
 
 
-replace(JOB, "JobType not in enum", ("JobType",), st.sampled_from(["ota", "reboot", "UPDATE", "", "OTA ", "REBOOT\n"]), ("OTA", "REBOOT"))
+replace(
+    JOB,
+    "JobType not in enum",
+    ("JobType",),
+    st.sampled_from(["ota", "reboot", "UPDATE", "", "OTA ", "REBOOT\n"]),
+    ("OTA", "REBOOT"),
+)
 remove(JOB, "JobType missing", ("JobType",))
 IMAGE = "DeviceJobConfig.OTAJobConfig.ImageVersion"
 
@@ -382,7 +432,9 @@ def _ota_without_image(draw, req):
     elif kind == "empty config":
         req["DeviceJobConfig"] = {}
     else:
-        req["DeviceJobConfig"] = {"OTAJobConfig": draw(st.fixed_dictionaries({}, optional={"AllowMajorVersionUpdate": st.booleans()}))}
+        req["DeviceJobConfig"] = {
+            "OTAJobConfig": draw(st.fixed_dictionaries({}, optional={"AllowMajorVersionUpdate": st.booleans()}))
+        }
         return [{IMAGE: None}]
     return [{IMAGE: None}, {"DeviceJobConfig.OTAJobConfig": None}]
 
@@ -408,10 +460,21 @@ PKG = "CreatePackageImportJob"
 S3 = ("InputConfig", "PackageVersionInputConfig", "S3Location")
 OUT = ("OutputConfig", "PackageVersionOutputConfig")
 replace(PKG, "ClientToken 65 characters", ("ClientToken",), too_long_ids(65), ("64",))
-replace(PKG, "ClientToken bad characters", ("ClientToken",), st.composite(lambda d: with_char(d, S.ID_CHARS, bad_id_chars, 1, 64))())
+replace(
+    PKG,
+    "ClientToken bad characters",
+    ("ClientToken",),
+    st.composite(lambda d: with_char(d, S.ID_CHARS, bad_id_chars, 1, 64))(),
+)
 replace(PKG, "ClientToken empty", ("ClientToken",), st.just(""))
 remove(PKG, "ClientToken missing", ("ClientToken",))
-replace(PKG, "JobType not in enum", ("JobType",), st.sampled_from(["NODE_PACKAGE", "node_package_version", "OTA", ""]), ("NODE_PACKAGE_VERSION",))
+replace(
+    PKG,
+    "JobType not in enum",
+    ("JobType",),
+    st.sampled_from(["NODE_PACKAGE", "node_package_version", "OTA", ""]),
+    ("NODE_PACKAGE_VERSION",),
+)
 remove(PKG, "JobType missing", ("JobType",))
 remove(PKG, "InputConfig missing", ("InputConfig",))
 remove(PKG, "PackageVersionInputConfig missing", S3[:2], reserve="InputConfig")
@@ -426,15 +489,37 @@ remove(PKG, "PackageVersion missing", OUT + ("PackageVersion",), reserve="Output
 replace(PKG, "PackageName 129 characters", OUT + ("PackageName",), too_long_ids(129), ("128",), reserve="OutputConfig")
 replace(PKG, "PackageName empty", OUT + ("PackageName",), st.just(""), reserve="OutputConfig")
 replace(
-    PKG, "PackageVersion not MAJOR.MINOR", OUT + ("PackageVersion",),
+    PKG,
+    "PackageVersion not MAJOR.MINOR",
+    OUT + ("PackageVersion",),
     st.one_of(
-        st.sampled_from(["1", "1.2.3", "a.b", "1.", ".1", "v1.0", "1.0\n", "", "1,0", " 1.0", "1.0 ", "1..0", "-1.0", "1.0-beta", "\u0661.\u0660"]),
+        st.sampled_from(
+            [
+                "1",
+                "1.2.3",
+                "a.b",
+                "1.",
+                ".1",
+                "v1.0",
+                "1.0\n",
+                "",
+                "1,0",
+                " 1.0",
+                "1.0 ",
+                "1..0",
+                "-1.0",
+                "1.0-beta",
+                "\u0661.\u0660",
+            ]
+        ),
         st.integers(0, 999).map(str),
-        st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)).map(lambda t: "%d.%d.%d" % t),
+        st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)).map(lambda t: "{}.{}.{}".format(*t)),
     ),
     reserve="OutputConfig",
 )
-replace(PKG, "MarkLatest not a boolean", OUT + ("MarkLatest",), st.sampled_from(["true", 1, "yes"]), reserve="OutputConfig")
+replace(
+    PKG, "MarkLatest not a boolean", OUT + ("MarkLatest",), st.sampled_from(["true", 1, "yes"]), reserve="OutputConfig"
+)
 
 
 @mutation(PKG, "JobTags ResourceType not PACKAGE", "JobTags", ("PACKAGE",))
@@ -452,7 +537,9 @@ replace(PKG, "JobTags not a list", ("JobTags",), st.just({"ResourceType": "PACKA
 
 TASK = "CreateTask"
 replace(TASK, "no targets", ("targets",), st.just([]), ("1",))
-replace(TASK, "11 targets", ("targets",), st.lists(S.managed_device_ids, min_size=11, max_size=11, unique=True), ("10",))
+replace(
+    TASK, "11 targets", ("targets",), st.lists(S.managed_device_ids, min_size=11, max_size=11, unique=True), ("10",)
+)
 replace(TASK, "targets not a list", ("targets",), st.just("smd-12345678"))
 remove(TASK, "targets missing", ("targets",))
 remove(TASK, "command missing", ("command",))
@@ -468,7 +555,9 @@ def _command_union(draw, req):
 replace(TASK, "description 129 characters", ("description",), S.exact_text(S.SNOW_DESCRIPTION_CHARS, 129), ("128",))
 replace(TASK, "description empty", ("description",), st.just(""))
 replace(
-    TASK, "description outside [A-Za-z0-9 _.,!#]", ("description",),
+    TASK,
+    "description outside [A-Za-z0-9 _.,!#]",
+    ("description",),
     st.composite(lambda d: with_char(d, S.SNOW_DESCRIPTION_CHARS, st.sampled_from(list("-/:;?()\n\t'\"@é")), 1, 128))(),
 )
 replace(TASK, "clientToken 65 characters", ("clientToken",), too_long_ids(65), ("64",))
@@ -507,9 +596,13 @@ replace("DescribeExecution", "managedDeviceId wrong type", ("managedDeviceId",),
 for _op, _states in (("ListTasks", S.TASK_STATES), ("ListExecutions", S.EXECUTION_STATES)):
     replace(_op, "maxResults 0", ("maxResults",), st.just(0), ("1",))
     replace(_op, "maxResults 101", ("maxResults",), st.just(101), ("100",))
-    replace(_op, "maxResults out of 1-100", ("maxResults",), st.one_of(st.integers(max_value=0), st.integers(min_value=101)))
+    replace(
+        _op, "maxResults out of 1-100", ("maxResults",), st.one_of(st.integers(max_value=0), st.integers(min_value=101))
+    )
     replace(_op, "maxResults not an integer", ("maxResults",), not_an_int)
-    replace(_op, "state not in enum", ("state",), st.sampled_from(["RUNNING", "in_progress", "DONE", ""]), (_states[0],))
+    replace(
+        _op, "state not in enum", ("state",), st.sampled_from(["RUNNING", "in_progress", "DONE", ""]), (_states[0],)
+    )
 
 BY_OPERATION: dict[str, list[Mutation]] = {op: [m for m in MUTATIONS if m.operation == op] for op in OPERATIONS}
 
@@ -590,8 +683,10 @@ VALID_EXAMPLES = [
                 "Ethernet1": {
                     "ConnectionType": "STATIC_IP",
                     "StaticIpConnectionInfo": {
-                        "IpAddress": "255.255.255.255:65535", "Mask": "255.255.255.0",
-                        "DefaultGateway": "192.168.0.1", "Dns": ["8.8.8.8", "1.1.1.1"],
+                        "IpAddress": "255.255.255.255:65535",
+                        "Mask": "255.255.255.0",
+                        "DefaultGateway": "192.168.0.1",
+                        "Dns": ["8.8.8.8", "1.1.1.1"],
                     },
                 },
                 "Ntp": {"NtpServers": ["pool.ntp.org", "0.0.0.0:1", "time-a.nist.gov", "a1.b-c.io", "10.0.0.1"]},
@@ -599,19 +694,48 @@ VALID_EXAMPLES = [
         },
     ),
     ("ProvisionDevice", {"Name": "n", "NetworkingConfiguration": {"Ntp": {"NtpServers": []}}}),
-    ("ProvisionDevice", {"Name": "n", "NetworkingConfiguration": {"Ethernet0": {
-        "ConnectionType": "STATIC_IP",
-        "StaticIpConnectionInfo": {"IpAddress": "0.0.0.0:1", "Mask": "m", "DefaultGateway": "g" * 255, "Dns": ["d" * 255]},
-    }}}),
+    (
+        "ProvisionDevice",
+        {
+            "Name": "n",
+            "NetworkingConfiguration": {
+                "Ethernet0": {
+                    "ConnectionType": "STATIC_IP",
+                    "StaticIpConnectionInfo": {
+                        "IpAddress": "0.0.0.0:1",
+                        "Mask": "m",
+                        "DefaultGateway": "g" * 255,
+                        "Dns": ["d" * 255],
+                    },
+                }
+            },
+        },
+    ),
     ("CreateJobForDevices", {"DeviceIds": ["d"], "JobType": "REBOOT"}),
-    ("CreateJobForDevices", {"DeviceIds": ["d" * 255], "JobType": "OTA",
-                             "DeviceJobConfig": {"OTAJobConfig": {"ImageVersion": "4.3.55", "AllowMajorVersionUpdate": False}}}),
-    ("CreatePackageImportJob", {
-        "ClientToken": "t" * 64, "JobType": "MARKETPLACE_NODE_PACKAGE_VERSION",
-        "InputConfig": {"PackageVersionInputConfig": {"S3Location": {"BucketName": "b", "ObjectKey": "k", "Region": "us-west-2"}}},
-        "OutputConfig": {"PackageVersionOutputConfig": {"PackageName": "p" * 128, "PackageVersion": "10.0", "MarkLatest": True}},
-        "JobTags": [{"ResourceType": "PACKAGE", "Tags": {"team": "vision"}}],
-    }),
+    (
+        "CreateJobForDevices",
+        {
+            "DeviceIds": ["d" * 255],
+            "JobType": "OTA",
+            "DeviceJobConfig": {"OTAJobConfig": {"ImageVersion": "4.3.55", "AllowMajorVersionUpdate": False}},
+        },
+    ),
+    (
+        "CreatePackageImportJob",
+        {
+            "ClientToken": "t" * 64,
+            "JobType": "MARKETPLACE_NODE_PACKAGE_VERSION",
+            "InputConfig": {
+                "PackageVersionInputConfig": {
+                    "S3Location": {"BucketName": "b", "ObjectKey": "k", "Region": "us-west-2"}
+                }
+            },
+            "OutputConfig": {
+                "PackageVersionOutputConfig": {"PackageName": "p" * 128, "PackageVersion": "10.0", "MarkLatest": True}
+            },
+            "JobTags": [{"ResourceType": "PACKAGE", "Tags": {"team": "vision"}}],
+        },
+    ),
     ("CreateTask", {"targets": ["smd-1"], "command": {"unlock": {}}, "description": "Reboot #1, now!_" + "x" * 112}),
     ("CreateTask", {"targets": [f"smd-{i}" for i in range(10)], "command": {"reboot": {}}}),
     ("ListDevices", {"MaxResults": 0}),
@@ -652,20 +776,49 @@ def test_leaving_out_static_ip_info_names_the_block_or_all_four_members():
 @pytest.mark.parametrize(
     "address,ok",
     [
-        ("1.2.3.4", True), ("0.0.0.0", True), ("255.255.255.255", True), ("10.0.0.1:1", True),
-        ("10.0.0.1:65535", True), ("10.0.0.1:9999", True), ("10.0.0.1:10000", True), ("10.0.0.1:59999", True),
-        ("10.0.0.1:60000", True), ("10.0.0.1:65499", True), ("10.0.0.1:65529", True),
-        ("256.0.0.1", False), ("1.2.3.04", False), ("01.2.3.4", False), ("10.0.0.1:0", False),
-        ("10.0.0.1:65536", False), ("10.0.0.1:100000", False), ("1.2.3", False), ("1.2.3.4.5", False),
-        ("10.0.0.1:", False), ("a.b.c.d", False), ("1.2.3.4\n", False), (" 1.2.3.4", False),
-        ("\u0661.2.3.4", False), ("1.2.3.\u0664", False), ("1.2.3.4:\u0668\u0660", False),  # Arabic-Indic digits are not \d
+        ("1.2.3.4", True),
+        ("0.0.0.0", True),
+        ("255.255.255.255", True),
+        ("10.0.0.1:1", True),
+        ("10.0.0.1:65535", True),
+        ("10.0.0.1:9999", True),
+        ("10.0.0.1:10000", True),
+        ("10.0.0.1:59999", True),
+        ("10.0.0.1:60000", True),
+        ("10.0.0.1:65499", True),
+        ("10.0.0.1:65529", True),
+        ("256.0.0.1", False),
+        ("1.2.3.04", False),
+        ("01.2.3.4", False),
+        ("10.0.0.1:0", False),
+        ("10.0.0.1:65536", False),
+        ("10.0.0.1:100000", False),
+        ("1.2.3", False),
+        ("1.2.3.4.5", False),
+        ("10.0.0.1:", False),
+        ("a.b.c.d", False),
+        ("1.2.3.4\n", False),
+        (" 1.2.3.4", False),
+        ("\u0661.2.3.4", False),
+        ("1.2.3.\u0664", False),
+        ("1.2.3.4:\u0668\u0660", False),  # Arabic-Indic digits are not \d
     ],
 )
 def test_ip_address_table(address, ok):
-    request = {"Name": "n", "NetworkingConfiguration": {"Ethernet0": {
-        "ConnectionType": "STATIC_IP",
-        "StaticIpConnectionInfo": {"IpAddress": address, "Mask": "255.0.0.0", "DefaultGateway": "10.0.0.254", "Dns": ["10.0.0.2"]},
-    }}}
+    request = {
+        "Name": "n",
+        "NetworkingConfiguration": {
+            "Ethernet0": {
+                "ConnectionType": "STATIC_IP",
+                "StaticIpConnectionInfo": {
+                    "IpAddress": address,
+                    "Mask": "255.0.0.0",
+                    "DefaultGateway": "10.0.0.254",
+                    "Dns": ["10.0.0.2"],
+                },
+            }
+        },
+    }
     paths = [v.path for v in validation.check("ProvisionDevice", request)]
     assert paths == ([] if ok else ["NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.IpAddress"])
 
@@ -692,10 +845,19 @@ def test_every_broken_rule_is_reported(operation, data):
 
 def test_a_request_broken_everywhere_reports_every_field():
     request = {
-        "Name": "bad name", "Description": "a\nb", "Tags": {"": "v", "k": "v" * 257},
+        "Name": "bad name",
+        "Description": "a\nb",
+        "Tags": {"": "v", "k": "v" * 257},
         "NetworkingConfiguration": {
-            "Ethernet0": {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": {
-                "IpAddress": "1.2.3.256", "Mask": "", "DefaultGateway": "", "Dns": ["8.8.8.8", ""]}},
+            "Ethernet0": {
+                "ConnectionType": "STATIC_IP",
+                "StaticIpConnectionInfo": {
+                    "IpAddress": "1.2.3.256",
+                    "Mask": "",
+                    "DefaultGateway": "",
+                    "Dns": ["8.8.8.8", ""],
+                },
+            },
             "Ethernet1": {"ConnectionType": "WIFI"},
             "Ntp": {"NtpServers": ["Pool.ntp.org", "ok.ntp.org", "ntp_1.example.com", "x.y", "1.2.3.4:0"]},
         },
@@ -703,8 +865,19 @@ def test_a_request_broken_everywhere_reports_every_field():
     eth0 = "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo"
     ntp = "NetworkingConfiguration.Ntp.NtpServers"
     expected = {
-        "Name", "Description", "Tags key", "Tags.k", f"{eth0}.IpAddress", f"{eth0}.Mask", f"{eth0}.DefaultGateway",
-        f"{eth0}.Dns[1]", "NetworkingConfiguration.Ethernet1.ConnectionType", f"{ntp}[0]", f"{ntp}[2]", f"{ntp}[3]", f"{ntp}[4]",
+        "Name",
+        "Description",
+        "Tags key",
+        "Tags.k",
+        f"{eth0}.IpAddress",
+        f"{eth0}.Mask",
+        f"{eth0}.DefaultGateway",
+        f"{eth0}.Dns[1]",
+        "NetworkingConfiguration.Ethernet1.ConnectionType",
+        f"{ntp}[0]",
+        f"{ntp}[2]",
+        f"{ntp}[3]",
+        f"{ntp}[4]",
     }
     violations = validation.check("ProvisionDevice", request)
     assert sorted(v.path for v in violations) == sorted(expected)
@@ -738,7 +911,7 @@ def test_validate_names_every_path_value_and_rule(operation, data):
     for _, outcomes in applied:
         for outcome in outcomes:
             if set(outcome) <= {v.path for v in violations}:
-                for path, value in outcome.items():
+                for value in outcome.values():
                     if value is not ANY:
                         assert repr(value)[:60] in error.message
     details = json.loads(json.dumps(error.details))

@@ -15,10 +15,10 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -28,7 +28,7 @@ from agent.handoff_log import HandoffLog, LogAppendFailed
 from agent.state import StateDB
 from tests.helpers import REPO, clean_env
 
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 IS_ROOT = os.geteuid() == 0
 HAVE_FIU = shutil.which("fiu-run") is not None and os.path.exists("/usr/lib/fiu/fiu_posix_preload.so")
@@ -44,8 +44,9 @@ CHILD = Path(__file__).with_name("workstation_fiu_child.py")
 def tmpfs(where: Path, size: str = "64k") -> Iterator[Path]:
     """A tmpfs of ``size`` mounted at ``where``, unmounted afterwards."""
     where.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     try:
@@ -167,8 +168,22 @@ def test_read_only_state_directory(tmp_path: Path) -> None:
 
 
 def run_child(action: str, directory: Path, point: str, at: int, err: str) -> dict:
-    argv = ["fiu-run", "-x", "-f", "", sys.executable, str(CHILD), action, str(directory),
-            "--point", point, "--at", str(at), "--errno", err]
+    argv = [
+        "fiu-run",
+        "-x",
+        "-f",
+        "",
+        sys.executable,
+        str(CHILD),
+        action,
+        str(directory),
+        "--point",
+        point,
+        "--at",
+        str(at),
+        "--errno",
+        err,
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -271,8 +286,9 @@ CA_FAULTS = [  # the calls of one creation, in order: key (write, fsync, rename)
 
 @needs_fiu
 @pytest.mark.parametrize("point, at, err", CA_FAULTS)
-def test_ca_creation_fault_leaves_no_temporary_file_and_no_half_pair(tmp_path: Path, point: str, at: int,
-                                                                      err: str) -> None:
+def test_ca_creation_fault_leaves_no_temporary_file_and_no_half_pair(
+    tmp_path: Path, point: str, at: int, err: str
+) -> None:
     directory = tmp_path / "authority"
     result = run_child("ca", directory, point, at, err)
     assert not result["ok"]
@@ -323,8 +339,14 @@ def test_a_pair_that_does_not_match_is_named_not_a_crash(tmp_path: Path) -> None
 
 
 def cli(home: Path, *args: str, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*(prefix or []), sys.executable, "-m", "agent", "--json", *args], env=clean_env(home),
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "agent", "--json", *args],
+        env=clean_env(home),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def cli_error(result: subprocess.CompletedProcess) -> dict:
@@ -403,8 +425,13 @@ def stager_world(tmp_path: Path):
     from agent.config import load
     from tests.fat_kit import make_image
 
-    settings = load(env={"HOME": str(tmp_path), "PANOSTAGE_SYSTEM_CONFIG": str(tmp_path / "none"),
-                         "PANOSTAGE_PATHS_STATE_DIR": str(tmp_path / "state")}).settings
+    settings = load(
+        env={
+            "HOME": str(tmp_path),
+            "PANOSTAGE_SYSTEM_CONFIG": str(tmp_path / "none"),
+            "PANOSTAGE_PATHS_STATE_DIR": str(tmp_path / "state"),
+        }
+    ).settings
     backend = open_backend(settings)
     image = make_image(tmp_path / "stick.img", 32)
     with tmpfs(tmp_path / "log", "1m") as logdir:
@@ -414,10 +441,17 @@ def stager_world(tmp_path: Path):
 
 def _stager(backend, log: HandoffLog, checkpoint):
     from agent.clock import SystemClock
-    from agent.staging.stage import Stager, StageOptions
+    from agent.staging.stage import StageOptions, Stager
 
-    return Stager(backend, clock=SystemClock(), log=log, options=StageOptions(), station="bench", operator="tester",
-                  checkpoint=checkpoint)
+    return Stager(
+        backend,
+        clock=SystemClock(),
+        log=log,
+        options=StageOptions(),
+        station="bench",
+        operator="tester",
+        checkpoint=checkpoint,
+    )
 
 
 def _live(backend, name: str) -> list[dict]:

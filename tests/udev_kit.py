@@ -21,9 +21,10 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -77,8 +78,14 @@ class Udev:
             return {}
         return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
 
-    def wait_properties(self, device: str, condition: Callable[[dict[str, str]], Any], *, timeout: float = 30,
-                        what: str = "udev properties") -> dict[str, str]:
+    def wait_properties(
+        self,
+        device: str,
+        condition: Callable[[dict[str, str]], Any],
+        *,
+        timeout: float = 30,
+        what: str = "udev properties",
+    ) -> dict[str, str]:
         """Poll the database until ``condition(properties)`` holds; return the properties."""
         found: dict[str, dict[str, str]] = {}
 
@@ -111,8 +118,12 @@ def _start_udevd(log: Path) -> tuple[int, str]:
         # foreground, own session: we know its pid without searching for it by name
         proc = subprocess.Popen([binary], stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     try:
-        wait_until(lambda: proc.poll() is not None or udevd_answers(), timeout=30, interval=0.05,
-                   what="systemd-udevd to answer udevadm control --ping")
+        wait_until(
+            lambda: proc.poll() is not None or udevd_answers(),
+            timeout=30,
+            interval=0.05,
+            what="systemd-udevd to answer udevadm control --ping",
+        )
     except AssertionError:
         proc.kill()
         proc.wait(timeout=10)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repository's tests
-from tests.stick.fiu_helper import run_armed  # noqa: E402
+from tests.stick.fiu_helper import run_armed
 
 
 def main() -> int:
@@ -30,7 +30,7 @@ def main() -> int:
         from agent.handoff_log import HandoffLog
 
         log = HandoffLog(args.directory)
-        action = lambda: log.append("handoff", time=datetime.now(timezone.utc), outcome="ready")  # noqa: E731
+        action = lambda: log.append("handoff", time=datetime.now(UTC), outcome="ready")  # noqa: E731
     else:
         from agent.authority.ca import CertificateAuthority
 

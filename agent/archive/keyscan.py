@@ -56,7 +56,7 @@ def _der_key(data: bytes) -> bool:
             for start in _sequence_starts(data, pos):
                 tried += 1
                 try:
-                    serialization.load_der_private_key(data[start: start + _der_length(data, start)], password=None)
+                    serialization.load_der_private_key(data[start : start + _der_length(data, start)], password=None)
                     return True
                 except TypeError:  # encrypted: a key all the same
                     return True
@@ -83,7 +83,7 @@ def _der_length(data: bytes, start: int) -> int:
     if first < 0x80:
         return 2 + first
     count = first & 0x7F
-    return 2 + count + int.from_bytes(data[start + 2: start + 2 + count], "big")
+    return 2 + count + int.from_bytes(data[start + 2 : start + 2 + count], "big")
 
 
 def _zip_key(data: bytes, limits: Limits, depth: int) -> str | None:
@@ -113,7 +113,7 @@ def _inflate(data: bytes, start: int, size: int, limits: Limits) -> bytes | None
     """Inflate a raw deflate stream, at most ``max_member_bytes``; None when it is damaged or larger."""
     inflater = zlib.decompressobj(-15)
     try:
-        out = inflater.decompress(data[start: start + size], limits.max_member_bytes + 1)
+        out = inflater.decompress(data[start : start + size], limits.max_member_bytes + 1)
     except zlib.error:
         return None
     return None if len(out) > limits.max_member_bytes else out

@@ -114,8 +114,12 @@ class Problem:
         return "warning" if self.outcome is Outcome.OK else "error"
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"code": self.code, "outcome": self.outcome.value, "severity": self.severity,
-                                "message": self.message}
+        data: dict[str, Any] = {
+            "code": self.code,
+            "outcome": self.outcome.value,
+            "severity": self.severity,
+            "message": self.message,
+        }
         if self.member is not None:
             data["member"] = self.member
         if self.hint:
@@ -156,10 +160,19 @@ class CertificateInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "member": self.member, "encoding": self.encoding, "subject": self.subject, "issuer": self.issuer,
-            "serial": self.serial, "sha256": self.sha256, "not_before": iso(self.not_before),
-            "not_after": iso(self.not_after), "seconds_left": round(self.seconds_left, 3), "is_ca": self.is_ca,
-            "self_signed": self.self_signed, "key_member": self.key_member, "chained_to_ca": self.chained_to_ca,
+            "member": self.member,
+            "encoding": self.encoding,
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "serial": self.serial,
+            "sha256": self.sha256,
+            "not_before": iso(self.not_before),
+            "not_after": iso(self.not_after),
+            "seconds_left": round(self.seconds_left, 3),
+            "is_ca": self.is_ca,
+            "self_signed": self.self_signed,
+            "key_member": self.key_member,
+            "chained_to_ca": self.chained_to_ca,
         }
 
 

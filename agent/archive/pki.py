@@ -57,8 +57,9 @@ def scan_member(name: str, content: bytes, found: Found, max_objects: int) -> No
 def _over_limit(found: Found, name: str, max_objects: int) -> bool:
     found.objects += 1
     if found.objects == max_objects + 1:
-        found.problems.append(Problem("too_many_objects", f"more than {max_objects} certificates and keys",
-                                      member=name))
+        found.problems.append(
+            Problem("too_many_objects", f"more than {max_objects} certificates and keys", member=name)
+        )
     return found.objects > max_objects
 
 
@@ -93,7 +94,7 @@ def _scan_pem(name: str, content: bytes, found: Found, max_objects: int) -> None
         if _over_limit(found, name, max_objects):
             return
         if is_cert:
-            body = content[begin.end():end_at].translate(None, _WHITESPACE)
+            body = content[begin.end() : end_at].translate(None, _WHITESPACE)
             try:
                 der = base64.b64decode(body, validate=True)
             except (binascii.Error, ValueError):
@@ -102,7 +103,7 @@ def _scan_pem(name: str, content: bytes, found: Found, max_objects: int) -> None
             if not _add_cert(name, "PEM", der, found):
                 bad("bad_certificate", "CERTIFICATE PEM block does not parse")
         else:
-            _add_pem_key(name, content[begin.start():end.end()], found)
+            _add_pem_key(name, content[begin.start() : end.end()], found)
 
 
 def _scan_der(name: str, content: bytes, found: Found, max_objects: int) -> None:
@@ -157,8 +158,9 @@ def _add_key(name: str, encoding: str, key: Any, found: Found) -> None:
     from cryptography.hazmat.primitives import serialization
 
     try:
-        spki = key.public_key().public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     except Exception:  # noqa: BLE001 - a key type without a usable public half
         found.problems.append(Problem("key_unreadable", "private key of an unsupported type", member=name))
         return
@@ -172,8 +174,9 @@ def _add_cert(name: str, encoding: str, der: bytes, found: Found) -> bool:
 
     try:
         cert = x509.load_der_x509_certificate(der)
-        spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki = cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     except Exception:  # noqa: BLE001
         return False
     if all(c.der != der for c in found.certs):
@@ -191,7 +194,7 @@ def _whole_der_sequence(data: bytes) -> bool:
     count = first & 0x7F
     if count == 0 or count > 4 or len(data) < 2 + count:
         return False
-    return 2 + count + int.from_bytes(data[2:2 + count], "big") == len(data)
+    return 2 + count + int.from_bytes(data[2 : 2 + count], "big") == len(data)
 
 
 # ---------------------------------------------------------------- facts about one certificate

@@ -31,9 +31,15 @@ def staged_name_violations(device_name: Any, field: str = "Name") -> list[Violat
     if not isinstance(device_name, str) or not _DEVICE_NAME.fullmatch(device_name):
         return [Violation(field, device_name, "1-255 characters of [a-zA-Z0-9-_]")]
     if len(device_name) > MAX_STAGED_NAME:
-        return [Violation(field, device_name, f"{len(device_name)} characters: the archive name {FILE_PREFIX}<name>"
-                          f"{FILE_SUFFIX} would be {len(device_name) + 22}, FAT allows 255; a staged device name has at "
-                          f"most {MAX_STAGED_NAME}")]
+        return [
+            Violation(
+                field,
+                device_name,
+                f"{len(device_name)} characters: the archive name {FILE_PREFIX}<name>"
+                f"{FILE_SUFFIX} would be {len(device_name) + 22}, FAT allows 255; a staged device name has at "
+                f"most {MAX_STAGED_NAME}",
+            )
+        ]
     return []
 
 
@@ -71,8 +77,9 @@ def verify_archive(
         return too_large(len(data), now=now, limits=limits, file_name=file_name, device_name=device_name)
     data = bytes(data)
     now = utc(now)
-    report = ArchiveReport(outcome=Outcome.OK, sha256=hashlib.sha256(data).hexdigest(), size=len(data),
-                           checked_at=now, file_name=file_name)
+    report = ArchiveReport(
+        outcome=Outcome.OK, sha256=hashlib.sha256(data).hexdigest(), size=len(data), checked_at=now, file_name=file_name
+    )
     problems = report.problems
     _check_file_name(report, file_name, device_name)
 
@@ -104,14 +111,20 @@ def verify_archive(
     return report
 
 
-def too_large(size: int, *, now: datetime, limits: Limits = Limits(), file_name: str | None = None,
-              device_name: str | None = None) -> ArchiveReport:
+def too_large(
+    size: int, *, now: datetime, limits: Limits = Limits(), file_name: str | None = None, device_name: str | None = None
+) -> ArchiveReport:
     """The report for a file judged by its size alone: larger than any archive can be (CORRUPT, unread)."""
     report = ArchiveReport(outcome=Outcome.CORRUPT, sha256=None, size=size, checked_at=utc(now), file_name=file_name)
     _check_file_name(report, file_name, device_name)
-    report.problems.append(Problem("too_large", f"{size} bytes, larger than any configuration archive (at most "
-                                   f"{limits.max_file_bytes} bytes within the verify limits); not read",
-                                   hint="it is no configuration archive: remove it"))
+    report.problems.append(
+        Problem(
+            "too_large",
+            f"{size} bytes, larger than any configuration archive (at most "
+            f"{limits.max_file_bytes} bytes within the verify limits); not read",
+            hint="it is no configuration archive: remove it",
+        )
+    )
     report.outcome = decide(report.problems)
     return report
 
@@ -124,12 +137,17 @@ def _check_file_name(report: ArchiveReport, file_name: str | None, device_name: 
     if file_name is not None:
         from_file = device_name_from_file_name(file_name)
         if from_file is None:
-            report.problems.append(Problem("bad_file_name", f"file name {file_name!r} is not "
-                                           f"{FILE_PREFIX}<device-name>{FILE_SUFFIX}",
-                                           hint="the appliance looks for exactly this name in the drive's root"))
+            report.problems.append(
+                Problem(
+                    "bad_file_name",
+                    f"file name {file_name!r} is not {FILE_PREFIX}<device-name>{FILE_SUFFIX}",
+                    hint="the appliance looks for exactly this name in the drive's root",
+                )
+            )
         elif device_name is not None and from_file != device_name:
-            report.problems.append(Problem("name_mismatch", f"file name names device {from_file!r}, expected "
-                                           f"{device_name!r}"))
+            report.problems.append(
+                Problem("name_mismatch", f"file name names device {from_file!r}, expected {device_name!r}")
+            )
     report.device_name = device_name if device_name is not None else from_file
 
 
@@ -138,6 +156,7 @@ def _check_file_name(report: ArchiveReport, file_name: str | None, device_name: 
 
 def _load_json(content: bytes) -> Any:
     """Strict JSON (UTF-8, no BOM, no NaN); raises ValueError for anything else."""
+
     def no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
@@ -162,8 +181,9 @@ def _check_network(report: ArchiveReport, first: dict[str, Entry], contents: dic
         report.problems.append(Problem("network_json_invalid", f"not valid JSON: {exc}", member=entry.name))
         return
     if not isinstance(network, dict):
-        report.problems.append(Problem("network_json_invalid", f"a JSON {type(network).__name__}, not an object",
-                                       member=entry.name))
+        report.problems.append(
+            Problem("network_json_invalid", f"a JSON {type(network).__name__}, not an object", member=entry.name)
+        )
         return
     report.network = network
 
@@ -189,8 +209,9 @@ def _manifest_members(listed: Any) -> list[tuple[str, str, int | None]] | None:
     return out
 
 
-def _check_manifest(report: ArchiveReport, entries: list[Entry], first: dict[str, Entry],
-                    contents: dict[int, bytes]) -> None:
+def _check_manifest(
+    report: ArchiveReport, entries: list[Entry], first: dict[str, Entry], contents: dict[int, bytes]
+) -> None:
     entry = first.get(MANIFEST_MEMBER)
     if entry is None or entry.index not in contents:
         return
@@ -210,14 +231,20 @@ def _check_manifest(report: ArchiveReport, entries: list[Entry], first: dict[str
         if report.device_name is None:
             report.device_name = named
         elif named != report.device_name:
-            problems.append(Problem("name_mismatch", f"the manifest names device {named!r}, expected "
-                                    f"{report.device_name!r}", member=entry.name))
+            problems.append(
+                Problem(
+                    "name_mismatch",
+                    f"the manifest names device {named!r}, expected {report.device_name!r}",
+                    member=entry.name,
+                )
+            )
     if "members" not in manifest:
         return  # another authority's manifest: nothing we know how to check
     listed = _manifest_members(manifest["members"])
     if listed is None:
-        problems.append(Problem("manifest_invalid", "'members' is neither {name: sha256} nor [{name, sha256}]",
-                                member=entry.name))
+        problems.append(
+            Problem("manifest_invalid", "'members' is neither {name: sha256} nor [{name, sha256}]", member=entry.name)
+        )
         return
     names = set()
     for name, digest, size in listed:
@@ -241,8 +268,15 @@ def _check_manifest(report: ArchiveReport, entries: list[Entry], first: dict[str
 # ---------------------------------------------------------------- certificates, keys and time
 
 
-def _check_pki(report: ArchiveReport, entries: list[Entry], contents: dict[int, bytes], now: datetime,
-               skew_seconds: float, margin_seconds: float, limits: Limits) -> None:
+def _check_pki(
+    report: ArchiveReport,
+    entries: list[Entry],
+    contents: dict[int, bytes],
+    now: datetime,
+    skew_seconds: float,
+    margin_seconds: float,
+    limits: Limits,
+) -> None:
     problems = report.problems
     found = Found()
     for e in entries:
@@ -292,41 +326,62 @@ def _check_pki(report: ArchiveReport, entries: list[Entry], contents: dict[int, 
             named = next((ca for ca in cas if ca.cert.subject == device.cert.issuer), cas[0])
             report.ca_certificate = infos[id(named)]
             same_name = report.ca_certificate.subject == dinfo.issuer
-            problems.append(Problem(
-                "chain_broken",
-                "the device certificate's signature does not verify with the CA certificate's key" if same_name
-                else f"the device certificate was issued by {dinfo.issuer!r}, the CA certificate is "
-                     f"{report.ca_certificate.subject!r}",
-                member=device.member))
+            problems.append(
+                Problem(
+                    "chain_broken",
+                    "the device certificate's signature does not verify with the CA certificate's key"
+                    if same_name
+                    else f"the device certificate was issued by {dinfo.issuer!r}, the CA certificate is "
+                    f"{report.ca_certificate.subject!r}",
+                    member=device.member,
+                )
+            )
 
     _check_keys(report, found, certs, infos, device)
     _check_time(report, chain, now, skew_seconds, margin_seconds)
 
 
-def _check_keys(report: ArchiveReport, found: Found, certs: list[FoundCert], infos: dict[int, CertificateInfo],
-                device: FoundCert) -> None:
+def _check_keys(
+    report: ArchiveReport, found: Found, certs: list[FoundCert], infos: dict[int, CertificateInfo], device: FoundCert
+) -> None:
     problems = report.problems
     mismatched = False
     for key in found.keys:
         owners = [c for c in certs if c.spki == key.spki]
         if not owners:
             mismatched = True
-            problems.append(Problem("key_mismatch", "private key matches no certificate in the archive",
-                                    member=key.member))
+            problems.append(
+                Problem("key_mismatch", "private key matches no certificate in the archive", member=key.member)
+            )
         elif any(infos[id(c)].is_ca for c in owners):
-            problems.append(Problem("ca_private_key", "the archive carries a CA certificate's private key",
-                                    member=key.member, hint="the CA key is compromised: rotate the CA"))
+            problems.append(
+                Problem(
+                    "ca_private_key",
+                    "the archive carries a CA certificate's private key",
+                    member=key.member,
+                    hint="the CA key is compromised: rotate the CA",
+                )
+            )
     if not found.keys:
         if not any(p.code == "key_unreadable" for p in problems):
-            problems.append(Problem("no_private_key", "no private key found in any member (PEM or DER)",
-                                    hint="the appliance needs the device certificate's private key"))
+            problems.append(
+                Problem(
+                    "no_private_key",
+                    "no private key found in any member (PEM or DER)",
+                    hint="the appliance needs the device certificate's private key",
+                )
+            )
     elif infos[id(device)].key_member is None and not mismatched:
-        problems.append(Problem("key_mismatch", "no private key matches the device certificate",
-                                member=device.member))
+        problems.append(Problem("key_mismatch", "no private key matches the device certificate", member=device.member))
 
 
-def _check_time(report: ArchiveReport, chain: list[tuple[FoundCert, CertificateInfo]], now: datetime,
-                skew_seconds: float, margin_seconds: float) -> None:
+def _check_time(
+    report: ArchiveReport,
+    chain: list[tuple[FoundCert, CertificateInfo]],
+    now: datetime,
+    skew_seconds: float,
+    margin_seconds: float,
+) -> None:
     """Validity vs ``now`` for the device certificate and, when chained, its CA.
 
     Decision: a certificate that starts more than ``skew_seconds`` after ``now`` is ``not_yet_valid``
@@ -339,19 +394,33 @@ def _check_time(report: ArchiveReport, chain: list[tuple[FoundCert, CertificateI
         left = info.seconds_left
         if now + skew < info.not_before:
             ahead = (info.not_before - now).total_seconds()
-            report.problems.append(Problem(
-                "not_yet_valid", f"{what} is valid only from {iso(info.not_before)}, {ahead:.0f} s from now",
-                member=fc.member,
-                hint=f"check this workstation's clock (timedatectl, NTP): it may be behind by more than the "
-                     f"{skew_seconds:g} s tolerance"))
+            report.problems.append(
+                Problem(
+                    "not_yet_valid",
+                    f"{what} is valid only from {iso(info.not_before)}, {ahead:.0f} s from now",
+                    member=fc.member,
+                    hint=f"check this workstation's clock (timedatectl, NTP): it may be behind by more than the "
+                    f"{skew_seconds:g} s tolerance",
+                )
+            )
         elif now - skew > info.not_after:
-            report.problems.append(Problem(
-                "expired", f"{what} expired at {iso(info.not_after)}, {-left:.0f} s ago", member=fc.member,
-                hint="archives cannot be reused: delete the device and provision it again"))
+            report.problems.append(
+                Problem(
+                    "expired",
+                    f"{what} expired at {iso(info.not_after)}, {-left:.0f} s ago",
+                    member=fc.member,
+                    hint="archives cannot be reused: delete the device and provision it again",
+                )
+            )
         elif left < margin_seconds:
             state = f"expires in {left:.0f} s" if left >= 0 else f"expired {-left:.0f} s ago (within the clock skew)"
-            report.problems.append(Problem(
-                "expiring", f"{what} {state}, less than the {margin_seconds:g} s margin", member=fc.member,
-                hint="hand the stick over at once, or provision again"))
+            report.problems.append(
+                Problem(
+                    "expiring",
+                    f"{what} {state}, less than the {margin_seconds:g} s margin",
+                    member=fc.member,
+                    hint="hand the stick over at once, or provision again",
+                )
+            )
     report.not_after = min(info.not_after for _, info in chain)
     report.seconds_left = (report.not_after - now).total_seconds()

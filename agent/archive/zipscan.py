@@ -8,6 +8,7 @@ kilobytes needs is supported: stored and deflated members, one disk, optional ZI
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 import zlib
@@ -95,8 +96,9 @@ def read_directory(data: bytes, limits: Limits) -> Directory:
     for index in range(n_total):
         if pos + _CENTRAL.size > cd_end:
             return refuse("truncated", "the central directory ends inside an entry")
-        (sig, made_by, _, flags, method, _, _, crc, csize, usize, nlen, xlen, clen, _, _, ext_attr,
-         offset) = _CENTRAL.unpack_from(data, pos)
+        (sig, made_by, _, flags, method, _, _, crc, csize, usize, nlen, xlen, clen, _, _, ext_attr, offset) = (
+            _CENTRAL.unpack_from(data, pos)
+        )
         if sig != _CENTRAL_SIG:
             return refuse("malformed", f"central directory entry {index} has a bad signature")
         name_at, extra_at = pos + _CENTRAL.size, pos + _CENTRAL.size + nlen
@@ -105,7 +107,7 @@ def read_directory(data: bytes, limits: Limits) -> Directory:
             return refuse("truncated", f"central directory entry {index} runs past the directory")
         raw_name = data[name_at:extra_at]
         if 0xFFFFFFFF in (csize, usize, offset):
-            z64 = _zip64_extra(data[extra_at:extra_at + xlen], usize, csize, offset)
+            z64 = _zip64_extra(data[extra_at : extra_at + xlen], usize, csize, offset)
             if z64 is None:
                 return refuse("malformed", f"central directory entry {index} lacks its ZIP64 sizes")
             usize, csize, offset = z64
@@ -132,7 +134,7 @@ def inflate(data: bytes, entry: Entry) -> tuple[bytes | None, Problem | None]:
 
     Never produces more than ``entry.size + 1`` bytes, whatever the stream holds.
     """
-    view = memoryview(data)[entry.data_start:entry.data_start + entry.compressed_size]
+    view = memoryview(data)[entry.data_start : entry.data_start + entry.compressed_size]
     if entry.method == STORED:
         out = bytes(view)
     else:
@@ -142,13 +144,15 @@ def inflate(data: bytes, entry: Entry) -> tuple[bytes | None, Problem | None]:
         except zlib.error as exc:
             return None, Problem("bad_crc", f"the deflate stream is damaged ({exc})", member=entry.name)
         if len(out) > entry.size:
-            return None, Problem("zip_bomb", f"inflates beyond its declared {entry.size} bytes (lying header)",
-                                 member=entry.name)
+            return None, Problem(
+                "zip_bomb", f"inflates beyond its declared {entry.size} bytes (lying header)", member=entry.name
+            )
         if not decomp.eof:
             return None, Problem("bad_crc", "the deflate stream ends early", member=entry.name)
     if len(out) != entry.size:
-        return None, Problem("bad_crc", f"holds {len(out)} bytes, the directory declares {entry.size}",
-                             member=entry.name)
+        return None, Problem(
+            "bad_crc", f"holds {len(out)} bytes, the directory declares {entry.size}", member=entry.name
+        )
     if zlib.crc32(out) != entry.crc:
         return None, Problem("bad_crc", "CRC-32 mismatch", member=entry.name)
     return out, None
@@ -170,16 +174,18 @@ def _find_end_record(data: bytes) -> int | Problem:
             return pos
         pos = data.rfind(_EOCD_SIG, low, pos + 3)
     if seen or data.startswith(_LOCAL_SIG) or data.startswith(_EOCD_SIG):
-        return Problem("truncated", "the ZIP end record is missing or does not end the file (truncated or trailing bytes)")
+        return Problem(
+            "truncated", "the ZIP end record is missing or does not end the file (truncated or trailing bytes)"
+        )
     return Problem("not_zip", "not a ZIP archive")
 
 
 def _zip64_end_record(data: bytes, eocd: int) -> tuple[int, int, int, int, int, int, int] | str:
     at = eocd - _Z64_LOCATOR.size
-    if at < 0 or data[at:at + 4] != _Z64_LOC_SIG:
+    if at < 0 or data[at : at + 4] != _Z64_LOC_SIG:
         return "the ZIP64 end record locator is missing"
     _, _, z64_offset, _ = _Z64_LOCATOR.unpack_from(data, at)
-    if z64_offset + _Z64_EOCD.size > at or data[z64_offset:z64_offset + 4] != _Z64_EOCD_SIG:
+    if z64_offset + _Z64_EOCD.size > at or data[z64_offset : z64_offset + 4] != _Z64_EOCD_SIG:
         return "the ZIP64 end record is missing"
     _, _, _, _, disk, cd_disk, n_disk, n_total, cd_size, cd_offset = _Z64_EOCD.unpack_from(data, z64_offset)
     return z64_offset, disk, cd_disk, n_disk, n_total, cd_size, cd_offset
@@ -189,11 +195,11 @@ def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int
     pos = 0
     while pos + 4 <= len(extra):
         tag, length = struct.unpack_from("<HH", extra, pos)
-        body = extra[pos + 4:pos + 4 + length]
+        body = extra[pos + 4 : pos + 4 + length]
         pos += 4 + length
         if tag != 1:
             continue
-        values = [v for v in (usize, csize, offset)]
+        values = [usize, csize, offset]
         at = 0
         for i, value in enumerate(values):
             if value == 0xFFFFFFFF:
@@ -214,17 +220,24 @@ def _judge_sizes(entries: list[Entry], limits: Limits, problems: list[Problem]) 
     for e in entries:
         total += e.size
         if e.size > limits.max_member_bytes:
-            problems.append(Problem("zip_bomb", f"declares {e.size} bytes, the limit is {limits.max_member_bytes}",
-                                    member=e.name))
+            problems.append(
+                Problem("zip_bomb", f"declares {e.size} bytes, the limit is {limits.max_member_bytes}", member=e.name)
+            )
             refused = True
         elif e.size > limits.ratio_floor_bytes and e.size > limits.max_ratio * max(e.compressed_size, 1):
             ratio = e.size / max(e.compressed_size, 1)
-            problems.append(Problem("zip_bomb", f"declares a compression ratio of {ratio:.0f}, the limit is "
-                                    f"{limits.max_ratio:g}", member=e.name))
+            problems.append(
+                Problem(
+                    "zip_bomb",
+                    f"declares a compression ratio of {ratio:.0f}, the limit is {limits.max_ratio:g}",
+                    member=e.name,
+                )
+            )
             refused = True
     if total > limits.max_total_bytes:
-        problems.append(Problem("zip_bomb", f"members declare {total} bytes in all, the limit is "
-                                f"{limits.max_total_bytes}"))
+        problems.append(
+            Problem("zip_bomb", f"members declare {total} bytes in all, the limit is {limits.max_total_bytes}")
+        )
         refused = True
     return refused
 
@@ -241,7 +254,7 @@ def _resolve_local_headers(data: bytes, entries: list[Entry], cd_offset: int, pr
         start = at + _LOCAL.size + nlen + xlen
         if sig != _LOCAL_SIG:
             reason = "local header has a bad signature"
-        elif data[at + _LOCAL.size:at + _LOCAL.size + nlen] != e.raw_name:
+        elif data[at + _LOCAL.size : at + _LOCAL.size + nlen] != e.raw_name:
             reason = "local header names another file than the central directory"
         elif method != e.method:
             reason = "local header and central directory disagree on the compression method"
@@ -258,7 +271,7 @@ def _resolve_local_headers(data: bytes, entries: list[Entry], cd_offset: int, pr
 def _judge_overlaps(entries: list[Entry], problems: list[Problem]) -> bool:
     """Members sharing bytes are the overlapping-file zip bomb."""
     spans = sorted((e.local_offset, e.data_start + e.compressed_size, e.name) for e in entries if e.data_start >= 0)
-    for (_, end, _), (start, _, name) in zip(spans, spans[1:]):
+    for (_, end, _), (start, _, name) in itertools.pairwise(spans):
         if start < end:
             problems.append(Problem("zip_bomb", "member overlaps the previous member's data", member=name))
             return True
@@ -270,8 +283,13 @@ def _judge_entry(e: Entry, problems: list[Problem]) -> None:
         problems.append(Problem("encrypted", "member is encrypted", member=e.name))
         e.inflatable = False
     elif e.method not in (STORED, DEFLATED):
-        problems.append(Problem("unsupported_compression", f"compression method {e.method} (only stored and "
-                                "deflate are supported)", member=e.name))
+        problems.append(
+            Problem(
+                "unsupported_compression",
+                f"compression method {e.method} (only stored and deflate are supported)",
+                member=e.name,
+            )
+        )
         e.inflatable = False
     elif e.method == STORED and e.compressed_size != e.size:
         problems.append(Problem("malformed", "stored member with differing sizes", member=e.name))
@@ -312,7 +330,12 @@ def _judge_duplicates(entries: list[Entry], problems: list[Problem]) -> None:
         if key in exact:
             problems.append(Problem("duplicate_member", "the name occurs more than once", member=e.name))
         elif key.casefold() in folded:
-            problems.append(Problem("duplicate_member", "the name differs from another only in case (FAT is "
-                                    "case-insensitive)", member=e.name))
+            problems.append(
+                Problem(
+                    "duplicate_member",
+                    "the name differs from another only in case (FAT is case-insensitive)",
+                    member=e.name,
+                )
+            )
         exact.add(key)
         folded.add(key.casefold())

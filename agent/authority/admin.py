@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote
 
 from agent.errors import ExitCode, PanostageError
@@ -35,7 +36,12 @@ class AdminClient:
     """``/_local/*`` calls against the authority at ``endpoint_url``."""
 
     def __init__(
-        self, endpoint_url: str, access_key_id: str, secret_access_key: str, *, region: str = "us-east-1",
+        self,
+        endpoint_url: str,
+        access_key_id: str,
+        secret_access_key: str,
+        *,
+        region: str = "us-east-1",
         timeout: float = 10.0,
     ) -> None:
         self.endpoint_url = endpoint_url.rstrip("/")
@@ -55,9 +61,13 @@ class AdminClient:
         headers = {"Content-Type": "application/json"}
         if signed:
             aws = AWSRequest(method=method, url=url, data=data, headers=headers)
-            SigV4Auth(Credentials(self.access_key_id, self.secret_access_key), ADMIN_SIGNING_NAME, self.region).add_auth(aws)
+            SigV4Auth(
+                Credentials(self.access_key_id, self.secret_access_key), ADMIN_SIGNING_NAME, self.region
+            ).add_auth(aws)
             headers = dict(aws.headers.items())
-        req = urllib.request.Request(url, data=data if method in ("PUT", "POST") else None, headers=headers, method=method)
+        req = urllib.request.Request(
+            url, data=data if method in ("PUT", "POST") else None, headers=headers, method=method
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read() or b"null")
@@ -76,7 +86,8 @@ class AdminClient:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise AdminError(
-                f"cannot reach the authority at {self.endpoint_url}: {reason}", exit_code=ExitCode.UNREACHABLE,
+                f"cannot reach the authority at {self.endpoint_url}: {reason}",
+                exit_code=ExitCode.UNREACHABLE,
                 hint="is `panostage authority serve` running there? check --endpoint-url",
             ) from None
 
@@ -86,7 +97,9 @@ class AdminClient:
     def faults(self) -> dict[str, Any]:
         return self.request("GET", "/_local/faults")
 
-    def set_faults(self, rules: Mapping[str, Mapping[str, Any]], *, seed: int | None = None, replace: bool = False) -> dict[str, Any]:
+    def set_faults(
+        self, rules: Mapping[str, Mapping[str, Any]], *, seed: int | None = None, replace: bool = False
+    ) -> dict[str, Any]:
         """Set rules per operation (``{"ProvisionDevice": {"error": 500, "count": 1}}``)."""
         body: dict[str, Any] = {"rules": {op: dict(rule) for op, rule in rules.items()}, "replace": replace}
         if seed is not None:

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from agent.errors import Violation
 
@@ -49,8 +50,11 @@ def cannot_parse(message: str) -> ApiError:
 
 def not_found(resource_type: str, resource_id: str, message: str | None = None) -> ApiError:
     return ApiError(
-        404, "ResourceNotFoundException", message or f"{resource_type} {resource_id} not found",
-        ResourceId=resource_id, ResourceType=resource_type,
+        404,
+        "ResourceNotFoundException",
+        message or f"{resource_type} {resource_id} not found",
+        ResourceId=resource_id,
+        ResourceType=resource_type,
     )
 
 
@@ -69,6 +73,7 @@ def access_denied(message: str) -> ApiError:
 # SigV4 refusals, as AWS's JSON services answer them.  All are HTTP 403: AWS's query services (and some
 # documentation of the common errors) give IncompleteSignature 400, but its JSON and REST-JSON services,
 # Panorama's kind, answer IncompleteSignatureException with 403 like every other signing failure.
+
 
 def missing_authentication() -> ApiError:
     """No Authorization header (and no presigned query)."""

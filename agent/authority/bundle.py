@@ -95,8 +95,11 @@ def build_archive(content: ArchiveContent, defect: str | None = None) -> bytes:
         "created": iso(content.created),
         "not_after": iso(content.not_after),
         "members": [
-            {"name": m.name, "size": m.size if m.data is None else len(m.data),
-             "sha256": _bomb_sha256() if m.data is None else hashlib.sha256(m.data).hexdigest()}
+            {
+                "name": m.name,
+                "size": m.size if m.data is None else len(m.data),
+                "sha256": _bomb_sha256() if m.data is None else hashlib.sha256(m.data).hexdigest(),
+            }
             for m in members
         ],
     }
@@ -135,8 +138,24 @@ def _write_zip(members: list[_Member], when: datetime) -> bytes:
         )
         out += name + m.raw
         central += struct.pack(
-            "<IHHHHHHIIIHHHHHII", 0x02014B50, (3 << 8) | 20, 20, 0x0800, 8, dos_time, dos_date, crc,
-            len(m.raw), m.size, len(name), 0, 0, 0, 0, (0o100000 | m.mode) << 16, offset,
+            "<IHHHHHHIIIHHHHHII",
+            0x02014B50,
+            (3 << 8) | 20,
+            20,
+            0x0800,
+            8,
+            dos_time,
+            dos_date,
+            crc,
+            len(m.raw),
+            m.size,
+            len(name),
+            0,
+            0,
+            0,
+            0,
+            (0o100000 | m.mode) << 16,
+            offset,
         )
         central += name
     start = len(out)

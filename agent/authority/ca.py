@@ -9,7 +9,7 @@ import hashlib
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -18,9 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.paths import discard, fsync_dir, write_atomic
-
 from agent.errors import ExitCode, PanostageError
+from agent.paths import discard, fsync_dir, write_atomic
 
 CA_KEY_FILE = "ca-key.pem"
 CA_CERT_FILE = "ca.pem"
@@ -52,7 +51,9 @@ def new_key() -> ec.EllipticCurvePrivateKey:
 
 def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     """PKCS8 PEM, unencrypted."""
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def public_key_pem(key: ec.EllipticCurvePublicKey) -> str:
@@ -61,7 +62,7 @@ def public_key_pem(key: ec.EllipticCurvePublicKey) -> str:
 
 def whole_seconds(moment: datetime) -> datetime:
     """X.509 times have one-second resolution; drop the rest."""
-    return moment.astimezone(timezone.utc).replace(microsecond=0)
+    return moment.astimezone(UTC).replace(microsecond=0)
 
 
 class CertificateAuthority:
@@ -75,7 +76,7 @@ class CertificateAuthority:
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
 
     @classmethod
-    def generate(cls, now: datetime, label: str = "panostage local authority") -> "CertificateAuthority":
+    def generate(cls, now: datetime, label: str = "panostage local authority") -> CertificateAuthority:
         """A new CA in memory (self-signed, valid ten years from ``now``)."""
         key = new_key()
         name = x509.Name(
@@ -101,7 +102,7 @@ class CertificateAuthority:
         return cls(key, cert)
 
     @classmethod
-    def load_or_create(cls, directory: Path, now: datetime | None = None) -> "CertificateAuthority":
+    def load_or_create(cls, directory: Path, now: datetime | None = None) -> CertificateAuthority:
         """The CA kept in ``directory``; created there first if missing.
 
         A lock file serialises concurrent starters, so two processes starting together
@@ -122,7 +123,7 @@ class CertificateAuthority:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             if key_path.exists() and cert_path.exists():
                 return cls._load(key_path, cert_path)
-            ca = cls.generate(now or datetime.now(timezone.utc))
+            ca = cls.generate(now or datetime.now(UTC))
             try:
                 orphans = [path for path in (cert_path, key_path) if path.exists()]
                 for orphan in orphans:  # half a pair is never completed, only replaced
@@ -141,7 +142,7 @@ class CertificateAuthority:
             os.close(lock_fd)
 
     @classmethod
-    def _load(cls, key_path: Path, cert_path: Path) -> "CertificateAuthority":
+    def _load(cls, key_path: Path, cert_path: Path) -> CertificateAuthority:
         try:
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -195,8 +196,15 @@ class CertificateAuthority:
 def _key_usage(ca: bool) -> x509.KeyUsage:
     """A CA signs certificates (and CRLs); a device signs (its claim, TLS client auth)."""
     return x509.KeyUsage(
-        digital_signature=not ca, content_commitment=False, key_encipherment=False, data_encipherment=False,
-        key_agreement=False, key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False,
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 
@@ -206,9 +214,14 @@ def _io_failed(exc: OSError, directory: Path, step: str) -> PanostageError:
     return PanostageError(
         f"local authority: cannot {step} in {directory}: {exc.strerror or exc} [{name}]"
         + (f" ({exc.filename})" if exc.filename else ""),
-        exit_code=ExitCode.IO, reason="ca-io",
-        hint=(f"free space on the filesystem holding {directory}" if full else
-              f"check the filesystem holding {directory} (read-only? permissions? dmesg)") + ", then start again",
+        exit_code=ExitCode.IO,
+        reason="ca-io",
+        hint=(
+            f"free space on the filesystem holding {directory}"
+            if full
+            else f"check the filesystem holding {directory} (read-only? permissions? dmesg)"
+        )
+        + ", then start again",
         details={"directory": str(directory), "step": step, "errno": name},
     )
 
@@ -216,9 +229,10 @@ def _io_failed(exc: OSError, directory: Path, step: str) -> PanostageError:
 def _damaged(key_path: Path, cert_path: Path, problem: str) -> PanostageError:
     return PanostageError(
         f"local authority: the CA in {key_path.parent} is damaged: {problem}",
-        exit_code=ExitCode.VERIFY_CORRUPT, reason="ca-damaged",
+        exit_code=ExitCode.VERIFY_CORRUPT,
+        reason="ca-damaged",
         hint=f"restore {key_path.name} and {cert_path.name} from a backup, or move both aside to have a new CA "
-             "created (certificates issued by the old one will no longer verify)",
+        "created (certificates issued by the old one will no longer verify)",
         details={"key": str(key_path), "certificate": str(cert_path)},
     )
 

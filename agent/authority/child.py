@@ -48,8 +48,13 @@ def main() -> int:
 
     listening = socket.socket(fileno=spec["fd"])
     try:
-        server = open_server(settings_from(spec["settings"]), Path(spec["state_dir"]), spec["credentials"],
-                             region=spec["region"], listening=listening)
+        server = open_server(
+            settings_from(spec["settings"]),
+            Path(spec["state_dir"]),
+            spec["credentials"],
+            region=spec["region"],
+            listening=listening,
+        )
     except Exception as exc:  # noqa: BLE001 - the parent raises it again, mapped as the in-process authority's was
         error = to_error(exc)
         say({"error": error.message, "hint": error.hint, "reason": error.reason, "exit_code": int(error.exit_code)})

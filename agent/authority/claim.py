@@ -60,8 +60,10 @@ def build_claim(
 def post_claim(endpoint_url: str, claim: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
     """Send a claim; the authority's answer, or :class:`ClaimRejected`."""
     req = urllib.request.Request(
-        endpoint_url.rstrip("/") + CLAIM_PATH, data=json.dumps(claim).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
+        endpoint_url.rstrip("/") + CLAIM_PATH,
+        data=json.dumps(claim).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -71,4 +73,6 @@ def post_claim(endpoint_url: str, claim: dict[str, Any], timeout: float = 10.0) 
             body = json.loads(exc.read() or b"{}")
         except ValueError:
             body = {}
-        raise ClaimRejected(exc.code, exc.headers.get("x-amzn-ErrorType", ""), body.get("message", str(exc.reason)), body) from None
+        raise ClaimRejected(
+            exc.code, exc.headers.get("x-amzn-ErrorType", ""), body.get("message", str(exc.reason)), body
+        ) from None

@@ -38,7 +38,8 @@ class ApplianceClaims(OperationGroup):
         row, _, state = self.live_device(device_id)
         if state.provisioning != "AWAITING_PROVISIONING":
             raise conflict(
-                "device", device_id,
+                "device",
+                device_id,
                 f"device {device_id} is {state.provisioning}; a device is claimed once "
                 "(delete it and provision a new one to start over)",
             )
@@ -72,8 +73,11 @@ class ApplianceClaims(OperationGroup):
             raise conflict("device", device_id, f"device {device_id} was claimed or deleted meanwhile")
         if reason:
             raise ApiError(
-                403, "AccessDeniedException", f"claim refused: {reason}; device {device_id} is now FAILED",
-                DeviceId=device_id, ProvisioningStatus="FAILED",
+                403,
+                "AccessDeniedException",
+                f"claim refused: {reason}; device {device_id} is now FAILED",
+                DeviceId=device_id,
+                ProvisioningStatus="FAILED",
             )
         return {"DeviceId": device_id, "ProvisioningStatus": "SUCCEEDED", "DeviceConnectionStatus": "ONLINE"}
 
@@ -84,7 +88,9 @@ def _parse_claim(body: dict[str, Any]) -> tuple[str, x509.Certificate, float, by
     if not isinstance(body, dict):
         raise cannot_parse("the claim must be a JSON object")
     problems = []
-    device_id, cert_pem, timestamp, signature = (body.get(k) for k in ("DeviceId", "Certificate", "Timestamp", "Signature"))
+    device_id, cert_pem, timestamp, signature = (
+        body.get(k) for k in ("DeviceId", "Certificate", "Timestamp", "Signature")
+    )
     serial = body.get("SerialNumber")
     if not isinstance(device_id, str) or not device_id:
         problems.append(Violation("DeviceId", device_id, "required: the device ID"))
@@ -101,7 +107,9 @@ def _parse_claim(body: dict[str, Any]) -> tuple[str, x509.Certificate, float, by
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode())
     except ValueError:
-        raise validation_error("Certificate is not a PEM X.509 certificate", [Violation("Certificate", None, "not a PEM certificate")]) from None
+        raise validation_error(
+            "Certificate is not a PEM X.509 certificate", [Violation("Certificate", None, "not a PEM certificate")]
+        ) from None
     try:
         raw_signature = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError):

@@ -32,8 +32,8 @@ def load_or_create_credentials(state_dir: Path) -> tuple[str, str, Path]:
     import json
     import os
 
-    from agent.paths import discard, fsync_dir, write_all
     from agent.errors import ConfigError
+    from agent.paths import discard, fsync_dir, write_all
 
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = state_dir / CREDENTIALS_FILE
@@ -43,8 +43,11 @@ def load_or_create_credentials(state_dir: Path) -> tuple[str, str, Path]:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                write_all(fd, json.dumps({"access_key_id": access_key_id, "secret_access_key": secret},
-                                         indent=2).encode() + b"\n")
+                write_all(
+                    fd,
+                    json.dumps({"access_key_id": access_key_id, "secret_access_key": secret}, indent=2).encode()
+                    + b"\n",
+                )
                 os.fsync(fd)
             finally:
                 os.close(fd)

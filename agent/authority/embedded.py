@@ -37,10 +37,13 @@ def open_server(
     from agent.authority.server import AuthorityHTTPServer
     from agent.authority.service import AuthorityService
 
-    service = AuthorityService.open(settings, state_dir, clock if isinstance(clock, ShiftableClock) else ShiftableClock(clock))
+    service = AuthorityService.open(
+        settings, state_dir, clock if isinstance(clock, ShiftableClock) else ShiftableClock(clock)
+    )
     regions = tuple(settings.regions) or (region,)
-    return AuthorityHTTPServer((host, port), service, dict(credentials), faults or FaultInjector(), regions,
-                               listening=listening)
+    return AuthorityHTTPServer(
+        (host, port), service, dict(credentials), faults or FaultInjector(), regions, listening=listening
+    )
 
 
 @dataclass
@@ -73,7 +76,11 @@ class EmbeddedAuthority:
 
 
 def start_embedded(
-    settings: AuthoritySettings, state_dir: Path, *, region: str, clock: Clock | None = None,
+    settings: AuthoritySettings,
+    state_dir: Path,
+    *,
+    region: str,
+    clock: Clock | None = None,
     faults: FaultInjector | None = None,
 ) -> EmbeddedAuthority:
     """Start an authority in this process on 127.0.0.1 (ephemeral port) with fresh credentials; it takes
@@ -82,5 +89,7 @@ def start_embedded(
 
     access_key_id, secret = new_credentials()
     settings = dataclasses.replace(settings, regions=tuple(dict.fromkeys((region, *settings.regions))))
-    server = open_server(settings, state_dir, {access_key_id: secret}, clock=clock, faults=faults, region=region).start()
+    server = open_server(
+        settings, state_dir, {access_key_id: secret}, clock=clock, faults=faults, region=region
+    ).start()
     return EmbeddedAuthority(server.endpoint_url, access_key_id, secret, region, state_dir, server)

@@ -11,17 +11,33 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from agent.authority.bundle import DEFECTS
 from agent.errors import UsageError
 
 PANORAMA_OPERATIONS = (
-    "ProvisionDevice", "DescribeDevice", "ListDevices", "DeleteDevice", "CreateJobForDevices",
-    "DescribeDeviceJob", "ListDevicesJobs", "CreatePackageImportJob", "DescribePackageImportJob",
+    "ProvisionDevice",
+    "DescribeDevice",
+    "ListDevices",
+    "DeleteDevice",
+    "CreateJobForDevices",
+    "DescribeDeviceJob",
+    "ListDevicesJobs",
+    "CreatePackageImportJob",
+    "DescribePackageImportJob",
 )
-SNOW_OPERATIONS = ("CreateTask", "DescribeTask", "DescribeExecution", "ListTasks", "ListExecutions", "CancelTask", "ListDevices")
+SNOW_OPERATIONS = (
+    "CreateTask",
+    "DescribeTask",
+    "DescribeExecution",
+    "ListTasks",
+    "ListExecutions",
+    "CancelTask",
+    "ListDevices",
+)
 LOCAL_OPERATIONS = ("Claim",)
 FAULT_STATUSES = (500, 429, 409, 402, 403)
 MAX_LATENCY_MS = 600_000

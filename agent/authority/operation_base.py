@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from agent.authority import lifecycle as lc
 from agent.authority.apierror import conflict, not_found
@@ -99,6 +100,7 @@ class IdempotentRequest:
         stored_id = stored[id_column]
         if stored_id != new_id and stored["request_hash"] != self.digest:
             raise conflict(
-                resource_type, stored_id,
+                resource_type,
+                stored_id,
                 f"{self.token_name} {self.token!r} was already used for a different request ({noun} {stored_id})",
             )

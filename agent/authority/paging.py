@@ -6,7 +6,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from agent.authority.apierror import ApiError, validation_error
 from agent.errors import Violation

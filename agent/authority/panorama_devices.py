@@ -7,8 +7,9 @@ import functools
 import hashlib
 import json
 import sqlite3
-from datetime import datetime, timedelta, timezone
-from typing import Any, Sequence
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from agent.authority import lifecycle as lc
 from agent.authority.apierror import conflict, quota_exceeded
@@ -29,8 +30,10 @@ STATUS_ROWS = {
     "PENDING": "claim_status IS NULL AND deleted_at IS NULL",
     "FAILED": "claim_status = 'FAILED' AND deleted_at IS NULL",
     "DELETING": "deleted_at IS NOT NULL",
-    **{status: "claim_status = 'SUCCEEDED' AND deleted_at IS NULL"
-       for status in ("ONLINE", "OFFLINE", "REBOOTING", "UPDATE_NEEDED", "LEASE_EXPIRED")},
+    **dict.fromkeys(
+        ("ONLINE", "OFFLINE", "REBOOTING", "UPDATE_NEEDED", "LEASE_EXPIRED"),
+        "claim_status = 'SUCCEEDED' AND deleted_at IS NULL",
+    ),
 }
 
 
@@ -44,7 +47,7 @@ class PanoramaDeviceOperations(OperationGroup):
         now = self.clock.now()
         validity = timedelta(seconds=self.settings.cert_validity_seconds)
         device_id = random_id("device-")
-        thing_name = f"panorama-{device_id[len('device-'):]}"
+        thing_name = f"panorama-{device_id[len('device-') :]}"
         key = new_key()
         ca = self.ca
         not_before, not_after = now, now + validity
@@ -67,10 +70,16 @@ class PanoramaDeviceOperations(OperationGroup):
         network = p.get("NetworkingConfiguration")
         self.store.insert_device(
             {
-                "device_id": device_id, "name": name, "description": p.get("Description"),
-                "tags": dumps(p.get("Tags") or {}), "network": None if network is None else dumps(network),
-                "region": ctx.region, "thing_name": thing_name, "created": now.timestamp(),
-                "cert_serial": issued.serial_hex, "cert_fingerprint": issued.fingerprint,
+                "device_id": device_id,
+                "name": name,
+                "description": p.get("Description"),
+                "tags": dumps(p.get("Tags") or {}),
+                "network": None if network is None else dumps(network),
+                "region": ctx.region,
+                "thing_name": thing_name,
+                "created": now.timestamp(),
+                "cert_serial": issued.serial_hex,
+                "cert_fingerprint": issued.fingerprint,
                 "cert_not_after": issued.not_after.timestamp(),
                 "public_key": public_key_pem(issued.certificate.public_key()),  # type: ignore[arg-type]
             },
@@ -79,9 +88,15 @@ class PanoramaDeviceOperations(OperationGroup):
         archive_key = new_key() if defect == "key_mismatch" else key
         archive = build_archive(
             ArchiveContent(
-                device_id=device_id, device_name=name, thing_name=thing_name, cert_pem=issued.pem,
-                key_pem=private_key_pem(archive_key), ca_pem=self.ca.cert_pem, network=network or {},
-                created=now, not_after=issued.not_after,
+                device_id=device_id,
+                device_name=name,
+                thing_name=thing_name,
+                cert_pem=issued.pem,
+                key_pem=private_key_pem(archive_key),
+                ca_pem=self.ca.cert_pem,
+                network=network or {},
+                created=now,
+                not_after=issued.not_after,
             ),
             defect if defect in ZIP_DEFECTS else None,
         )
@@ -115,7 +130,10 @@ class PanoramaDeviceOperations(OperationGroup):
             view["LeaseExpirationTime"] = lc.to_datetime(row["claimed_at"] + lc.LEASE.total_seconds())
         if jobs:
             latest = jobs[-1]
-            view["LatestDeviceJob"] = {"JobType": latest["job_type"], "Status": lc.job_phase(latest, now, self.step).state}
+            view["LatestDeviceJob"] = {
+                "JobType": latest["job_type"],
+                "Status": lc.job_phase(latest, now, self.step).state,
+            }
             if latest["image_version"]:
                 view["LatestDeviceJob"]["ImageVersion"] = latest["image_version"]
         if not full:
@@ -140,8 +158,11 @@ class PanoramaDeviceOperations(OperationGroup):
         now = self.clock.timestamp()
         name_prefix = p.get("NameFilter")
         status_filter = p.get("DeviceAggregatedStatusFilter")
-        if status_filter == "AWAITING_PROVISIONING" and (p.get("SortBy") or "CREATED_TIME") == "CREATED_TIME" \
-                and not name_prefix:
+        if (
+            status_filter == "AWAITING_PROVISIONING"
+            and (p.get("SortBy") or "CREATED_TIME") == "CREATED_TIME"
+            and not name_prefix
+        ):
             return self._awaiting_page(p, now)
         rows = self.store.devices(STATUS_ROWS.get(status_filter, "1"))  # what may have that status; the state decides
         jobs_by_device: dict[str, list[Row]] = {}
@@ -156,8 +177,15 @@ class PanoramaDeviceOperations(OperationGroup):
             state = lc.device_state(row, jobs, now, self.step)
             if state.gone or (status_filter and state.aggregated != status_filter):
                 continue
-            items.append({"DeviceId": row["device_id"], "CreatedTime": row["created"], "Name": row["name"],
-                          "DeviceAggregatedStatus": state.aggregated, "view": (row, jobs, state)})
+            items.append(
+                {
+                    "DeviceId": row["device_id"],
+                    "CreatedTime": row["created"],
+                    "Name": row["name"],
+                    "DeviceAggregatedStatus": state.aggregated,
+                    "view": (row, jobs, state),
+                }
+            )
         sort_by = p.get("SortBy") or "CREATED_TIME"
         sort_key = {
             "DEVICE_ID": lambda d: [d["DeviceId"]],
@@ -167,7 +195,11 @@ class PanoramaDeviceOperations(OperationGroup):
         }[sort_by]
         scope = ["ListDevices", sort_by, p.get("SortOrder") or "ASCENDING", name_prefix, status_filter]
         page, token = paginate(
-            items, sort_key, scope, p.get("NextToken"), p.get("MaxResults") or PANORAMA_PAGE,
+            items,
+            sort_key,
+            scope,
+            p.get("NextToken"),
+            p.get("MaxResults") or PANORAMA_PAGE,
             descending=p.get("SortOrder") == "DESCENDING",
         )
         page = [self._device_view(*item["view"], full=False) for item in page]
@@ -180,12 +212,24 @@ class PanoramaDeviceOperations(OperationGroup):
         scope = ["ListDevices", "CREATED_TIME", p.get("SortOrder") or "ASCENDING", None, "AWAITING_PROVISIONING"]
         limit = p.get("MaxResults") or PANORAMA_PAGE
         after = token_position(p.get("NextToken"), scope)
-        if after is not None and not (isinstance(after, list) and len(after) == 2 and type(after[0]) in (int, float)
-                                      and abs(after[0]) < 1e12 and isinstance(after[1], str) and after[1].isascii()):
+        if after is not None and not (
+            isinstance(after, list)
+            and len(after) == 2
+            and type(after[0]) in (int, float)
+            and abs(after[0]) < 1e12
+            and isinstance(after[1], str)
+            and after[1].isascii()
+        ):
             raise unissued_token(p["NextToken"])
-        rows = self.store.devices_page(STATUS_ROWS["AWAITING_PROVISIONING"], after, descending=descending, limit=limit + 1)
-        page = [self._device_view(row, [], lc.device_state(row, [], now, self.step), full=False) for row in rows[:limit]]
-        token = make_token([rows[limit - 1]["created"], rows[limit - 1]["device_id"]], scope) if len(rows) > limit else None
+        rows = self.store.devices_page(
+            STATUS_ROWS["AWAITING_PROVISIONING"], after, descending=descending, limit=limit + 1
+        )
+        page = [
+            self._device_view(row, [], lc.device_state(row, [], now, self.step), full=False) for row in rows[:limit]
+        ]
+        token = (
+            make_token([rows[limit - 1]["created"], rows[limit - 1]["device_id"]], scope) if len(rows) > limit else None
+        )
         return with_token({"Devices": page}, "NextToken", token)
 
     def delete_device(self, ctx: RequestContext, p: Params, defect: str | None = None) -> Response:
@@ -198,7 +242,7 @@ class PanoramaDeviceOperations(OperationGroup):
 @functools.lru_cache(maxsize=1)
 def _rogue_ca() -> CertificateAuthority:
     """Another CA, for the ``wrong_ca`` archive fault."""
-    return CertificateAuthority.generate(datetime.now(timezone.utc), label="panostage rogue authority")
+    return CertificateAuthority.generate(datetime.now(UTC), label="panostage rogue authority")
 
 
 def _network_status(row: Row) -> dict[str, Any]:

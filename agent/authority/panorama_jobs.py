@@ -21,8 +21,11 @@ class PanoramaJobOperations(OperationGroup):
 
     SERVICE = PANORAMA
     OPERATIONS = (
-        "CreateJobForDevices", "DescribeDeviceJob", "ListDevicesJobs",
-        "CreatePackageImportJob", "DescribePackageImportJob",
+        "CreateJobForDevices",
+        "DescribeDeviceJob",
+        "ListDevicesJobs",
+        "CreatePackageImportJob",
+        "DescribePackageImportJob",
     )
 
     # ------------------------------------------------------------ device jobs
@@ -41,7 +44,8 @@ class PanoramaJobOperations(OperationGroup):
                 raise not_found("device", device_id, f"device {device_id} not found")
             if state.provisioning != "SUCCEEDED" or state.connection != "ONLINE":
                 raise conflict(
-                    "device", device_id,
+                    "device",
+                    device_id,
                     f"device {device_id} is {state.provisioning} (connection {state.connection}); "
                     "jobs need a provisioned device that is ONLINE",
                 )
@@ -49,14 +53,21 @@ class PanoramaJobOperations(OperationGroup):
                 phase = lc.job_phase(jobs[-1], now, self.step)
                 if not phase.terminal:
                     raise conflict(
-                        "device", device_id,
+                        "device",
+                        device_id,
                         f"device {device_id} already has job {jobs[-1]['job_id']} in state {phase.state}; "
                         "wait for it to finish",
                     )
             outcome, reason = lc.job_outcome(job_type, image, allow_major, lc.current_software(jobs, now, self.step))
             return {
-                "job_id": random_id("job-"), "device_id": device_id, "job_type": job_type, "image_version": image,
-                "allow_major": int(allow_major), "created": now, "outcome": outcome, "reason": reason,
+                "job_id": random_id("job-"),
+                "device_id": device_id,
+                "job_type": job_type,
+                "image_version": image,
+                "allow_major": int(allow_major),
+                "created": now,
+                "outcome": outcome,
+                "reason": reason,
             }
 
         row = self.store.insert_job(device_id, make)
@@ -90,13 +101,21 @@ class PanoramaJobOperations(OperationGroup):
             jobs = self.store.all_jobs()
         names = {row["device_id"]: row["name"] for row in self.store.devices()}
         items = [
-            {"CreatedTime": lc.to_datetime(j["created"]), "DeviceId": j["device_id"],
-             "DeviceName": names.get(j["device_id"], ""), "JobId": j["job_id"], "JobType": j["job_type"]}
+            {
+                "CreatedTime": lc.to_datetime(j["created"]),
+                "DeviceId": j["device_id"],
+                "DeviceName": names.get(j["device_id"], ""),
+                "JobId": j["job_id"],
+                "JobType": j["job_type"],
+            }
             for j in jobs
         ]
         page, token = paginate(
-            items, lambda j: [j["CreatedTime"].timestamp(), j["JobId"]], ["ListDevicesJobs", device_id],
-            p.get("NextToken"), p.get("MaxResults") or PANORAMA_PAGE,
+            items,
+            lambda j: [j["CreatedTime"].timestamp(), j["JobId"]],
+            ["ListDevicesJobs", device_id],
+            p.get("NextToken"),
+            p.get("MaxResults") or PANORAMA_PAGE,
         )
         return with_token({"DeviceJobs": page}, "NextToken", token)
 
@@ -106,8 +125,14 @@ class PanoramaJobOperations(OperationGroup):
         idempotent = IdempotentRequest.of(p, "ClientToken")
         job_id = random_id("job-")
         row = self.store.insert_import_job(
-            {"job_id": job_id, "client_token": idempotent.token, "request_hash": idempotent.digest,
-             "request": idempotent.request_json, "region": ctx.region, "created": self.clock.timestamp()}
+            {
+                "job_id": job_id,
+                "client_token": idempotent.token,
+                "request_hash": idempotent.digest,
+                "request": idempotent.request_json,
+                "region": ctx.region,
+                "created": self.clock.timestamp(),
+            }
         )
         idempotent.check_stored(row, "job_id", job_id, "package-import-job", "job")
         return {"JobId": row["job_id"]}

@@ -29,13 +29,20 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 from agent import __version__
 from agent.authority import sigv4
 from agent.authority.apierror import (
-    ApiError, cannot_parse, injected, internal, invalid_request, serialization_error, too_large, unknown_operation,
+    ApiError,
+    cannot_parse,
+    injected,
+    internal,
+    invalid_request,
+    serialization_error,
+    too_large,
+    unknown_operation,
     validation_error,
 )
 from agent.authority.faults import NO_FAULT, FaultAction, FaultInjector, FaultSpecError, rule_from_mapping
@@ -48,10 +55,25 @@ MAX_DEPTH = 64  # arrays and objects in a request body, nested
 _JSON_SPECIAL = re.compile(r'[\[\]{}"\\]')
 SUPPORTED = {
     PANORAMA: (
-        "ProvisionDevice", "DescribeDevice", "ListDevices", "DeleteDevice", "CreateJobForDevices",
-        "DescribeDeviceJob", "ListDevicesJobs", "CreatePackageImportJob", "DescribePackageImportJob",
+        "ProvisionDevice",
+        "DescribeDevice",
+        "ListDevices",
+        "DeleteDevice",
+        "CreateJobForDevices",
+        "DescribeDeviceJob",
+        "ListDevicesJobs",
+        "CreatePackageImportJob",
+        "DescribePackageImportJob",
     ),
-    SNOW: ("CreateTask", "DescribeTask", "DescribeExecution", "ListTasks", "ListExecutions", "CancelTask", "ListDevices"),
+    SNOW: (
+        "CreateTask",
+        "DescribeTask",
+        "DescribeExecution",
+        "ListTasks",
+        "ListExecutions",
+        "CancelTask",
+        "ListDevices",
+    ),
 }
 
 
@@ -152,9 +174,13 @@ def load_json_object(body: bytes) -> dict[str, Any]:
     try:
         text = body.decode(json.detect_encoding(body), "surrogatepass")
     except UnicodeDecodeError as exc:
-        raise cannot_parse(f"request body is not valid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise cannot_parse(
+            f"request body is not valid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     if nested_too_deeply(text):
-        raise serialization_error(f"request body is nested too deeply: more than {MAX_DEPTH} levels of arrays and objects")
+        raise serialization_error(
+            f"request body is nested too deeply: more than {MAX_DEPTH} levels of arrays and objects"
+        )
     try:
         parsed = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     except _NotJsonNumber as exc:
@@ -178,8 +204,14 @@ class AuthorityHTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(
-        self, address: tuple[str, int], service: AuthorityService, credentials: dict[str, str], faults: FaultInjector,
-        regions: tuple[str, ...] | None = None, *, listening: socket.socket | None = None,
+        self,
+        address: tuple[str, int],
+        service: AuthorityService,
+        credentials: dict[str, str],
+        faults: FaultInjector,
+        regions: tuple[str, ...] | None = None,
+        *,
+        listening: socket.socket | None = None,
     ) -> None:
         """Bind ``address``, or serve on ``listening``, a socket bound and listening already (the embedded
         authority's child process inherits its parent's: agent/aws/local_authority.py)."""
@@ -220,7 +252,7 @@ class AuthorityHTTPServer(ThreadingHTTPServer):
         else:
             log.exception("authority: connection from %s failed", client_address[0])
 
-    def start(self) -> "AuthorityHTTPServer":
+    def start(self) -> AuthorityHTTPServer:
         """Serve in a daemon thread."""
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = False
@@ -318,15 +350,22 @@ class AuthorityHandler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError) as exc:  # the client reset, left or stalled: nobody to answer
             self.close_connection = True
             status = 0
-            log.warning("authority: %s %s: connection from %s lost: %s", self.command, self.path.split("?")[0],
-                        self.client_address[0], exc)
+            log.warning(
+                "authority: %s %s: connection from %s lost: %s",
+                self.command,
+                self.path.split("?")[0],
+                self.client_address[0],
+                exc,
+            )
         except ApiError as error:
             status = error.status
             self._send_error(error)
-        except Exception:  # noqa: BLE001 - the boundary: answer 500, keep serving
+        except Exception:  # the boundary: answer 500, keep serving
             log.exception("authority: %s %s failed", self.command, self.path.split("?")[0])
             self._send_error(internal("internal error in the authority; see its log"))
-        log.debug("%s %s -> %s in %.1f ms", self.command, self.path.split("?")[0], status, (time.monotonic() - started) * 1000)
+        log.debug(
+            "%s %s -> %s in %.1f ms", self.command, self.path.split("?")[0], status, (time.monotonic() - started) * 1000
+        )
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -352,10 +391,19 @@ class AuthorityHandler(BaseHTTPRequestHandler):
         self._after(action, route.operation)
         return 200, result
 
-    def _verify(self, path: str, query: str, body: bytes, services: tuple[str, ...] | None, now: datetime) -> sigv4.Caller:
+    def _verify(
+        self, path: str, query: str, body: bytes, services: tuple[str, ...] | None, now: datetime
+    ) -> sigv4.Caller:
         return sigv4.verify(
-            method=self.command, raw_path=path, query=query, headers=self.headers, body=body,
-            credentials=self.server.credentials, now=now, services=services, regions=self.server.regions,
+            method=self.command,
+            raw_path=path,
+            query=query,
+            headers=self.headers,
+            body=body,
+            credentials=self.server.credentials,
+            now=now,
+            services=services,
+            regions=self.server.regions,
         )
 
     def _fault(self, service: str, operation: str) -> FaultAction:
@@ -403,9 +451,16 @@ class AuthorityHandler(BaseHTTPRequestHandler):
     # -------------------------------------------------------------- /_local/
 
     #: the admin API: (path, method) pairs, all SigV4-signed with any service name in the scope
-    ADMIN = {("/_local/faults", "GET"), ("/_local/faults", "PUT"), ("/_local/faults", "DELETE"),
-             ("/_local/clock", "GET"), ("/_local/clock", "PUT")}
-    OPEN = {("/_local/health", "GET"), ("/_local/claim", "POST")}
+    ADMIN: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {
+            ("/_local/faults", "GET"),
+            ("/_local/faults", "PUT"),
+            ("/_local/faults", "DELETE"),
+            ("/_local/clock", "GET"),
+            ("/_local/clock", "PUT"),
+        }
+    )
+    OPEN: ClassVar[frozenset[tuple[str, str]]] = frozenset({("/_local/health", "GET"), ("/_local/claim", "POST")})
 
     def _local(self, path: str, query: str, body: bytes) -> tuple[int, Any]:
         key = (path, self.command)
@@ -414,8 +469,12 @@ class AuthorityHandler(BaseHTTPRequestHandler):
         service = self.server.service
         if path == "/_local/health":
             return 200, {
-                "status": "ok", "pid": os.getpid(), "version": __version__, "ca_fingerprint": service.ca.fingerprint,
-                "time": service.clock.now(), "clock_offset_seconds": service.clock.offset_seconds,
+                "status": "ok",
+                "pid": os.getpid(),
+                "version": __version__,
+                "ca_fingerprint": service.ca.fingerprint,
+                "time": service.clock.now(),
+                "clock_offset_seconds": service.clock.offset_seconds,
             }
         if path == "/_local/claim":
             action = self._fault("local", "Claim")

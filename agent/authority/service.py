@@ -27,7 +27,9 @@ from agent.config import AuthoritySettings
 __all__ = ["PANORAMA", "SNOW", "AuthorityService", "RequestContext", "claim_message"]
 
 GROUPS: tuple[type[OperationGroup], ...] = (
-    PanoramaDeviceOperations, PanoramaJobOperations, SnowDeviceManagementOperations,
+    PanoramaDeviceOperations,
+    PanoramaJobOperations,
+    SnowDeviceManagementOperations,
 )
 
 

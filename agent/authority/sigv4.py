@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Mapping
+from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote
 
 from botocore.auth import SigV4Auth
@@ -23,7 +23,11 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from agent.authority.apierror import (
-    ApiError, incomplete_signature, invalid_signature, missing_authentication, unrecognized_client,
+    ApiError,
+    incomplete_signature,
+    invalid_signature,
+    missing_authentication,
+    unrecognized_client,
 )
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -73,8 +77,11 @@ def parse_authorization(auth: str, has_date: bool) -> dict[str, str]:
                     f"'{item}' not a valid key=value pair (missing equal-sign) in Authorization header: '{_echo(auth)}'."
                 )
             params[key.strip()] = value.strip()
-    missing = [f"Authorization header requires '{name}' parameter." for name in ("Credential", "Signature", "SignedHeaders")
-               if not params.get(name)]
+    missing = [
+        f"Authorization header requires '{name}' parameter."
+        for name in ("Credential", "Signature", "SignedHeaders")
+        if not params.get(name)
+    ]
     if not has_date:
         missing.append("Authorization header requires existence of a 'X-Amz-Date' header.")
     if missing:
@@ -87,7 +94,7 @@ def _signed_at(amz_date: str) -> datetime:
     try:
         if not _STAMP_SHAPE.fullmatch(amz_date):
             raise ValueError(amz_date)
-        return datetime.strptime(amz_date, _STAMP).replace(tzinfo=timezone.utc)
+        return datetime.strptime(amz_date, _STAMP).replace(tzinfo=UTC)
     except ValueError:
         raise incomplete_signature(
             f"X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\", got '{_echo(amz_date)}'"
@@ -142,7 +149,9 @@ def verify(
         )
     access_key, scope_date, region, service, terminator = parts
     if terminator != "aws4_request":
-        raise incomplete_signature(f"Credential should be scoped with a valid terminator: 'aws4_request', not '{terminator}'.")
+        raise incomplete_signature(
+            f"Credential should be scoped with a valid terminator: 'aws4_request', not '{terminator}'."
+        )
     if scope_date != amz_date[:8]:
         raise invalid_signature(
             f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
@@ -162,9 +171,12 @@ def verify(
     if "host" not in signed_names:
         raise incomplete_signature("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
     content_sha = headers.get("X-Amz-Content-SHA256")  # type: ignore[union-attr]
-    if content_sha is not None and "x-amz-content-sha256" in signed_names:
-        if content_sha != hashlib.sha256(body).hexdigest():
-            raise invalid_signature("The provided 'x-amz-content-sha256' header does not match what was computed.")
+    if (
+        content_sha is not None
+        and "x-amz-content-sha256" in signed_names
+        and content_sha != hashlib.sha256(body).hexdigest()
+    ):
+        raise invalid_signature("The provided 'x-amz-content-sha256' header does not match what was computed.")
 
     request = AWSRequest(method=method, url=f"http://{headers.get('Host', '')}{raw_path}", data=body)  # type: ignore[union-attr]
     for name in signed_names:
@@ -184,4 +196,4 @@ def verify(
     return Caller(access_key, region, service)
 
 
-__all__ = ["ApiError", "Caller", "verify", "query_pairs", "check_time", "parse_authorization", "MAX_SKEW"]
+__all__ = ["MAX_SKEW", "ApiError", "Caller", "check_time", "parse_authorization", "query_pairs", "verify"]

@@ -4,7 +4,7 @@ DescribeTask, DescribeExecution, ListTasks, ListExecutions, CancelTask and ListD
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from collections.abc import Mapping
 
 from agent.authority import lifecycle as lc
 from agent.authority.apierror import ApiError, validation_error
@@ -18,7 +18,13 @@ class SnowDeviceManagementOperations(OperationGroup):
 
     SERVICE = SNOW
     OPERATIONS = (
-        "CreateTask", "DescribeTask", "DescribeExecution", "ListTasks", "ListExecutions", "CancelTask", "ListDevices",
+        "CreateTask",
+        "DescribeTask",
+        "DescribeExecution",
+        "ListTasks",
+        "ListExecutions",
+        "CancelTask",
+        "ListDevices",
     )
 
     def _managed_ids(self) -> list[str]:
@@ -39,9 +45,15 @@ class SnowDeviceManagementOperations(OperationGroup):
         task_id = random_id("st-", 16)
         row = self.store.insert_task(
             {
-                "task_id": task_id, "client_token": idempotent.token, "request_hash": idempotent.digest,
-                "command": commands[0], "description": p.get("description"), "tags": dumps(p.get("tags") or {}),
-                "targets": json.dumps(targets), "region": ctx.region, "created": self.clock.timestamp(),
+                "task_id": task_id,
+                "client_token": idempotent.token,
+                "request_hash": idempotent.digest,
+                "command": commands[0],
+                "description": p.get("description"),
+                "tags": dumps(p.get("tags") or {}),
+                "targets": json.dumps(targets),
+                "region": ctx.region,
+                "created": self.clock.timestamp(),
             },
             lambda conn: None,
         )
@@ -62,7 +74,9 @@ class SnowDeviceManagementOperations(OperationGroup):
             return {}
         return lc.execution_timeline(self.store.executions_on(device_ids), self.clock.timestamp(), self.step)
 
-    def _task_summary(self, task: Row, phases: Mapping[tuple[str, str], lc.ExecutionPhase]) -> tuple[str, float | None, float]:
+    def _task_summary(
+        self, task: Row, phases: Mapping[tuple[str, str], lc.ExecutionPhase]
+    ) -> tuple[str, float | None, float]:
         targets = json.loads(task["targets"])
         own = [phases[(task["task_id"], d)] for d in targets]
         return lc.task_state(task, own, self.clock.timestamp())
@@ -111,8 +125,15 @@ class SnowDeviceManagementOperations(OperationGroup):
             state, _, _ = self._task_summary(task, phases)
             if p.get("state") and state != p["state"]:
                 continue
-            items.append({"state": state, "tags": json.loads(task["tags"]), "taskArn": self._task_arn(task),
-                          "taskId": task["task_id"], "_key": [task["created"], task["task_id"]]})
+            items.append(
+                {
+                    "state": state,
+                    "tags": json.loads(task["tags"]),
+                    "taskArn": self._task_arn(task),
+                    "taskId": task["task_id"],
+                    "_key": [task["created"], task["task_id"]],
+                }
+            )
         return _keyed_page(items, ["ListTasks", p.get("state")], p, "tasks")
 
     def list_executions(self, ctx: RequestContext, p: Params, defect: str | None = None) -> Response:
@@ -124,8 +145,15 @@ class SnowDeviceManagementOperations(OperationGroup):
             state = phases[(task["task_id"], execution["device_id"])].state
             if p.get("state") and state != p["state"]:
                 continue
-            items.append({"executionId": execution["execution_id"], "managedDeviceId": execution["device_id"],
-                          "state": state, "taskId": task["task_id"], "_key": [index]})
+            items.append(
+                {
+                    "executionId": execution["execution_id"],
+                    "managedDeviceId": execution["device_id"],
+                    "state": state,
+                    "taskId": task["task_id"],
+                    "_key": [index],
+                }
+            )
         return _keyed_page(items, ["ListExecutions", task["task_id"], p.get("state")], p, "executions")
 
     def cancel_task(self, ctx: RequestContext, p: Params, defect: str | None = None) -> Response:
@@ -137,22 +165,31 @@ class SnowDeviceManagementOperations(OperationGroup):
 
     def list_devices(self, ctx: RequestContext, p: Params, defect: str | None = None) -> Response:
         items = [
-            {"associatedWithJob": row["job_id"],
-             "managedDeviceArn": self.arn(SNOW, ctx.region, f"managed-device/{row['device_id']}"),
-             "managedDeviceId": row["device_id"], "tags": json.loads(row["tags"])}
+            {
+                "associatedWithJob": row["job_id"],
+                "managedDeviceArn": self.arn(SNOW, ctx.region, f"managed-device/{row['device_id']}"),
+                "managedDeviceId": row["device_id"],
+                "tags": json.loads(row["tags"]),
+            }
             for row in self.store.managed_devices()
             if not p.get("jobId") or row["job_id"] == p["jobId"]
         ]
-        page, token = paginate(items, lambda d: [d["managedDeviceId"]], ["SnowListDevices", p.get("jobId")],
-                               p.get("nextToken"), p.get("maxResults") or SNOW_PAGE)
+        page, token = paginate(
+            items,
+            lambda d: [d["managedDeviceId"]],
+            ["SnowListDevices", p.get("jobId")],
+            p.get("nextToken"),
+            p.get("maxResults") or SNOW_PAGE,
+        )
         return with_token({"devices": page}, "nextToken", token)
 
 
 def _keyed_page(items: list[Item], scope: Scope, p: Params, name: str) -> Response:
     """The response listing one page of ``items`` under ``name``, in the order of their ``_key``
     (which the page's items then lose)."""
-    page, token = paginate(items, lambda item: item["_key"], scope, p.get("nextToken"),
-                           p.get("maxResults") or SNOW_PAGE)
+    page, token = paginate(
+        items, lambda item: item["_key"], scope, p.get("nextToken"), p.get("maxResults") or SNOW_PAGE
+    )
     for item in page:
         item.pop("_key")
     return with_token({name: page}, "nextToken", token)

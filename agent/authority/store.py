@@ -14,9 +14,10 @@ import json
 import secrets
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from agent.errors import PanostageError
 
@@ -171,7 +172,10 @@ class Store:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute("INSERT INTO meta VALUES ('account_id', ?)", ("".join(secrets.choice("0123456789") for _ in range(12)),))
+                conn.execute(
+                    "INSERT INTO meta VALUES ('account_id', ?)",
+                    ("".join(secrets.choice("0123456789") for _ in range(12)),),
+                )
                 for index in range(SNOW_SEED_DEVICES):
                     conn.execute(
                         "INSERT INTO managed_devices VALUES (?, ?, ?, ?)",
@@ -217,14 +221,24 @@ class Store:
         if after is not None:
             where += f" AND (created {op} ? OR (created = ? AND device_id {op} ?))"
             params = [after[0], after[0], after[1]]
-        return self.conn().execute(f"SELECT * FROM devices WHERE {where} ORDER BY created {order}, device_id {order} "
-                                   "LIMIT ?", (*params, limit)).fetchall()
+        return (
+            self.conn()
+            .execute(
+                f"SELECT * FROM devices WHERE {where} ORDER BY created {order}, device_id {order} LIMIT ?",
+                (*params, limit),
+            )
+            .fetchall()
+        )
 
     def mark_deleted(self, device_id: str, at: float) -> None:
         with self.write() as conn:
-            conn.execute("UPDATE devices SET deleted_at = ? WHERE device_id = ? AND deleted_at IS NULL", (at, device_id))
+            conn.execute(
+                "UPDATE devices SET deleted_at = ? WHERE device_id = ? AND deleted_at IS NULL", (at, device_id)
+            )
 
-    def record_claim(self, device_id: str, status: str, at: float, reason: str | None, serial_number: str | None) -> bool:
+    def record_claim(
+        self, device_id: str, status: str, at: float, reason: str | None, serial_number: str | None
+    ) -> bool:
         """Record the outcome of the first claim; False if the device was claimed or deleted meanwhile."""
         with self.write() as conn:
             cur = conn.execute(
@@ -238,9 +252,11 @@ class Store:
 
     def jobs_of(self, device_id: str, conn: sqlite3.Connection | None = None) -> list[Row]:
         """The device's jobs, oldest first."""
-        return (conn or self.conn()).execute(
-            "SELECT * FROM device_jobs WHERE device_id = ? ORDER BY rowid", (device_id,)
-        ).fetchall()
+        return (
+            (conn or self.conn())
+            .execute("SELECT * FROM device_jobs WHERE device_id = ? ORDER BY rowid", (device_id,))
+            .fetchall()
+        )
 
     def all_jobs(self) -> list[Row]:
         return self.conn().execute("SELECT * FROM device_jobs ORDER BY rowid").fetchall()
@@ -304,11 +320,15 @@ class Store:
     def executions_on(self, device_ids: list[str]) -> list[Row]:
         """Every execution on these devices with its task's times, in queue order."""
         marks = ", ".join("?" * len(device_ids))
-        return self.conn().execute(
-            "SELECT e.seq, e.task_id, e.device_id, e.execution_id, t.created, t.canceled_at "
-            f"FROM executions e JOIN tasks t ON t.task_id = e.task_id WHERE e.device_id IN ({marks}) ORDER BY e.seq",
-            device_ids,
-        ).fetchall()
+        return (
+            self.conn()
+            .execute(
+                "SELECT e.seq, e.task_id, e.device_id, e.execution_id, t.created, t.canceled_at "
+                f"FROM executions e JOIN tasks t ON t.task_id = e.task_id WHERE e.device_id IN ({marks}) ORDER BY e.seq",
+                device_ids,
+            )
+            .fetchall()
+        )
 
     def executions_of(self, task_id: str) -> list[Row]:
         return self.conn().execute("SELECT * FROM executions WHERE task_id = ? ORDER BY seq", (task_id,)).fetchall()

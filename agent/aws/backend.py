@@ -50,7 +50,7 @@ class Backend:
     kind: str  # "local" | "endpoint" | "aws"
     region: str
     endpoint_url: str | None
-    session: "botocore.session.Session"
+    session: botocore.session.Session
     settings: Settings
     authority: RunningAuthority | None = None  # kind "local"
     _clients: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
@@ -68,8 +68,9 @@ class Backend:
                 retries={"mode": "standard", "total_max_attempts": attempts},
                 user_agent_extra=USER_AGENT,
             )
-            client = self.session.create_client(service, region_name=self.region, endpoint_url=self.endpoint_url,
-                                                config=config)
+            client = self.session.create_client(
+                service, region_name=self.region, endpoint_url=self.endpoint_url, config=config
+            )
             client.meta.events.register("before-parse", mend_error_body)  # no error body may crash the parser
             if self.authority is not None and not self._clients:
                 self.authority.wait_ready()  # a child started while this client was made; raise why if it did not
@@ -105,7 +106,9 @@ def open_backend(settings: Settings, *, authority_process: bool = False) -> Back
     cfg = settings.backend
     if cfg.endpoint_url or cfg.name == "aws":
         session = new_botocore_session(region=cfg.region, profile=cfg.profile)
-        return Backend("endpoint" if cfg.endpoint_url else "aws", cfg.region, cfg.endpoint_url or None, session, settings)
+        return Backend(
+            "endpoint" if cfg.endpoint_url else "aws", cfg.region, cfg.endpoint_url or None, session, settings
+        )
 
     from agent import paths
 
@@ -122,4 +125,3 @@ def open_backend(settings: Settings, *, authority_process: bool = False) -> Back
     session = new_botocore_session(region=cfg.region)
     session.set_credentials(authority.access_key_id, authority.secret_access_key)
     return Backend("local", cfg.region, authority.endpoint_url, session, settings, authority=authority)
-

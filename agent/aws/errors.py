@@ -8,7 +8,7 @@ code.  No answer from a service, known or unknown, JSON or not, ever becomes exi
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from agent.errors import ExitCode, PanostageError
@@ -18,34 +18,61 @@ _CREDENTIALS = "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, --profile)"
 
 #: error codes of signing and authorization failures (AWS's common errors, both spellings) -> (reason, hint)
 _AUTH: dict[str, tuple[str, str]] = {
-    "AccessDeniedException": ("access-denied", "the credentials are valid but not allowed this call: check the IAM "
-                              f"policy of the user or role {_CREDENTIALS}"),
-    "UnrecognizedClientException": ("unrecognized-client", "the service does not know this access key: check it "
-                                    f"{_CREDENTIALS}, and that --endpoint-url is the service the key belongs to"),
-    "InvalidClientTokenId": ("invalid-client-token", "the access key ID does not exist (deleted, or mistyped): check "
-                             f"it {_CREDENTIALS}"),
-    "InvalidSignatureException": ("invalid-signature", "the secret access key does not match the access key ID: check "
-                                  f"AWS_SECRET_ACCESS_KEY or the profile's secret {_CREDENTIALS}"),
-    "IncompleteSignatureException": ("incomplete-signature", "the request's signature is incomplete or malformed: a "
-                                     "proxy between here and the service may be rewriting its Authorization or "
-                                     "X-Amz-Date header"),
-    "MissingAuthenticationTokenException": ("missing-authentication", "the request reached the service unsigned: "
-                                            f"set credentials {_CREDENTIALS}; AWS also answers this for a path it does "
-                                            "not serve, so check --endpoint-url"),
-    "ExpiredTokenException": ("expired-token", "the temporary credentials' session token has expired: get new ones "
-                              "(aws sso login, aws sts assume-role, or whatever set AWS_SESSION_TOKEN)"),
-    "OptInRequired": ("opt-in-required", "the account is not subscribed to this service, or the region is not enabled "
-                      "for it: enable it (AWS console, Account > Regions) or use another --region"),
-    "NotAuthorized": ("not-authorized", "not authorized for this call: check the IAM policy of the credentials "
-                      f"{_CREDENTIALS}"),
+    "AccessDeniedException": (
+        "access-denied",
+        f"the credentials are valid but not allowed this call: check the IAM policy of the user or role {_CREDENTIALS}",
+    ),
+    "UnrecognizedClientException": (
+        "unrecognized-client",
+        "the service does not know this access key: check it "
+        f"{_CREDENTIALS}, and that --endpoint-url is the service the key belongs to",
+    ),
+    "InvalidClientTokenId": (
+        "invalid-client-token",
+        f"the access key ID does not exist (deleted, or mistyped): check it {_CREDENTIALS}",
+    ),
+    "InvalidSignatureException": (
+        "invalid-signature",
+        "the secret access key does not match the access key ID: check "
+        f"AWS_SECRET_ACCESS_KEY or the profile's secret {_CREDENTIALS}",
+    ),
+    "IncompleteSignatureException": (
+        "incomplete-signature",
+        "the request's signature is incomplete or malformed: a "
+        "proxy between here and the service may be rewriting its Authorization or "
+        "X-Amz-Date header",
+    ),
+    "MissingAuthenticationTokenException": (
+        "missing-authentication",
+        "the request reached the service unsigned: "
+        f"set credentials {_CREDENTIALS}; AWS also answers this for a path it does "
+        "not serve, so check --endpoint-url",
+    ),
+    "ExpiredTokenException": (
+        "expired-token",
+        "the temporary credentials' session token has expired: get new ones "
+        "(aws sso login, aws sts assume-role, or whatever set AWS_SESSION_TOKEN)",
+    ),
+    "OptInRequired": (
+        "opt-in-required",
+        "the account is not subscribed to this service, or the region is not enabled "
+        "for it: enable it (AWS console, Account > Regions) or use another --region",
+    ),
+    "NotAuthorized": (
+        "not-authorized",
+        f"not authorized for this call: check the IAM policy of the credentials {_CREDENTIALS}",
+    ),
     "RequestExpired": ("clock-skew", ""),  # the hint names the measured offset
     "RequestTimeTooSkewed": ("clock-skew", ""),
 }
-for _code, _alias in (("AccessDeniedException", "AccessDenied"), ("ExpiredTokenException", "ExpiredToken"),
-                      ("InvalidSignatureException", "SignatureDoesNotMatch"),
-                      ("IncompleteSignatureException", "IncompleteSignature"),
-                      ("MissingAuthenticationTokenException", "MissingAuthenticationToken"),
-                      ("UnrecognizedClientException", "InvalidAccessKeyId")):
+for _code, _alias in (
+    ("AccessDeniedException", "AccessDenied"),
+    ("ExpiredTokenException", "ExpiredToken"),
+    ("InvalidSignatureException", "SignatureDoesNotMatch"),
+    ("IncompleteSignatureException", "IncompleteSignature"),
+    ("MissingAuthenticationTokenException", "MissingAuthenticationToken"),
+    ("UnrecognizedClientException", "InvalidAccessKeyId"),
+):
     _AUTH[_alias] = _AUTH[_code]
 
 _THROTTLED = (ExitCode.THROTTLED, "throttled", "the service is throttling requests; try again shortly")
@@ -58,15 +85,24 @@ _BY_CODE: dict[str, tuple[ExitCode, str, str | None]] = {
     "ValidationException": _INVALID,
     "ValidationError": _INVALID,
     "InvalidParameterValueException": _INVALID,
-    "SerializationException": (ExitCode.VALIDATION, "service-validation",
-                               "the service could not read the request body; report this with --debug output"),
+    "SerializationException": (
+        ExitCode.VALIDATION,
+        "service-validation",
+        "the service could not read the request body; report this with --debug output",
+    ),
     "MalformedQueryString": (ExitCode.VALIDATION, "service-validation", "the service could not read the query string"),
     "RequestEntityTooLargeException": _TOO_LARGE,
     "ServiceQuotaExceededException": (ExitCode.QUOTA, "quota", "delete devices you no longer need, or raise the quota"),
-    "ResourceNotFoundException": (ExitCode.NOT_FOUND, "not-found",
-                                  "check the ID (list them with the matching `list` command)"),
-    "UnknownOperationException": (ExitCode.NOT_FOUND, "not-found",
-                                  "the endpoint serves no such operation: check --endpoint-url"),
+    "ResourceNotFoundException": (
+        ExitCode.NOT_FOUND,
+        "not-found",
+        "check the ID (list them with the matching `list` command)",
+    ),
+    "UnknownOperationException": (
+        ExitCode.NOT_FOUND,
+        "not-found",
+        "the endpoint serves no such operation: check --endpoint-url",
+    ),
     "ConflictException": (ExitCode.CONFLICT, "conflict", "the resource is in use or in a state that forbids this"),
     "ThrottlingException": _THROTTLED,
     "Throttling": _THROTTLED,
@@ -91,8 +127,12 @@ _BY_STATUS: dict[int, tuple[ExitCode, str, str | None]] = {
 }
 #: the error code a status stands for when the service sent none (see :func:`error_code`)
 _CODE_OF_STATUS: dict[int, str] = {
-    400: "ValidationException", 402: "ServiceQuotaExceededException", 403: "AccessDeniedException",
-    404: "ResourceNotFoundException", 409: "ConflictException", 429: "ThrottlingException",
+    400: "ValidationException",
+    402: "ServiceQuotaExceededException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    409: "ConflictException",
+    429: "ThrottlingException",
 }
 _MESSAGE_MAX = 300
 _TEXT_KEYS = ("__type", "code", "Code", "message", "Message")  # members of an error body botocore reads as text
@@ -107,23 +147,32 @@ def translate(exc: BaseException) -> PanostageError | None:
     if isinstance(exc, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
         return PanostageError(
             f"no answer from {getattr(exc, 'kwargs', {}).get('endpoint_url', 'the endpoint')}: {exc}",
-            exit_code=ExitCode.UNREACHABLE, reason="timeout",
+            exit_code=ExitCode.UNREACHABLE,
+            reason="timeout",
             hint="raise backend.connect_timeout / backend.read_timeout, or check the endpoint",
         )
     if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError)):
         return PanostageError(
-            f"cannot reach the service: {exc}", exit_code=ExitCode.UNREACHABLE, reason="unreachable",
+            f"cannot reach the service: {exc}",
+            exit_code=ExitCode.UNREACHABLE,
+            reason="unreachable",
             hint="check --endpoint-url / the network; `panostage config show` prints the backend in use",
         )
     if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
         return PanostageError(
-            f"no usable credentials: {exc}", exit_code=ExitCode.ACCESS_DENIED, reason="no-credentials",
+            f"no usable credentials: {exc}",
+            exit_code=ExitCode.ACCESS_DENIED,
+            reason="no-credentials",
             hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --profile (the local backend needs none)",
         )
     if isinstance(exc, bx.ProfileNotFound):
-        return PanostageError(str(exc), exit_code=ExitCode.CONFIG, reason="config", hint="check --profile / backend.profile")
+        return PanostageError(
+            str(exc), exit_code=ExitCode.CONFIG, reason="config", hint="check --profile / backend.profile"
+        )
     if isinstance(exc, bx.NoRegionError):
-        return PanostageError(str(exc), exit_code=ExitCode.CONFIG, reason="config", hint="set --region / backend.region")
+        return PanostageError(
+            str(exc), exit_code=ExitCode.CONFIG, reason="config", hint="set --region / backend.region"
+        )
     if isinstance(exc, bx.ParamValidationError):
         return PanostageError(str(exc), exit_code=ExitCode.VALIDATION, reason="validation")
     if isinstance(exc, bx.BotoCoreError):
@@ -161,7 +210,7 @@ def service_time(response: dict[str, Any]) -> datetime | None:
         served = parsedate_to_datetime(value) if value else None
     except (TypeError, ValueError):
         return None
-    return None if served is None or served.tzinfo is None else served.astimezone(timezone.utc)
+    return None if served is None or served.tzinfo is None else served.astimezone(UTC)
 
 
 def clock_offset(response: dict[str, Any], now: datetime | None = None) -> float | None:
@@ -171,17 +220,21 @@ def clock_offset(response: dict[str, Any], now: datetime | None = None) -> float
     served = service_time(response)
     if served is None:
         return None
-    return ((now or datetime.now(timezone.utc)) - served).total_seconds() - 0.5
+    return ((now or datetime.now(UTC)) - served).total_seconds() - 0.5
 
 
 def clock_hint(offset: float | None) -> str:
     """What to do about a request refused for its date, naming the measured offset when there is one."""
     if offset is None:
-        return ("the request's date is more than 15 minutes off the service's clock: check this workstation's "
-                f"clock and {_CLOCK_FIX}")
+        return (
+            "the request's date is more than 15 minutes off the service's clock: check this workstation's "
+            f"clock and {_CLOCK_FIX}"
+        )
     if abs(offset) < 2:
-        return ("this workstation's clock agrees with the service's (within 1 s), yet the request's date was more than "
-                "15 minutes off when it arrived: something held the request (a proxy?)")
+        return (
+            "this workstation's clock agrees with the service's (within 1 s), yet the request's date was more than "
+            "15 minutes off when it arrived: something held the request (a proxy?)"
+        )
     side = "behind" if offset < 0 else "ahead of"
     return f"this workstation's clock is {abs(offset):.0f} s {side} the service's: {_CLOCK_FIX}"
 
@@ -198,16 +251,28 @@ def _classify(code: str | None, status: int | None, message: str) -> tuple[ExitC
             if "Signature expired" in message or "not yet current" in message:
                 return exit_code, "clock-skew", ""
             if "scoped to a valid region" in message:
-                return exit_code, "wrong-region", ("the service does not take requests signed for this region: set "
-                                                   "--region / backend.region to the service's")
+                return (
+                    exit_code,
+                    "wrong-region",
+                    (
+                        "the service does not take requests signed for this region: set "
+                        "--region / backend.region to the service's"
+                    ),
+                )
             if "scoped to correct service" in message:
                 return exit_code, "wrong-service", "the request was signed for another service: check --endpoint-url"
         return exit_code, reason, hint
     if status in _BY_STATUS:
         return _BY_STATUS[status]
     if status and 400 <= status < 500:
-        return ExitCode.SERVICE, "service", (f"the service answered HTTP {status} with {code or 'no error code'}, which "
-                                             "panostage does not know; report it with the --debug output")
+        return (
+            ExitCode.SERVICE,
+            "service",
+            (
+                f"the service answered HTTP {status} with {code or 'no error code'}, which "
+                "panostage does not know; report it with the --debug output"
+            ),
+        )
     return _INTERNAL if status and status >= 500 else (ExitCode.SERVICE, "service", "the service broke the protocol")
 
 
@@ -229,8 +294,11 @@ def from_client_error(exc: Any) -> PanostageError:
     if code is None:  # no error code: the body may be any page (a proxy's HTML), fit it on a line
         message = _short(message)
     exit_code, reason, hint = _classify(code, status, message)
-    details: dict[str, Any] = {"operation": exc.operation_name, "error_code": code or error_code(exc),
-                               "http_status": status}
+    details: dict[str, Any] = {
+        "operation": exc.operation_name,
+        "error_code": code or error_code(exc),
+        "http_status": status,
+    }
     if reason == "clock-skew":
         offset = clock_offset(response)
         hint = clock_hint(offset)
@@ -271,7 +339,10 @@ def mend_error_body(response_dict: dict[str, Any], **_: Any) -> None:
     if not isinstance(parsed, dict):
         response_dict["body"] = json.dumps({"message": text}).encode()
         return
-    odd = {key: json.dumps(parsed[key]) for key in _TEXT_KEYS
-           if parsed.get(key) is not None and not isinstance(parsed[key], str)}
+    odd = {
+        key: json.dumps(parsed[key])
+        for key in _TEXT_KEYS
+        if parsed.get(key) is not None and not isinstance(parsed[key], str)
+    }
     if odd:
         response_dict["body"] = json.dumps({**parsed, **odd}).encode()

@@ -45,7 +45,7 @@ class LocalAuthority:
         self.settings = dataclasses.replace(settings, regions=tuple(dict.fromkeys((region, *settings.regions))))
         self.state_dir, self.region = Path(os.path.abspath(state_dir)), region
         self.listening = socket.create_server(("127.0.0.1", 0), backlog=128)
-        self.endpoint_url = "http://127.0.0.1:%d" % self.listening.getsockname()[1]
+        self.endpoint_url = f"http://127.0.0.1:{self.listening.getsockname()[1]}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts: list[float] = []  # monotonic times of the child's starts
         self._stopping = False
@@ -54,7 +54,7 @@ class LocalAuthority:
         self._watcher: threading.Thread | None = None
         self._lock = threading.Lock()  # stop() and a restart never cross
 
-    def start(self) -> "LocalAuthority":
+    def start(self) -> LocalAuthority:
         """Start the child (it becomes ready while this process goes on) and the thread that watches it."""
         self._spawn()
         self._watcher = threading.Thread(target=self._watch, name="authority-child", daemon=True)
@@ -91,11 +91,22 @@ class LocalAuthority:
     def _spawn(self) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (_SOURCE_ROOT, os.environ.get("PYTHONPATH"))))}
         fd = self.listening.fileno()
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent.authority.child"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, pass_fds=(fd,), env=env, cwd="/")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.authority.child"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            pass_fds=(fd,),
+            env=env,
+            cwd="/",
+        )
         self.starts.append(time.monotonic())
-        spec = {"fd": fd, "state_dir": str(self.state_dir), "region": self.region,
-                "settings": dataclasses.asdict(self.settings), "credentials": {self.access_key_id: self.secret_access_key}}
+        spec = {
+            "fd": fd,
+            "state_dir": str(self.state_dir),
+            "region": self.region,
+            "settings": dataclasses.asdict(self.settings),
+            "credentials": {self.access_key_id: self.secret_access_key},
+        }
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps(spec).encode() + b"\n")
@@ -121,8 +132,9 @@ class LocalAuthority:
                 return
             recent = [t for t in self.starts if time.monotonic() - t < 60]
             if len(recent) > RESTARTS:
-                failure = _down(f"the local authority died {len(recent)} times within a minute (last exit status "
-                                f"{code}); left down")
+                failure = _down(
+                    f"the local authority died {len(recent)} times within a minute (last exit status {code}); left down"
+                )
                 log.error("%s", failure.message)  # said now: the clients only meet a refused connection
                 self._give_up(failure)
                 return
@@ -152,14 +164,22 @@ def _first_line(stream: IO[bytes]) -> dict[str, Any]:
 def _failure(said: dict[str, Any], code: int) -> PanostageError:
     """The child's own error when it said one, else its exit status."""
     if said.get("error"):
-        return PanostageError(str(said["error"]), hint=said.get("hint"), reason=said.get("reason"),
-                              exit_code=ExitCode(said.get("exit_code", ExitCode.ERROR)))
+        return PanostageError(
+            str(said["error"]),
+            hint=said.get("hint"),
+            reason=said.get("reason"),
+            exit_code=ExitCode(said.get("exit_code", ExitCode.ERROR)),
+        )
     return _down(f"the local authority could not start (exit status {code})")
 
 
 def _down(message: str) -> PanostageError:
-    return PanostageError(message, exit_code=ExitCode.UNREACHABLE, reason="unreachable",
-                          hint="its messages are above (or in the journal); run again with --debug, or restart panostage")
+    return PanostageError(
+        message,
+        exit_code=ExitCode.UNREACHABLE,
+        reason="unreachable",
+        hint="its messages are above (or in the journal); run again with --debug, or restart panostage",
+    )
 
 
 def _close(stream: IO[bytes] | None) -> None:

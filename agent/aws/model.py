@@ -8,7 +8,7 @@ same definition is used whatever botocore is installed.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,7 @@ def data_path_value(existing: str | None) -> str:
     return os.pathsep.join(parts)
 
 
-def new_botocore_session(*, region: str | None = None, profile: str | None = None) -> "botocore.session.Session":
+def new_botocore_session(*, region: str | None = None, profile: str | None = None) -> botocore.session.Session:
     """A botocore session whose loader finds the project's Panorama model first (for
     ``region`` and the credentials of ``profile`` when given).
 
@@ -55,7 +55,7 @@ def parse_timestamp(value: Any) -> Any:
     from botocore.utils import parse_timestamp as botocore_parse
 
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, timezone.utc)
+        return datetime.fromtimestamp(value, UTC)
     return botocore_parse(value)
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from agent import interrupts
 from agent.aws.errors import error_code, service_time
@@ -137,12 +138,16 @@ def resolve_device_id(client: Any, ref: str) -> str:
         return matches[0]["DeviceId"]
     if not matches:
         raise PanostageError(
-            f"no device with ID or name {ref!r}", exit_code=ExitCode.NOT_FOUND, reason="not-found",
+            f"no device with ID or name {ref!r}",
+            exit_code=ExitCode.NOT_FOUND,
+            reason="not-found",
             hint="`panostage device list` shows the devices",
         )
     raise PanostageError(
         f"{len(matches)} devices are named {ref!r}: " + ", ".join(d["DeviceId"] for d in matches),
-        exit_code=ExitCode.CONFLICT, reason="ambiguous-name", hint="give the device ID instead",
+        exit_code=ExitCode.CONFLICT,
+        reason="ambiguous-name",
+        hint="give the device ID instead",
     )
 
 
@@ -203,7 +208,7 @@ def provision_device(
             if not (_retryable(exc) or conflict_after_retry):
                 raise
             last_exc = exc
-        except Exception as exc:  # noqa: BLE001 - classified just below
+        except Exception as exc:  # classified just below
             if not _retryable(exc):
                 raise
             last_exc = exc
@@ -240,8 +245,17 @@ def _still_in_flight(exc: BaseException) -> bool:
     return isinstance(exc, bx.ReadTimeoutError)
 
 
-def _clear_orphans(client: Any, name: str, since: datetime, on_event: Event, orphans: list[str], in_flight: int,
-                   grace: float, sleep: Callable[[float], None], handoff: str | None = None) -> int:
+def _clear_orphans(
+    client: Any,
+    name: str,
+    since: datetime,
+    on_event: Event,
+    orphans: list[str],
+    in_flight: int,
+    grace: float,
+    sleep: Callable[[float], None],
+    handoff: str | None = None,
+) -> int:
     """Delete the devices lost answers made; while requests we stopped waiting for (read timeouts)
     have not shown their device yet, look again for up to ``grace`` seconds.  Returns how many may
     still show up (their devices are the next `stage` of that name's to delete: never written)."""
@@ -260,16 +274,21 @@ def _delete_orphans(client: Any, name: str, since: datetime, on_event: Event, ha
     and tagged with our ``handoff`` (another station's device of that name, made meanwhile, is never touched)."""
     try:
         found = devices_named(client, name)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PanostageError(
             f"ProvisionDevice for {name!r} may have created a device, and checking for it failed: {exc}",
-            exit_code=ExitCode.SERVICE, reason="provision-uncertain",
+            exit_code=ExitCode.SERVICE,
+            reason="provision-uncertain",
             hint=f"run `panostage device list --name {name}` and delete any device created just now",
         ) from exc
     deleted = []
     for device in found:
         created = device.get("CreatedTime")
-        if device.get("ProvisioningStatus") == "DELETING" or created is None or utc(created) < since - CREATION_TOLERANCE:
+        if (
+            device.get("ProvisioningStatus") == "DELETING"
+            or created is None
+            or utc(created) < since - CREATION_TOLERANCE
+        ):
             continue
         if not ours(client, device, handoff):
             continue

@@ -11,30 +11,38 @@ The local authority runs the same checks on what it receives.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from functools import cache
+from typing import Any
 
 from agent.errors import InputValidationError, Violation
 
 #: operation name -> service it belongs to
 OPERATIONS = {
-    **{
-        op: "panorama"
-        for op in (
-            "ProvisionDevice", "DescribeDevice", "ListDevices", "DeleteDevice", "CreateJobForDevices",
-            "DescribeDeviceJob", "ListDevicesJobs", "CreatePackageImportJob", "DescribePackageImportJob",
-        )
-    },
-    **{
-        op: "snow-device-management"
-        for op in ("CreateTask", "DescribeTask", "DescribeExecution", "ListTasks", "ListExecutions", "CancelTask")
-    },
+    **dict.fromkeys(
+        (
+            "ProvisionDevice",
+            "DescribeDevice",
+            "ListDevices",
+            "DeleteDevice",
+            "CreateJobForDevices",
+            "DescribeDeviceJob",
+            "ListDevicesJobs",
+            "CreatePackageImportJob",
+            "DescribePackageImportJob",
+        ),
+        "panorama",
+    ),
+    **dict.fromkeys(
+        ("CreateTask", "DescribeTask", "DescribeExecution", "ListTasks", "ListExecutions", "CancelTask"),
+        "snow-device-management",
+    ),
 }
 #: Snow's ListDevices clashes with Panorama's name; the authority asks for it by this alias.
 SNOW_ALIASES = {"SnowListDevices": "ListDevices"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _service_model(service: str):
     from agent.aws.model import new_botocore_session
 
@@ -89,10 +97,10 @@ def _join(prefix: str, name: str) -> str:
 def _walk(shape, value: Any, path: str) -> Iterator[Violation]:
     kind = shape.type_name
     want = _PY_TYPES.get(kind)
-    if want is not None:
-        if not isinstance(value, want) or (kind in ("integer", "long", "float", "double") and isinstance(value, bool)):
-            yield Violation(path or "(request)", value, f"must be {_article(kind)}")
-            return
+    numeric = kind in ("integer", "long", "float", "double")
+    if want is not None and (not isinstance(value, want) or (numeric and isinstance(value, bool))):
+        yield Violation(path or "(request)", value, f"must be {_article(kind)}")
+        return
     meta = shape.metadata
     if kind == "string":
         yield from _check_string(meta, value, path)
@@ -159,7 +167,7 @@ def _java_length(text: str) -> int:
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(pattern: str) -> re.Pattern[str]:
     """The service's (Java) regex in Python: ASCII classes, and ``.`` excluding every line terminator."""
     return re.compile(_java_dots(pattern), re.ASCII)
@@ -198,8 +206,13 @@ def _pattern_rule(pattern: str) -> str:
 
 def _article(kind: str) -> str:
     return {
-        "integer": "an integer", "long": "an integer", "list": "a list", "map": "a map (table) of strings",
-        "structure": "a structure (table)", "blob": "bytes", "boolean": "a boolean (true/false)",
+        "integer": "an integer",
+        "long": "an integer",
+        "list": "a list",
+        "map": "a map (table) of strings",
+        "structure": "a structure (table)",
+        "blob": "bytes",
+        "boolean": "a boolean (true/false)",
     }.get(kind, f"a {kind}")
 
 
@@ -230,7 +243,8 @@ def _static_ip_rules(params: Mapping[str, Any]) -> Iterator[Violation]:
         if eth.get("ConnectionType") == "STATIC_IP" and eth.get("StaticIpConnectionInfo") is None:
             for member in ("IpAddress", "Mask", "DefaultGateway", "Dns"):
                 yield Violation(
-                    f"NetworkingConfiguration.{port}.StaticIpConnectionInfo.{member}", None,
+                    f"NetworkingConfiguration.{port}.StaticIpConnectionInfo.{member}",
+                    None,
                     "required when ConnectionType is STATIC_IP",
                 )
 
@@ -256,7 +270,11 @@ CROSS_FIELD_RULES: dict[str, Callable[[Mapping[str, Any]], Iterator[Violation]]]
 
 def _install_ntp_hint() -> None:
     """The NTP pattern is long; name it in words too."""
-    pattern = "(^([a-z0-9]+(-[a-z0-9]+)*\\.)+[a-z]{2,}$)|(" + _IPV4 + r"(:(6553[0-5]|655[0-2]\d|65[0-4]\d{2}|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}))?$)"
+    pattern = (
+        "(^([a-z0-9]+(-[a-z0-9]+)*\\.)+[a-z]{2,}$)|("
+        + _IPV4
+        + r"(:(6553[0-5]|655[0-2]\d|65[0-4]\d{2}|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}))?$)"
+    )
     _PATTERN_HINTS[pattern] = _NTP_PATTERN_HINT
 
 

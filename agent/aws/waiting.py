@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from agent.errors import OperationFailed, WaitTimeout
 
@@ -17,7 +18,7 @@ class Terminal:
     failed: frozenset[str]
 
     @classmethod
-    def of(cls, ok: set[str] | tuple[str, ...], failed: set[str] | tuple[str, ...]) -> "Terminal":
+    def of(cls, ok: set[str] | tuple[str, ...], failed: set[str] | tuple[str, ...]) -> Terminal:
         return cls(frozenset(ok), frozenset(failed))
 
 

@@ -31,11 +31,23 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("agent.cli.plan_cmd:plan", "The plan: devices to provision, one per stick, in order."),
     "sim": ("agent.cli.sim_cmd:sim", "Simulators for tests and demonstrations."),
     "snow": ("agent.cli.snow_cmd:snow", "Reboot or unlock managed Snow devices (CreateTask) and follow the tasks."),
-    "stage": ("agent.cli.stage_cmd:stage", "Provision a device and write its archive to the stick's root as certificates-omni_<name>.zip."),
-    "status": ("agent.cli.daemon_cmd:status", "Plan counts, each stick in view with its state and time left, and the last errors."),
+    "stage": (
+        "agent.cli.stage_cmd:stage",
+        "Provision a device and write its archive to the stick's root as certificates-omni_<name>.zip.",
+    ),
+    "status": (
+        "agent.cli.daemon_cmd:status",
+        "Plan counts, each stick in view with its state and time left, and the last errors.",
+    ),
     "stick": ("agent.cli.stick_cmd:stick", "Work with provisioning sticks."),
-    "verify": ("agent.cli.verify_cmd:verify", "Verify an archive file, a stick directory, a FAT image or a block device."),
-    "watch": ("agent.cli.daemon_cmd:watch", "Watch udev for provisioning sticks and stage the plan onto them (the daemon)."),
+    "verify": (
+        "agent.cli.verify_cmd:verify",
+        "Verify an archive file, a stick directory, a FAT image or a block device.",
+    ),
+    "watch": (
+        "agent.cli.daemon_cmd:watch",
+        "Watch udev for provisioning sticks and stage the plan onto them (the daemon).",
+    ),
 }
 
 
@@ -77,8 +89,15 @@ class LazyGroup(click.Group):
 @click.option("--state-dir", metavar="DIR", help="Where state lives (database, hand-off log, local authority).")
 @command_options
 @click.pass_context
-def cli(ctx: click.Context, config_file: str | None, backend: str | None, endpoint_url: str | None,
-        region: str | None, profile: str | None, state_dir: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    config_file: str | None,
+    backend: str | None,
+    endpoint_url: str | None,
+    region: str | None,
+    profile: str | None,
+    state_dir: str | None,
+) -> None:
     """Provision devices and stage their configuration archives onto USB sticks."""
     from agent import config
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,17 +21,17 @@ if TYPE_CHECKING:  # heavy imports stay out of start-up (`panostage --help` load
 class App:
     """Configuration, output and (lazily) the backend for one command."""
 
-    loaded: "LoadedConfig"
+    loaded: LoadedConfig
     out: Output
     debug: bool = False
-    clock: "Clock | None" = None
-    _backend: "Backend | None" = field(default=None, repr=False)
+    clock: Clock | None = None
+    _backend: Backend | None = field(default=None, repr=False)
 
     @property
-    def settings(self) -> "Settings":
+    def settings(self) -> Settings:
         return self.loaded.settings
 
-    def backend(self) -> "Backend":
+    def backend(self) -> Backend:
         """The configured backend, opened once (the embedded authority starts here)."""
         if self._backend is None:
             from agent.aws.backend import open_backend
@@ -39,19 +40,30 @@ class App:
             click.get_current_context().call_on_close(self._backend.close)
         return self._backend
 
-    def wait(self, fetch: Callable[[], dict[str, Any]], state_of: Callable[[dict[str, Any]], str | None],
-             terminal: Any, *, what: str, timeout: float | None, interval: float | None) -> dict[str, Any]:
+    def wait(
+        self,
+        fetch: Callable[[], dict[str, Any]],
+        state_of: Callable[[dict[str, Any]], str | None],
+        terminal: Any,
+        *,
+        what: str,
+        timeout: float | None,
+        interval: float | None,
+    ) -> dict[str, Any]:
         """Poll with ``--timeout``/``--interval`` (defaults from [wait]), progress on a tty."""
         from agent.aws.waiting import wait_for
 
         return wait_for(
-            fetch, state_of, terminal, what=what,
+            fetch,
+            state_of,
+            terminal,
+            what=what,
             timeout=self.settings.wait.timeout_seconds if timeout is None else timeout,
             interval=self.settings.wait.interval_seconds if interval is None else interval,
             progress=self.out.progress,
         )
 
-    def get_clock(self) -> "Clock":
+    def get_clock(self) -> Clock:
         if self.clock is None:
             from agent.clock import SystemClock
 
@@ -59,7 +71,7 @@ class App:
         return self.clock
 
 
-def narrator(app: "App") -> Callable[..., None]:
+def narrator(app: App) -> Callable[..., None]:
     """Tell the person what the provisioning flow did on its way (stderr)."""
 
     def on_event(kind: str, **data: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,19 +26,36 @@ def authority() -> None:
 
 @authority.command()
 @click.option("--host", help="Address to listen on (default: authority.host, 127.0.0.1).")
-@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on; 0 picks a free one (default: authority.port).")
-@click.option("--state-dir", "authority_dir", metavar="DIR", help="The authority's own state (default: <state dir>/authority).")
-@click.option("--fault", "fault_specs", multiple=True, metavar="OP:KEY=VALUE,...",
-              help="Inject a fault from the start, e.g. ProvisionDevice:error=500,rate=0.5 (repeatable).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), help="Port to listen on; 0 picks a free one (default: authority.port)."
+)
+@click.option(
+    "--state-dir", "authority_dir", metavar="DIR", help="The authority's own state (default: <state dir>/authority)."
+)
+@click.option(
+    "--fault",
+    "fault_specs",
+    multiple=True,
+    metavar="OP:KEY=VALUE,...",
+    help="Inject a fault from the start, e.g. ProvisionDevice:error=500,rate=0.5 (repeatable).",
+)
 @click.option("--fault-seed", type=int, default=0, show_default=True, help="Seed of the fault dice.")
 @click.option("--job-step-seconds", type=click.FloatRange(min=0.0), help="Seconds each job/task state lasts.")
 @click.option("--cert-validity-seconds", type=click.IntRange(min=1), help="Validity of issued certificates.")
 @click.option("--device-quota", type=click.IntRange(min=0), help="Devices held before 402 (0: no limit).")
 @command_options
 @pass_app
-def serve(app: App, host: str | None, port: int | None, authority_dir: str | None, fault_specs: tuple[str, ...],
-          fault_seed: int, job_step_seconds: float | None, cert_validity_seconds: int | None,
-          device_quota: int | None) -> int:
+def serve(
+    app: App,
+    host: str | None,
+    port: int | None,
+    authority_dir: str | None,
+    fault_specs: tuple[str, ...],
+    fault_seed: int,
+    job_step_seconds: float | None,
+    cert_validity_seconds: int | None,
+    device_quota: int | None,
+) -> int:
     """Serve the Panorama and Snow Device Management APIs until SIGTERM/SIGINT.
 
     Prints one JSON line on stdout (endpoint_url, access_key_id, credentials_file,
@@ -55,8 +73,11 @@ def serve(app: App, host: str | None, port: int | None, authority_dir: str | Non
     from agent.sdnotify import notify
 
     overrides = {
-        "host": host, "port": port, "job_step_seconds": job_step_seconds,
-        "cert_validity_seconds": cert_validity_seconds, "device_quota": device_quota,
+        "host": host,
+        "port": port,
+        "job_step_seconds": job_step_seconds,
+        "cert_validity_seconds": cert_validity_seconds,
+        "device_quota": device_quota,
     }
     settings = dataclasses.replace(app.settings.authority, **{k: v for k, v in overrides.items() if v is not None})
     state_dir = Path(authority_dir) if authority_dir else paths.state_dir(app.settings) / "authority"
@@ -75,14 +96,25 @@ def serve(app: App, host: str | None, port: int | None, authority_dir: str | Non
     else:
         access_key_id, secret, credentials_file = load_or_create_credentials(state_dir)
 
-    logging.basicConfig(level=logging.DEBUG if app.debug else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if app.debug else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s"
+    )
     try:
-        server = open_server(settings, state_dir, {access_key_id: secret}, host=settings.host, port=settings.port,
-                             faults=faults, region=app.settings.backend.region)
+        server = open_server(
+            settings,
+            state_dir,
+            {access_key_id: secret},
+            host=settings.host,
+            port=settings.port,
+            faults=faults,
+            region=app.settings.backend.region,
+        )
     except OSError as exc:
         raise PanostageError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
-            exit_code=ExitCode.IO, reason="listen", hint="pick another --port, or 0 for a free one",
+            exit_code=ExitCode.IO,
+            reason="listen",
+            hint="pick another --port, or 0 for a free one",
         ) from None
 
     stop = threading.Event()
@@ -118,7 +150,7 @@ def serve(app: App, host: str | None, port: int | None, authority_dir: str | Non
 # ---------------------------------------------------------------- steering a running authority
 
 
-def _admin(app: App, credentials_file: str | None) -> "AdminClient":
+def _admin(app: App, credentials_file: str | None) -> AdminClient:
     from agent.authority.admin import AdminClient
 
     endpoint = app.settings.backend.endpoint_url
@@ -135,14 +167,17 @@ def _admin(app: App, credentials_file: str | None) -> "AdminClient":
             data = json.loads(Path(credentials_file).read_text(encoding="utf-8"))
             return AdminClient(endpoint, data["access_key_id"], data["secret_access_key"], region=region)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"--credentials-file {credentials_file}: not a readable credentials file ({exc})") from None
+            raise UsageError(
+                f"--credentials-file {credentials_file}: not a readable credentials file ({exc})"
+            ) from None
     from agent.aws.model import new_botocore_session
 
     creds = new_botocore_session(profile=app.settings.backend.profile).get_credentials()
     if creds is None:
         raise PanostageError(
             "no credentials for the authority's admin API",
-            exit_code=ExitCode.ACCESS_DENIED, reason="no-credentials",
+            exit_code=ExitCode.ACCESS_DENIED,
+            reason="no-credentials",
             hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY to the authority's, or pass --credentials-file",
         )
     frozen = creds.get_frozen_credentials()
@@ -150,7 +185,8 @@ def _admin(app: App, credentials_file: str | None) -> "AdminClient":
 
 
 credentials_option = click.option(
-    "--credentials-file", metavar="FILE",
+    "--credentials-file",
+    metavar="FILE",
     help="The authority's credentials.json (default: the normal AWS credential chain).",
 )
 
@@ -176,8 +212,9 @@ def fault() -> None:
 @credentials_option
 @command_options
 @pass_app
-def fault_set(app: App, operation: str, pairs: tuple[str, ...], seed: int | None, replace: bool,
-              credentials_file: str | None) -> None:
+def fault_set(
+    app: App, operation: str, pairs: tuple[str, ...], seed: int | None, replace: bool, credentials_file: str | None
+) -> None:
     """Set the fault for OPERATION, e.g. `ProvisionDevice error=500 rate=0.5 count=3`.
 
     Keys: latency_ms, error (500|429|409|402|403), rate (0-1), count, after_commit,
@@ -239,9 +276,9 @@ def clock(app: App, offset: float | None, advance: float | None, credentials_fil
         result = admin.advance_clock(advance)
     else:
         result = admin.clock()
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from agent.clock import iso
 
-    result["now"] = iso(datetime.fromtimestamp(result["now"], timezone.utc))
+    result["now"] = iso(datetime.fromtimestamp(result["now"], UTC))
     app.out.data(result, human=lambda: f"authority time {result['now']} (offset {result['offset_seconds']:+g} s)")

@@ -24,7 +24,10 @@ def show(app: App) -> None:
     data = {
         "files": app.loaded.files,
         "settings": rows,
-        "resolved": {"state_dir": str(paths.state_dir(app.settings)), "runtime_dir": str(paths.runtime_dir(app.settings))},
+        "resolved": {
+            "state_dir": str(paths.state_dir(app.settings)),
+            "runtime_dir": str(paths.runtime_dir(app.settings)),
+        },
     }
 
     def human() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -54,29 +54,62 @@ def snapshot(state: Any, state_dir: Any, now: datetime) -> dict[str, Any]:
         left = None
         if deadline and stick["state"] == "ready":
             left = (parse_iso(deadline) - now).total_seconds()
-        sticks.append({"devnode": stick["devnode"], "identity": stick["identity"], "state": stick["state"],
-                       "device": handoff.get("device_name") if handoff else None, "deadline": deadline,
-                       "seconds_left": None if left is None else round(left, 1), "note": stick["reason"]})
-    errors = [{"device": h["device_name"], "state": h["state"], "at": h["updated_at"], "error": h["error"]}
-              for h in state.handoffs(limit=20) if h["state"] in ("failed", "abandoned", "recovered") and h["error"]][:5]
-    attention = [{"name": e["name"], "attempts": e["attempts"], "error": e["last_error"]} for e in state.plan("attention")]
+        sticks.append(
+            {
+                "devnode": stick["devnode"],
+                "identity": stick["identity"],
+                "state": stick["state"],
+                "device": handoff.get("device_name") if handoff else None,
+                "deadline": deadline,
+                "seconds_left": None if left is None else round(left, 1),
+                "note": stick["reason"],
+            }
+        )
+    errors = [
+        {"device": h["device_name"], "state": h["state"], "at": h["updated_at"], "error": h["error"]}
+        for h in state.handoffs(limit=20)
+        if h["state"] in ("failed", "abandoned", "recovered") and h["error"]
+    ][:5]
+    attention = [
+        {"name": e["name"], "attempts": e["attempts"], "error": e["last_error"]} for e in state.plan("attention")
+    ]
     facts = state.facts().get("daemon") or {}
-    return {"daemon": {**facts, "running": daemon_running(state_dir)}, "plan": state.plan_counts(), "sticks": sticks,
-            "last_errors": errors, "needs_attention": attention, "at": now.isoformat()}
+    return {
+        "daemon": {**facts, "running": daemon_running(state_dir)},
+        "plan": state.plan_counts(),
+        "sticks": sticks,
+        "last_errors": errors,
+        "needs_attention": attention,
+        "at": now.isoformat(),
+    }
 
 
 def render(data: dict[str, Any]) -> str:
     daemon = data["daemon"]
     plan = data["plan"]
-    head = (f"daemon    {'running' if daemon['running'] else 'not running'}"
-            + (f" (pid {daemon.get('pid')}, since {daemon.get('started', '?')[:19]})" if daemon["running"] else ""))
-    lines = [head, (f"plan      {plan['pending']} pending · {plan['claimed']} staging · {plan['staged']} staged · "
-                    f"{plan['provisioned'] + plan['done']} provisioned · {plan['attention']} need attention")]
-    rows = [{**s, "left": format_left(s["seconds_left"]) if s["seconds_left"] is not None else ""} for s in data["sticks"]]
-    lines.append(render_table(rows, ["devnode", "state", "device", "left", "note"],
-                              ["STICK", "STATE", "DEVICE", "TIME LEFT", "NOTE"]) or "no sticks in view")
+    head = f"daemon    {'running' if daemon['running'] else 'not running'}" + (
+        f" (pid {daemon.get('pid')}, since {daemon.get('started', '?')[:19]})" if daemon["running"] else ""
+    )
+    lines = [
+        head,
+        (
+            f"plan      {plan['pending']} pending · {plan['claimed']} staging · {plan['staged']} staged · "
+            f"{plan['provisioned'] + plan['done']} provisioned · {plan['attention']} need attention"
+        ),
+    ]
+    rows = [
+        {**s, "left": format_left(s["seconds_left"]) if s["seconds_left"] is not None else ""} for s in data["sticks"]
+    ]
+    lines.append(
+        render_table(
+            rows, ["devnode", "state", "device", "left", "note"], ["STICK", "STATE", "DEVICE", "TIME LEFT", "NOTE"]
+        )
+        or "no sticks in view"
+    )
     for entry in data["needs_attention"]:
-        lines.append(f"attention {entry['name']}: {entry['error']} (after {entry['attempts']} tries; `panostage plan retry`)")
+        lines.append(
+            f"attention {entry['name']}: {entry['error']} (after {entry['attempts']} tries; `panostage plan retry`)"
+        )
     if data["last_errors"]:
         lines.append("last errors:")
         lines += [f"  {e['at'][:19]}  {e['device'] or '-'}  {e['error']}" for e in data["last_errors"]]
@@ -85,7 +118,9 @@ def render(data: dict[str, Any]) -> str:
 
 @click.command()
 @click.option("--follow", "-f", is_flag=True, help="Keep showing it, with a live countdown (Ctrl-C to stop).")
-@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True, help="Refresh period with --follow.")
+@click.option(
+    "--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True, help="Refresh period with --follow."
+)
 @command_options
 @pass_app
 def status(app: App, follow: bool, interval: float) -> None:
@@ -96,12 +131,12 @@ def status(app: App, follow: bool, interval: float) -> None:
     state_dir = paths.state_dir(app.settings)
     state = StateDB(state_dir)
     if not follow:
-        data = snapshot(state, state_dir, datetime.now(timezone.utc))
+        data = snapshot(state, state_dir, datetime.now(UTC))
         app.out.data(data, lambda: render(data))
         return
     previous = None
     while True:
-        data = snapshot(state, state_dir, datetime.now(timezone.utc))
+        data = snapshot(state, state_dir, datetime.now(UTC))
         if app.out.json:
             key = dumps({k: v for k, v in data.items() if k != "at"})
             if key != previous:

@@ -23,8 +23,11 @@ def device() -> None:
 
 @device.command()
 @provision_options
-@click.option("--out", metavar="FILE|DIR|-",
-              help="Write the configuration archive here (a directory gets certificates-omni_<name>.zip; - is stdout).")
+@click.option(
+    "--out",
+    metavar="FILE|DIR|-",
+    help="Write the configuration archive here (a directory gets certificates-omni_<name>.zip; - is stdout).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @command_options
 @pass_app
@@ -77,13 +80,17 @@ def _provision_text(data: dict[str, Any]) -> str:
     if archive.get("file"):
         lines.append(f"written to {archive['file']}")
     if data.get("orphans_deleted"):
-        lines.append("deleted    " + ", ".join(data["orphans_deleted"]) + " (created by an attempt whose answer was lost)")
+        lines.append(
+            "deleted    " + ", ".join(data["orphans_deleted"]) + " (created by an attempt whose answer was lost)"
+        )
     return "\n".join(lines)
 
 
 @device.command("list")
 @click.option("--name", "name_prefix", metavar="PREFIX", help="Only devices whose name starts with PREFIX.")
-@click.option("--status", "aggregated", metavar="STATUS", help="Only devices with this aggregated status (e.g. ONLINE).")
+@click.option(
+    "--status", "aggregated", metavar="STATUS", help="Only devices with this aggregated status (e.g. ONLINE)."
+)
 @click.option("--sort-by", type=click.Choice(["DEVICE_ID", "CREATED_TIME", "NAME", "DEVICE_AGGREGATED_STATUS"]))
 @click.option("--order", type=click.Choice(["ASCENDING", "DESCENDING"]))
 @command_options
@@ -94,16 +101,26 @@ def list_(app: App, name_prefix: str | None, aggregated: str | None, sort_by: st
     from agent.aws.paging import pages
 
     params: dict[str, Any] = {"MaxResults": 25}
-    for key, value in (("NameFilter", name_prefix), ("DeviceAggregatedStatusFilter", aggregated),
-                       ("SortBy", sort_by), ("SortOrder", order)):
+    for key, value in (
+        ("NameFilter", name_prefix),
+        ("DeviceAggregatedStatusFilter", aggregated),
+        ("SortBy", sort_by),
+        ("SortOrder", order),
+    ):
         if value:
             params[key] = value
     validation.validate("ListDevices", params)
     devices = list(pages(app.backend().panorama().list_devices, "Devices", **params))
     app.out.data(
         devices,
-        lambda: render_table(devices, ["Name", "DeviceId", "ProvisioningStatus", "DeviceAggregatedStatus", "CreatedTime"],
-                             ["NAME", "DEVICE ID", "PROVISIONING", "STATUS", "CREATED"]) or "no devices",
+        lambda: (
+            render_table(
+                devices,
+                ["Name", "DeviceId", "ProvisioningStatus", "DeviceAggregatedStatus", "CreatedTime"],
+                ["NAME", "DEVICE ID", "PROVISIONING", "STATUS", "CREATED"],
+            )
+            or "no devices"
+        ),
     )
 
 
@@ -127,9 +144,16 @@ def describe(app: App, device_ref: str, wait: bool, timeout: float | None, inter
         return strip_metadata(client.describe_device(DeviceId=device_id))
 
     info = (
-        app.wait(fetch, lambda r: r.get("ProvisioningStatus"), Terminal.of(*PROVISIONING.values()),
-                 what=f"device {device_ref}", timeout=timeout, interval=interval)
-        if wait else fetch()
+        app.wait(
+            fetch,
+            lambda r: r.get("ProvisioningStatus"),
+            Terminal.of(*PROVISIONING.values()),
+            what=f"device {device_ref}",
+            timeout=timeout,
+            interval=interval,
+        )
+        if wait
+        else fetch()
     )
     app.out.data(info, lambda: render_mapping(info))
 
@@ -151,6 +175,7 @@ def delete(app: App, device_ref: str, wait: bool, timeout: float | None, interva
     device_id = resolve_device_id(client, device_ref)
     response = strip_metadata(client.delete_device(DeviceId=device_id))
     if wait:
+
         def fetch() -> dict[str, Any]:
             try:
                 return strip_metadata(client.describe_device(DeviceId=device_id))
@@ -159,7 +184,13 @@ def delete(app: App, device_ref: str, wait: bool, timeout: float | None, interva
                     return {"ProvisioningStatus": "DELETED"}
                 raise
 
-        app.wait(fetch, lambda r: r.get("ProvisioningStatus"), Terminal.of({"DELETED"}, set()),
-                 what=f"deleting {device_ref}", timeout=timeout, interval=interval)
+        app.wait(
+            fetch,
+            lambda r: r.get("ProvisioningStatus"),
+            Terminal.of({"DELETED"}, set()),
+            what=f"deleting {device_ref}",
+            timeout=timeout,
+            interval=interval,
+        )
         response["Deleted"] = True
     app.out.data(response, lambda: f"deleted {device_ref} ({device_id})" + ("" if wait else "; it is DELETING"))

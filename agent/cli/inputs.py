@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -19,14 +20,27 @@ def provision_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--name", required=True, help="Device name: 1-255 of letters, digits, - and _."),
         click.option("--description", help="Free text, up to 255 characters, one line."),
         click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag (repeatable, up to 50)."),
-        click.option("--ntp", multiple=True, metavar="SERVER", help="NTP server: lowercase DNS name or IPv4[:port] (repeatable, up to 5)."),
-        click.option("--input-json", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
-                     help="A ProvisionDevice request as JSON; flags override its fields."),
+        click.option(
+            "--ntp",
+            multiple=True,
+            metavar="SERVER",
+            help="NTP server: lowercase DNS name or IPv4[:port] (repeatable, up to 5).",
+        ),
+        click.option(
+            "--input-json",
+            type=click.Path(exists=True, dir_okay=False),
+            metavar="FILE",
+            help="A ProvisionDevice request as JSON; flags override its fields.",
+        ),
     ]
     for port in PORTS:
         options += [
-            click.option(f"--{port}", f"{port}_mode", type=click.Choice(["dhcp", "static"], case_sensitive=False),
-                         help=f"How {port} gets its address."),
+            click.option(
+                f"--{port}",
+                f"{port}_mode",
+                type=click.Choice(["dhcp", "static"], case_sensitive=False),
+                help=f"How {port} gets its address.",
+            ),
             click.option(f"--{port}-ip", metavar="IPV4[:PORT]", help=f"{port} static address."),
             click.option(f"--{port}-mask", metavar="MASK", help=f"{port} static netmask."),
             click.option(f"--{port}-gateway", metavar="ADDR", help=f"{port} default gateway."),
@@ -56,18 +70,27 @@ def read_input_json(path: str) -> dict[str, Any]:
     except OSError as exc:
         name = errno.errorcode.get(exc.errno or 0, "error")
         if exc.errno in _USAGE_ERRNOS:
-            raise UsageError(f"{flag}: cannot read it: {exc.strerror} [{name}]",
-                             hint=f"give a readable file holding {what}", details={"path": path, "errno": name}) from None
-        raise PanostageError(f"{flag}: cannot read it: {exc.strerror} [{name}]", exit_code=ExitCode.IO,
-                             reason="io", hint="check the file's filesystem (dmesg), or copy the file elsewhere",
-                             details={"path": path, "errno": name}) from None
+            raise UsageError(
+                f"{flag}: cannot read it: {exc.strerror} [{name}]",
+                hint=f"give a readable file holding {what}",
+                details={"path": path, "errno": name},
+            ) from None
+        raise PanostageError(
+            f"{flag}: cannot read it: {exc.strerror} [{name}]",
+            exit_code=ExitCode.IO,
+            reason="io",
+            hint="check the file's filesystem (dmesg), or copy the file elsewhere",
+            details={"path": path, "errno": name},
+        ) from None
     if len(data) > INPUT_JSON_MAX_BYTES:
         raise _too_big(flag, None)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{flag}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
-                         hint=f"save the file as UTF-8: it must hold {what}") from None
+        raise UsageError(
+            f"{flag}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+            hint=f"save the file as UTF-8: it must hold {what}",
+        ) from None
     try:
         base = json.loads(text)
     except RecursionError:
@@ -77,20 +100,26 @@ def read_input_json(path: str) -> dict[str, Any]:
     if _depth(base) > INPUT_JSON_MAX_DEPTH:
         raise _too_deep(flag)
     if not isinstance(base, dict):
-        raise UsageError(f"{flag}: must hold a JSON object (the ProvisionDevice request), not {type(base).__name__}",
-                         hint=f"the file must hold {what}")
+        raise UsageError(
+            f"{flag}: must hold a JSON object (the ProvisionDevice request), not {type(base).__name__}",
+            hint=f"the file must hold {what}",
+        )
     return base
 
 
 def _too_big(flag: str, size: int | None) -> UsageError:
     found = f"{size} bytes" if size is not None else "more than that"
-    return UsageError(f"{flag}: larger than the {INPUT_JSON_MAX_BYTES} bytes allowed ({found})",
-                      hint="a ProvisionDevice request is a few KiB: check that this is the right file")
+    return UsageError(
+        f"{flag}: larger than the {INPUT_JSON_MAX_BYTES} bytes allowed ({found})",
+        hint="a ProvisionDevice request is a few KiB: check that this is the right file",
+    )
 
 
 def _too_deep(flag: str) -> UsageError:
-    return UsageError(f"{flag}: JSON nested more than {INPUT_JSON_MAX_DEPTH} levels deep, the limit",
-                      hint="a ProvisionDevice request is nested fewer than 10 levels: check that this is the right file")
+    return UsageError(
+        f"{flag}: JSON nested more than {INPUT_JSON_MAX_DEPTH} levels deep, the limit",
+        hint="a ProvisionDevice request is nested fewer than 10 levels: check that this is the right file",
+    )
 
 
 def _depth(value: Any) -> int:
@@ -131,7 +160,11 @@ def request_from_options(opts: dict[str, Any]) -> dict[str, Any]:
 
 def wait_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--wait`` with its ``--timeout`` and ``--interval`` (defaults from [wait])."""
-    func = click.option("--interval", type=click.FloatRange(min=0.01), metavar="SECONDS", help="Seconds between polls.")(func)
-    func = click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="Give up after this long.")(func)
+    func = click.option(
+        "--interval", type=click.FloatRange(min=0.01), metavar="SECONDS", help="Seconds between polls."
+    )(func)
+    func = click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="Give up after this long.")(
+        func
+    )
     func = click.option("--wait", is_flag=True, help="Poll until a terminal state; print it.")(func)
     return func

@@ -25,8 +25,15 @@ def job() -> None:
 @wait_options
 @command_options
 @pass_app
-def ota(app: App, device_ref: str, image_version: str, allow_major: bool, wait: bool,
-        timeout: float | None, interval: float | None) -> None:
+def ota(
+    app: App,
+    device_ref: str,
+    image_version: str,
+    allow_major: bool,
+    wait: bool,
+    timeout: float | None,
+    interval: float | None,
+) -> None:
     """Update a device's software over the air."""
     config = {"OTAJobConfig": {"ImageVersion": image_version, "AllowMajorVersionUpdate": allow_major}}
     _create(app, device_ref, "OTA", config, wait, timeout, interval)
@@ -42,8 +49,15 @@ def reboot(app: App, device_ref: str, wait: bool, timeout: float | None, interva
     _create(app, device_ref, "REBOOT", None, wait, timeout, interval)
 
 
-def _create(app: App, device_ref: str, job_type: str, config: dict[str, Any] | None, wait: bool,
-            timeout: float | None, interval: float | None) -> None:
+def _create(
+    app: App,
+    device_ref: str,
+    job_type: str,
+    config: dict[str, Any] | None,
+    wait: bool,
+    timeout: float | None,
+    interval: float | None,
+) -> None:
     from agent.aws import validation
     from agent.aws.provisioning import resolve_device_id
 
@@ -57,14 +71,22 @@ def _create(app: App, device_ref: str, job_type: str, config: dict[str, Any] | N
     created = strip_metadata(client.create_job_for_devices(**request))
     job_id = created["Jobs"][0]["JobId"]
     result = _wait_job(app, client, job_id, timeout, interval) if wait else {"JobId": job_id, **created["Jobs"][0]}
-    app.out.data(result, lambda: render_mapping(result) if wait else f"{job_type} job {job_id} created for {device_ref}")
+    app.out.data(
+        result, lambda: render_mapping(result) if wait else f"{job_type} job {job_id} created for {device_ref}"
+    )
 
 
 def _wait_job(app: App, client: Any, job_id: str, timeout: float | None, interval: float | None) -> dict[str, Any]:
     from agent.aws.waiting import Terminal
 
-    return app.wait(lambda: strip_metadata(client.describe_device_job(JobId=job_id)), lambda r: r.get("Status"),
-                    Terminal.of(*JOB_TERMINAL.values()), what=f"job {job_id}", timeout=timeout, interval=interval)
+    return app.wait(
+        lambda: strip_metadata(client.describe_device_job(JobId=job_id)),
+        lambda r: r.get("Status"),
+        Terminal.of(*JOB_TERMINAL.values()),
+        what=f"job {job_id}",
+        timeout=timeout,
+        interval=interval,
+    )
 
 
 @job.command()
@@ -78,7 +100,11 @@ def describe(app: App, job_id: str, wait: bool, timeout: float | None, interval:
 
     validation.validate("DescribeDeviceJob", {"JobId": job_id})
     client = app.backend().panorama()
-    info = _wait_job(app, client, job_id, timeout, interval) if wait else strip_metadata(client.describe_device_job(JobId=job_id))
+    info = (
+        _wait_job(app, client, job_id, timeout, interval)
+        if wait
+        else strip_metadata(client.describe_device_job(JobId=job_id))
+    )
     app.out.data(info, lambda: render_mapping(info))
 
 
@@ -96,5 +122,14 @@ def list_(app: App, device_ref: str | None) -> None:
     if device_ref:
         params["DeviceId"] = resolve_device_id(client, device_ref)
     jobs = list(pages(client.list_devices_jobs, "DeviceJobs", **params))
-    app.out.data(jobs, lambda: render_table(jobs, ["JobId", "JobType", "DeviceName", "DeviceId", "CreatedTime"],
-                                            ["JOB ID", "TYPE", "DEVICE", "DEVICE ID", "CREATED"]) or "no jobs")
+    app.out.data(
+        jobs,
+        lambda: (
+            render_table(
+                jobs,
+                ["JobId", "JobType", "DeviceName", "DeviceId", "CreatedTime"],
+                ["JOB ID", "TYPE", "DEVICE", "DEVICE ID", "CREATED"],
+            )
+            or "no jobs"
+        ),
+    )

@@ -31,11 +31,18 @@ def show(app: App, device: str | None, last: int | None) -> None:
     """Print the records, oldest first."""
     records = list(_open(app).records())
     if device:
-        records = [r for r in records if device in ((r.get("device") or {}).get("name"), (r.get("device") or {}).get("id"))]
+        records = [
+            r for r in records if device in ((r.get("device") or {}).get("name"), (r.get("device") or {}).get("id"))
+        ]
     if last:
         records = records[-last:]
-    app.out.data(records, lambda: render_table([_row(r) for r in records],
-                                               ["seq", "time", "kind", "outcome", "device", "stick", "detail"]) or "no records")
+    app.out.data(
+        records,
+        lambda: (
+            render_table([_row(r) for r in records], ["seq", "time", "kind", "outcome", "device", "stick", "detail"])
+            or "no records"
+        ),
+    )
 
 
 def _row(record: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +52,10 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
     if record.get("archive"):
         detail = f"sha256 {record['archive'].get('sha256', '')[:16]}… until {(record.get('certificate') or {}).get('not_after', '')}"
     return {
-        "seq": record.get("seq"), "time": record.get("time"), "kind": record.get("kind"), "outcome": record.get("outcome"),
+        "seq": record.get("seq"),
+        "time": record.get("time"),
+        "kind": record.get("kind"),
+        "outcome": record.get("outcome"),
         "device": device.get("name") or device.get("id"),
         "stick": stick.get("usb_serial") or stick.get("fs_uuid") or stick.get("path"),
         "detail": detail.replace("\n", " ")[:80],
@@ -58,8 +68,13 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
 def verify(app: App) -> int:
     """Check the hash chain; name every edited, deleted, inserted or reordered record."""
     report = _open(app).verify()
-    app.out.data(report.to_dict(), lambda: (
-        f"{report.path}: {report.records} records, chain intact" if report.ok else
-        f"{report.path}: {report.records} records, {len(report.problems)} problem(s):\n" +
-        "\n".join(f"  - {p['message']}" for p in report.problems)))
+    app.out.data(
+        report.to_dict(),
+        lambda: (
+            f"{report.path}: {report.records} records, chain intact"
+            if report.ok
+            else f"{report.path}: {report.records} records, {len(report.problems)} problem(s):\n"
+            + "\n".join(f"  - {p['message']}" for p in report.problems)
+        ),
+    )
     return ExitCode.OK if report.ok else ExitCode.VERIFY_CORRUPT

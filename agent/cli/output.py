@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 import json
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TextIO
+from typing import Any, TextIO
 
 from agent.clock import iso
 
@@ -40,8 +41,9 @@ def dumps(value: Any) -> str:
 class Output:
     """Where a command's results and messages go (a plain class: dataclasses cost start-up time)."""
 
-    def __init__(self, json: bool = False, quiet: bool = False, stdout: TextIO | None = None,
-                 stderr: TextIO | None = None) -> None:
+    def __init__(
+        self, json: bool = False, quiet: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None
+    ) -> None:
         self.json = json
         self.quiet = quiet
         self.stdout = stdout or sys.stdout

@@ -34,16 +34,33 @@ def default_client_token(request: dict[str, Any]) -> str:
 @click.option("--name", "package_name", required=True, help="Package name (letters, digits, - and _).")
 @click.option("--version", "package_version", required=True, help="Package version, MAJOR.MINOR.")
 @click.option("--mark-latest", is_flag=True, help="Mark this version as the latest.")
-@click.option("--type", "job_type", default="NODE_PACKAGE_VERSION", show_default=True,
-              help="NODE_PACKAGE_VERSION or MARKETPLACE_NODE_PACKAGE_VERSION.")
+@click.option(
+    "--type",
+    "job_type",
+    default="NODE_PACKAGE_VERSION",
+    show_default=True,
+    help="NODE_PACKAGE_VERSION or MARKETPLACE_NODE_PACKAGE_VERSION.",
+)
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag for the package (repeatable).")
 @click.option("--client-token", help="Idempotency token (default: derived from the request).")
 @wait_options
 @command_options
 @pass_app
-def import_(app: App, bucket: str, object_key: str, bucket_region: str | None, package_name: str,
-            package_version: str, mark_latest: bool, job_type: str, tags: tuple[str, ...],
-            client_token: str | None, wait: bool, timeout: float | None, interval: float | None) -> None:
+def import_(
+    app: App,
+    bucket: str,
+    object_key: str,
+    bucket_region: str | None,
+    package_name: str,
+    package_version: str,
+    mark_latest: bool,
+    job_type: str,
+    tags: tuple[str, ...],
+    client_token: str | None,
+    wait: bool,
+    timeout: float | None,
+    interval: float | None,
+) -> None:
     """Start a package import job."""
     from agent.aws import validation
 
@@ -53,8 +70,13 @@ def import_(app: App, bucket: str, object_key: str, bucket_region: str | None, p
     request: dict[str, Any] = {
         "JobType": job_type,
         "InputConfig": {"PackageVersionInputConfig": {"S3Location": location}},
-        "OutputConfig": {"PackageVersionOutputConfig": {
-            "PackageName": package_name, "PackageVersion": package_version, "MarkLatest": mark_latest}},
+        "OutputConfig": {
+            "PackageVersionOutputConfig": {
+                "PackageName": package_name,
+                "PackageVersion": package_version,
+                "MarkLatest": mark_latest,
+            }
+        },
     }
     tag_map = parse_tags(tags)
     if tag_map:
@@ -73,9 +95,14 @@ def import_(app: App, bucket: str, object_key: str, bucket_region: str | None, p
 def _wait(app: App, client: Any, job_id: str, timeout: float | None, interval: float | None) -> dict[str, Any]:
     from agent.aws.waiting import Terminal
 
-    return app.wait(lambda: strip_metadata(client.describe_package_import_job(JobId=job_id)), lambda r: r.get("Status"),
-                    Terminal.of(*IMPORT_TERMINAL.values()), what=f"package import {job_id}",
-                    timeout=timeout, interval=interval)
+    return app.wait(
+        lambda: strip_metadata(client.describe_package_import_job(JobId=job_id)),
+        lambda r: r.get("Status"),
+        Terminal.of(*IMPORT_TERMINAL.values()),
+        what=f"package import {job_id}",
+        timeout=timeout,
+        interval=interval,
+    )
 
 
 @package.command()
@@ -89,6 +116,9 @@ def describe(app: App, job_id: str, wait: bool, timeout: float | None, interval:
 
     validation.validate("DescribePackageImportJob", {"JobId": job_id})
     client = app.backend().panorama()
-    info = _wait(app, client, job_id, timeout, interval) if wait else strip_metadata(
-        client.describe_package_import_job(JobId=job_id))
+    info = (
+        _wait(app, client, job_id, timeout, interval)
+        if wait
+        else strip_metadata(client.describe_package_import_job(JobId=job_id))
+    )
     app.out.data(info, lambda: render_mapping(info))

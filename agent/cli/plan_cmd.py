@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 from typing import Any
 
 import click
@@ -32,10 +31,21 @@ def _view(entry: dict[str, Any], position: int | None = None) -> dict[str, Any]:
     """An entry as shown (``--json``): the stored row, with its rank in the queue."""
     from agent.staging.plan import describe_actions
 
-    view = {"id": entry["id"], "position": position, "name": entry["name"], "status": entry["status"],
-            "attempts": entry["attempts"], "device_id": entry["device_id"], "handoff_id": entry["handoff_id"],
-            "last_error": entry["last_error"], "actions": entry["actions"], "actions_text": describe_actions(entry["actions"]),
-            "request": entry["request"], "created_at": entry["created_at"], "updated_at": entry["updated_at"]}
+    view = {
+        "id": entry["id"],
+        "position": position,
+        "name": entry["name"],
+        "status": entry["status"],
+        "attempts": entry["attempts"],
+        "device_id": entry["device_id"],
+        "handoff_id": entry["handoff_id"],
+        "last_error": entry["last_error"],
+        "actions": entry["actions"],
+        "actions_text": describe_actions(entry["actions"]),
+        "request": entry["request"],
+        "created_at": entry["created_at"],
+        "updated_at": entry["updated_at"],
+    }
     if position is None:
         del view["position"]
     return view
@@ -50,7 +60,9 @@ def _short(text: str | None, width: int = 60) -> str | None:
 
 @plan.command()
 @provision_options
-@click.option("--ota", "ota_version", metavar="VERSION", help="Once the device is ONLINE, run an OTA to this image version.")
+@click.option(
+    "--ota", "ota_version", metavar="VERSION", help="Once the device is ONLINE, run an OTA to this image version."
+)
 @click.option("--allow-major", is_flag=True, help="The OTA may cross a major version (with --ota).")
 @click.option("--reboot", is_flag=True, help="Once the device is ONLINE (and after the OTA), reboot it.")
 @command_options
@@ -65,7 +77,9 @@ def add(app: App, ota_version: str | None, allow_major: bool, reboot: bool, **in
     request = request_from_options(inputs)
     actions = build_actions(ota_version, allow_major, reboot)
     violations = validation.check("ProvisionDevice", request) + check_actions(
-        actions, {"ota": "--ota", "ota.image_version": "--ota", "ota.allow_major": "--allow-major", "reboot": "--reboot"})
+        actions,
+        {"ota": "--ota", "ota.image_version": "--ota", "ota.allow_major": "--allow-major", "reboot": "--reboot"},
+    )
     if not any(v.path == "Name" for v in violations):
         violations += staged_name_violations(request["Name"], "--name")
     if violations:
@@ -75,14 +89,21 @@ def add(app: App, ota_version: str | None, allow_major: bool, reboot: bool, **in
     (entry_id,) = db.add_entries([(request["Name"], request, actions)])
     entry = db.entry(entry_id)
     position = len(db.plan())
-    app.out.data(_view(entry, position), f"added {entry['name']} to the plan (id {entry_id}, position {position})"
-                 + (f"; then: {_view(entry)['actions_text']}" if actions else ""))
+    app.out.data(
+        _view(entry, position),
+        f"added {entry['name']} to the plan (id {entry_id}, position {position})"
+        + (f"; then: {_view(entry)['actions_text']}" if actions else ""),
+    )
 
 
 @plan.command("import")
 @click.argument("file", type=click.Path(dir_okay=True, allow_dash=True), metavar="FILE")
-@click.option("--format", "fmt", type=click.Choice(["csv", "toml", "json"], case_sensitive=False),
-              help="The file's format (default: from its extension; required for -).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "toml", "json"], case_sensitive=False),
+    help="The file's format (default: from its extension; required for -).",
+)
 @click.option("--dry-run", is_flag=True, help="Check every entry and show what would be added; change nothing.")
 @command_options
 @pass_app
@@ -99,21 +120,36 @@ def import_(app: App, file: str, fmt: str | None, dry_run: bool) -> None:
     entries = read_plan_file(file, fmt, existing=existing)
     source = "<stdin>" if file == "-" else file
     _warn_fat_clashes(app, [e.name for e in entries], sorted(existing))
-    shown = [{"line": e.line, "name": e.name, "network": _network_text(e.request),
-              "actions": describe_actions(e.actions)} for e in entries]
+    shown = [
+        {"line": e.line, "name": e.name, "network": _network_text(e.request), "actions": describe_actions(e.actions)}
+        for e in entries
+    ]
     if dry_run:
         data = {"source": source, "dry_run": True, "count": len(entries), "entries": [e.to_dict() for e in entries]}
-        app.out.data(data, lambda: render_table(shown, ["line", "name", "network", "actions"]) +
-                     f"\nwould add {len(entries)} {'entry' if len(entries) == 1 else 'entries'} (dry run: nothing changed)")
+        app.out.data(
+            data,
+            lambda: (
+                render_table(shown, ["line", "name", "network", "actions"])
+                + f"\nwould add {len(entries)} {'entry' if len(entries) == 1 else 'entries'} (dry run: nothing changed)"
+            ),
+        )
         return
     ids = db.add_entries([entry.as_tuple() for entry in entries])
     total = len(db.plan())
-    data = {"source": source, "dry_run": False, "count": len(ids),
-            "entries": [{"id": entry_id, **entry.to_dict()} for entry_id, entry in zip(ids, entries)]}
+    data = {
+        "source": source,
+        "dry_run": False,
+        "count": len(ids),
+        "entries": [{"id": entry_id, **entry.to_dict()} for entry_id, entry in zip(ids, entries)],
+    }
     first = total - len(ids) + 1
-    app.out.data(data, f"imported {len(ids)} {'entry' if len(ids) == 1 else 'entries'} from {source} "
-                       f"(positions {first}–{total} of the plan)" if len(ids) > 1 else
-                       f"imported {entries[0].name} from {source} (position {total} of the plan)")
+    app.out.data(
+        data,
+        f"imported {len(ids)} {'entry' if len(ids) == 1 else 'entries'} from {source} "
+        f"(positions {first}–{total} of the plan)"
+        if len(ids) > 1
+        else f"imported {entries[0].name} from {source} (position {total} of the plan)",
+    )
 
 
 def _warn_fat_clashes(app: App, new: list[str], existing: list[str]) -> None:
@@ -121,9 +157,11 @@ def _warn_fat_clashes(app: App, new: list[str], existing: list[str]) -> None:
     from agent.stick.names import clashes
 
     for name, other in clashes(new, existing):
-        app.out.warn(f"{name} and {other} have the same archive name on a FAT stick "
-                     f"(certificates-omni_{name}.zip): one stick cannot hold both; staging one onto a stick that "
-                     "holds the other's live archive is refused")
+        app.out.warn(
+            f"{name} and {other} have the same archive name on a FAT stick "
+            f"(certificates-omni_{name}.zip): one stick cannot hold both; staging one onto a stick that "
+            "holds the other's live archive is refused"
+        )
 
 
 def _network_text(request: dict[str, Any]) -> str:
@@ -140,15 +178,21 @@ def _network_text(request: dict[str, Any]) -> str:
 
 
 @plan.command("list")
-@click.option("--status", type=click.Choice(["pending", "claimed", "staged", "provisioned", "done", "attention"]),
-              help="Only entries with this status.")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "claimed", "staged", "provisioned", "done", "attention"]),
+    help="Only entries with this status.",
+)
 @command_options
 @pass_app
 def list_(app: App, status: str | None) -> None:
     """Show the plan in queue order."""
     db = _db(app)
-    ranked = [(position, entry) for position, entry in enumerate(db.plan(), start=1)
-              if status is None or entry["status"] == status]
+    ranked = [
+        (position, entry)
+        for position, entry in enumerate(db.plan(), start=1)
+        if status is None or entry["status"] == status
+    ]
     views = [_view(entry, position) for position, entry in ranked]
 
     def human() -> str:
@@ -157,8 +201,14 @@ def list_(app: App, status: str | None) -> None:
         rows = [{**v, "actions": v["actions_text"], "last_error": _short(v["last_error"])} for v in views]
         counts = db.plan_counts()
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-        return render_table(rows, ["position", "id", "name", "status", "attempts", "device_id", "actions", "last_error"],
-                            ["POS", "ID", "NAME", "STATUS", "TRIES", "DEVICE ID", "ACTIONS", "LAST ERROR"]) + f"\n({summary})"
+        return (
+            render_table(
+                rows,
+                ["position", "id", "name", "status", "attempts", "device_id", "actions", "last_error"],
+                ["POS", "ID", "NAME", "STATUS", "TRIES", "DEVICE ID", "ACTIONS", "LAST ERROR"],
+            )
+            + f"\n({summary})"
+        )
 
     app.out.data(views, human)
 
@@ -187,16 +237,22 @@ def retry(app: App, ref: str) -> None:
         raise StateError(
             f"{entry['name']} is {entry['status']}: only an entry that needs attention goes back in the queue",
             hint="to provision it once more, `panostage plan remove` it and add it again"
-            if entry["status"] in ("done", "provisioned", "staged") else "wait for the hand-off to end",
-            details={"id": entry["id"], "status": entry["status"]})
+            if entry["status"] in ("done", "provisioned", "staged")
+            else "wait for the hand-off to end",
+            details={"id": entry["id"], "status": entry["status"]},
+        )
     progress = (entry.get("actions") or {}).get("progress") or {}
     failed = [kind for kind in ("ota", "reboot") if progress.get(kind) == "FAILED"]
     if failed:  # the device is provisioned; only its action failed: run that again, on the same device
         actions = dict(entry["actions"])
-        actions["progress"] = {k: v for k, v in progress.items() if k not in failed and k not in [f"{x}_job" for x in failed]}
+        actions["progress"] = {
+            k: v for k, v in progress.items() if k not in failed and k not in [f"{x}_job" for x in failed]
+        }
         db.set_entry(entry["id"], status="provisioned", actions=json.dumps(actions), last_error=None)
         entry = db.entry(entry["id"])
-        app.out.data(_view(entry), f"{entry['name']}: {' and '.join(failed)} will run again on device {entry['device_id']}")
+        app.out.data(
+            _view(entry), f"{entry['name']}: {' and '.join(failed)} will run again on device {entry['device_id']}"
+        )
         return
     entry = db.retry_entry(entry["id"])
     app.out.data(_view(entry), f"{entry['name']} is pending again (id {entry['id']}, attempts reset)")

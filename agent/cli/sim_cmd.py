@@ -16,7 +16,13 @@ def sim() -> None:
 @sim.command()
 @click.argument("target_spec", metavar="TARGET")
 @click.option("--endpoint-url", metavar="URL", help="The authority to register with (default: the configured backend).")
-@click.option("--serial", "serial_number", default="100000000001", show_default=True, help="The appliance's serial number (1-20 digits).")
+@click.option(
+    "--serial",
+    "serial_number",
+    default="100000000001",
+    show_default=True,
+    help="The appliance's serial number (1-20 digits).",
+)
 @command_options
 @pass_app
 def appliance(app: App, target_spec: str, endpoint_url: str | None, serial_number: str) -> int:
@@ -31,8 +37,12 @@ def appliance(app: App, target_spec: str, endpoint_url: str | None, serial_numbe
     if endpoint_url is None:
         backend = app.backend()
         if backend.kind == "aws":
-            raise PanostageError("the appliance simulator registers with a local authority, not AWS",
-                                 exit_code=ExitCode.USAGE, reason="usage", hint="give --endpoint-url of a panostage authority")
+            raise PanostageError(
+                "the appliance simulator registers with a local authority, not AWS",
+                exit_code=ExitCode.USAGE,
+                reason="usage",
+                hint="give --endpoint-url of a panostage authority",
+            )
         endpoint_url = backend.endpoint_url
     with open_target(target_spec, allow_non_fat=True, runtime_dir=paths.runtime_dir(app.settings)) as target:
         run = Appliance(endpoint_url, app.get_clock(), serial_number=serial_number).consume(target)

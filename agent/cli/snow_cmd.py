@@ -29,8 +29,16 @@ def _task_command(command: str):
     @wait_options
     @command_options
     @pass_app
-    def run(app: App, targets: tuple[str, ...], description: str | None, tags: tuple[str, ...],
-            client_token: str | None, wait: bool, timeout: float | None, interval: float | None) -> None:
+    def run(
+        app: App,
+        targets: tuple[str, ...],
+        description: str | None,
+        tags: tuple[str, ...],
+        client_token: str | None,
+        wait: bool,
+        timeout: float | None,
+        interval: float | None,
+    ) -> None:
         from agent.aws import validation
 
         request: dict[str, Any] = {"targets": list(targets), "command": {command: {}}}
@@ -61,8 +69,14 @@ def _finish(app: App, client: Any, task_id: str, timeout: float | None, interval
     """Wait for the task, then report it with its executions; a failed execution fails the command."""
     from agent.aws.waiting import Terminal
 
-    task = app.wait(lambda: strip_metadata(client.describe_task(taskId=task_id)), lambda r: r.get("state"),
-                    Terminal.of(*TASK_TERMINAL.values()), what=f"task {task_id}", timeout=timeout, interval=interval)
+    task = app.wait(
+        lambda: strip_metadata(client.describe_task(taskId=task_id)),
+        lambda r: r.get("state"),
+        Terminal.of(*TASK_TERMINAL.values()),
+        what=f"task {task_id}",
+        timeout=timeout,
+        interval=interval,
+    )
     executions = _executions(client, task_id, None)
     result = {**task, "executions": executions}
     app.out.data(result, lambda: render_mapping(task) + "\n" + _execution_table(executions))
@@ -85,7 +99,10 @@ def _executions(client: Any, task_id: str, state: str | None) -> list[dict[str, 
 
 
 def _execution_table(executions: list[dict[str, Any]]) -> str:
-    return render_table(executions, ["managedDeviceId", "state", "executionId"], ["DEVICE", "STATE", "EXECUTION"]) or "no executions"
+    return (
+        render_table(executions, ["managedDeviceId", "state", "executionId"], ["DEVICE", "STATE", "EXECUTION"])
+        or "no executions"
+    )
 
 
 @snow.command()
@@ -109,7 +126,9 @@ def describe(app: App, task_id: str, wait: bool, timeout: float | None, interval
 @snow.command()
 @click.argument("task_id")
 @click.option("--device", "device_id", metavar="MANAGED_DEVICE_ID", help="Describe this device's execution only.")
-@click.option("--state", type=click.Choice(["QUEUED", "IN_PROGRESS", "CANCELED", "FAILED", "SUCCEEDED", "REJECTED", "TIMED_OUT"]))
+@click.option(
+    "--state", type=click.Choice(["QUEUED", "IN_PROGRESS", "CANCELED", "FAILED", "SUCCEEDED", "REJECTED", "TIMED_OUT"])
+)
 @command_options
 @pass_app
 def executions(app: App, task_id: str, device_id: str | None, state: str | None) -> None:
@@ -150,7 +169,9 @@ def list_(app: App, state: str | None) -> None:
 
     params = {"state": state} if state else {}
     rows = list(pages(app.backend().snow().list_tasks, "tasks", token_key="nextToken", **params))
-    app.out.data(rows, lambda: render_table(rows, ["taskId", "state", "taskArn"], ["TASK", "STATE", "ARN"]) or "no tasks")
+    app.out.data(
+        rows, lambda: render_table(rows, ["taskId", "state", "taskArn"], ["TASK", "STATE", "ARN"]) or "no tasks"
+    )
 
 
 @snow.command()
@@ -161,4 +182,6 @@ def devices(app: App) -> None:
     from agent.aws.paging import pages
 
     rows = list(pages(app.backend().snow().list_devices, "devices", token_key="nextToken"))
-    app.out.data(rows, lambda: render_table(rows, ["managedDeviceId", "managedDeviceArn"], ["DEVICE", "ARN"]) or "no devices")
+    app.out.data(
+        rows, lambda: render_table(rows, ["managedDeviceId", "managedDeviceArn"], ["DEVICE", "ARN"]) or "no devices"
+    )

@@ -21,19 +21,38 @@ def format_left(seconds: float) -> str:
 
 @click.command()
 @provision_options
-@click.option("--to", "target_spec", required=True, metavar="TARGET",
-              help="The stick: a mounted directory, a FAT image file (IMAGE[@@OFFSET]) or a block device.")
-@click.option("--replace", is_flag=True,
-              help="Replace what blocks the write: another device's live archive, a read-only file, "
-                   "a symlink or an empty directory at the name.")
+@click.option(
+    "--to",
+    "target_spec",
+    required=True,
+    metavar="TARGET",
+    help="The stick: a mounted directory, a FAT image file (IMAGE[@@OFFSET]) or a block device.",
+)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace what blocks the write: another device's live archive, a read-only file, "
+    "a symlink or an empty directory at the name.",
+)
 @click.option("--replace-device", is_flag=True, help="Delete an existing device of this name and provision anew.")
-@click.option("--margin", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Do not write with less validity left than this (default [stage] margin_seconds).")
+@click.option(
+    "--margin",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Do not write with less validity left than this (default [stage] margin_seconds).",
+)
 @click.option("--allow-non-fat", is_flag=True, default=None, help="Accept a directory that is not on FAT (lab use).")
 @command_options
 @pass_app
-def stage(app: App, target_spec: str, replace: bool, replace_device: bool, margin: float | None,
-          allow_non_fat: bool | None, **inputs: Any) -> None:
+def stage(
+    app: App,
+    target_spec: str,
+    replace: bool,
+    replace_device: bool,
+    margin: float | None,
+    allow_non_fat: bool | None,
+    **inputs: Any,
+) -> None:
     """Provision a device and write its archive to the stick's root as certificates-omni_<name>.zip.
 
     The archive is verified as received and again as read back from the stick;
@@ -58,17 +77,27 @@ def stage(app: App, target_spec: str, replace: bool, replace_device: bool, margi
         log_unopened_stick(app.settings, app.get_clock(), request["Name"], target_spec, exc)
         raise
     with opened as target:
-        stager = make_stager(app.settings, app.backend(), app.get_clock(), replace=replace,
-                             replace_device=replace_device, margin_seconds=margin, on_event=narrator(app))
+        stager = make_stager(
+            app.settings,
+            app.backend(),
+            app.get_clock(),
+            replace=replace,
+            replace_device=replace_device,
+            margin_seconds=margin,
+            on_event=narrator(app),
+        )
         result = stager.stage(request, target)
     data = result.to_dict()
     app.out.data(data, lambda: stage_summary(data, result.deadline))
     for warning in result.stick_warnings:
         app.out.warn(f"the stick: {warning}; its FAT checks out, so it was written (`fsck.fat -a` clears the flag)")
     if result.log_error:
-        raise LocalIOError(f"{result.device['name']} is staged and verified on the stick (take it to the appliance), but "
-                           f"the hand-off log could not record it: {result.log_error}", reason="log-append-failed",
-                           hint="free space in, or repair, the state directory; `panostage log verify` checks the log")
+        raise LocalIOError(
+            f"{result.device['name']} is staged and verified on the stick (take it to the appliance), but "
+            f"the hand-off log could not record it: {result.log_error}",
+            reason="log-append-failed",
+            hint="free space in, or repair, the state directory; `panostage log verify` checks the log",
+        )
 
 
 def stage_summary(data: dict[str, Any], deadline: datetime) -> str:

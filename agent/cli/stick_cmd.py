@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 import click
 
 from agent.cli.app import App, command_options, pass_app
@@ -18,7 +17,9 @@ def _open(app: App, spec: str):
     from agent import paths
     from agent.stick import open_target
 
-    return open_target(spec, allow_non_fat=app.settings.stage.allow_non_fat, runtime_dir=paths.runtime_dir(app.settings))
+    return open_target(
+        spec, allow_non_fat=app.settings.stage.allow_non_fat, runtime_dir=paths.runtime_dir(app.settings)
+    )
 
 
 @stick.command()
@@ -34,16 +35,29 @@ def collect(app: App, target_spec: str, then_wipe: bool) -> None:
 
     log = handoff_log(app.settings)
     with _open(app, target_spec) as target:
-        result = returns.collect(target, app.backend(), log, app.get_clock(), paths.state_dir(app.settings),
-                                 station_name(app.settings), operator_name(app.settings), verify_limits(app.settings))
+        result = returns.collect(
+            target,
+            app.backend(),
+            log,
+            app.get_clock(),
+            paths.state_dir(app.settings),
+            station_name(app.settings),
+            operator_name(app.settings),
+            verify_limits(app.settings),
+        )
         data = result.to_dict()
         if then_wipe:
-            data["wipe"] = returns.wipe(target, log, app.get_clock(), station_name(app.settings), operator_name(app.settings))
+            data["wipe"] = returns.wipe(
+                target, log, app.get_clock(), station_name(app.settings), operator_name(app.settings)
+            )
     device = result.device.get("name") or "unknown device"
     for refused in result.refused:
         app.out.warn(f"{refused['name']} in /panorama not collected: {refused['reason']}")
-    app.out.data(data, f"{device}: {result.outcome} (status {result.provisioning_status or 'unknown'}); "
-                       f"{len(result.logs)} log(s)" + (f" saved in {result.folder}" if result.folder else ""))
+    app.out.data(
+        data,
+        f"{device}: {result.outcome} (status {result.provisioning_status or 'unknown'}); "
+        f"{len(result.logs)} log(s)" + (f" saved in {result.folder}" if result.folder else ""),
+    )
 
 
 @stick.command()
@@ -58,8 +72,15 @@ def wipe(app: App, target_spec: str, reformat: bool, label: str | None) -> None:
     from agent.staging.factory import handoff_log, operator_name, station_name
 
     with _open(app, target_spec) as target:
-        data = returns.wipe(target, handoff_log(app.settings), app.get_clock(), station_name(app.settings),
-                            operator_name(app.settings), reformat=reformat, label=label)
+        data = returns.wipe(
+            target,
+            handoff_log(app.settings),
+            app.get_clock(),
+            station_name(app.settings),
+            operator_name(app.settings),
+            reformat=reformat,
+            label=label,
+        )
     app.out.data(data, "wiped: " + (", ".join(data["removed"]) or "nothing to remove"))
 
 
@@ -102,13 +123,17 @@ def _udev_view(path: str):
         raise StickRefused(f"udev does not know {path}: {exc}", reason="stick-unknown") from None
     warnings = []
     if not device.is_initialized:
-        warnings.append(f"udev has no record of {path} (is systemd-udevd running?): filesystem, serial and USB "
-                        "facts may be missing")
+        warnings.append(
+            f"udev has no record of {path} (is systemd-udevd running?): filesystem, serial and USB facts may be missing"
+        )
     try:
         return stick_info(device), [stick_info(p) for p in partitions_of(device)], warnings
     except Exception as exc:  # noqa: BLE001 - an undecodable device is a finding, not a crash
-        raise PanostageError(f"cannot read udev's description of {path}: {type(exc).__name__}: {exc}",
-                             exit_code=ExitCode.IO, reason="udev") from None
+        raise PanostageError(
+            f"cannot read udev's description of {path}: {type(exc).__name__}: {exc}",
+            exit_code=ExitCode.IO,
+            reason="udev",
+        ) from None
 
 
 def _hint(reason: str, info) -> str | None:
@@ -188,9 +213,11 @@ def enroll(app: App, device: str | None, identity_text: str | None, label: str |
             named = {p.identity: p for p in parts if p.identity}
             if len(named) != 1:
                 raise PanostageError(
-                    f"{device} has no identity: no USB serial and " +
-                    ("no filesystem UUID" if not named else f"{len(named)} filesystems ({', '.join(named)})"),
-                    reason="stick-no-identity", hint="format it (panostage stick prepare), or enroll one --identity")
+                    f"{device} has no identity: no USB serial and "
+                    + ("no filesystem UUID" if not named else f"{len(named)} filesystems ({', '.join(named)})"),
+                    reason="stick-no-identity",
+                    hint="format it (panostage stick prepare), or enroll one --identity",
+                )
             chosen = next(iter(named.values()))
         identity = chosen.identity
         label = label or chosen.fs_label
@@ -203,8 +230,9 @@ def enroll(app: App, device: str | None, identity_text: str | None, label: str |
     record = next(r for r in db.enrolled() if r["identity"] == identity)
     for warning in warnings:
         app.out.warn(warning)
-    app.out.data({**record, "device": device, "warnings": warnings},
-                 f"enrolled {identity}" + (f" ({label})" if label else ""))
+    app.out.data(
+        {**record, "device": device, "warnings": warnings}, f"enrolled {identity}" + (f" ({label})" if label else "")
+    )
 
 
 @stick.command("list")
@@ -259,8 +287,10 @@ def prepare(app: App, device: str, label: str | None, force: bool, note: str | N
         label = pattern if pattern and not any(c in pattern for c in "*?[") else DEFAULT_LABEL
     label = fat_label(label)
     if pattern and not label_matches(label, pattern):
-        raise LabelError(f"label {label!r} would not match sticks.label {pattern!r}: the daemon would ignore the stick",
-                         hint="pass a --label that matches")
+        raise LabelError(
+            f"label {label!r} would not match sticks.label {pattern!r}: the daemon would ignore the stick",
+            hint="pass a --label that matches",
+        )
     info, _parts, warnings = _udev_view(device)  # before formatting: the USB serial does not change, the rest does
     db = _db(app)
     enrolled: dict[str, object] = {}

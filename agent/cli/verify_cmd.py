@@ -12,8 +12,14 @@ from agent.cli.app import App, command_options, pass_app
 from agent.cli.stage_cmd import format_left
 
 #: What a stick itself can be wrong about (beyond each archive's own checks), and the outcome it forces.
-STICK_PROBLEMS = {"no_archive": "unverifiable", "several_archives": "corrupt", "archive_not_a_file": "corrupt",
-                  "stick_damaged": "corrupt", "stick_unclean": "ok", "archive_unreadable": "corrupt"}
+STICK_PROBLEMS = {
+    "no_archive": "unverifiable",
+    "several_archives": "corrupt",
+    "archive_not_a_file": "corrupt",
+    "stick_damaged": "corrupt",
+    "stick_unclean": "ok",
+    "archive_unreadable": "corrupt",
+}
 SEVERITY = ["ok", "expiring", "expired", "unverifiable", "corrupt"]
 
 
@@ -30,10 +36,18 @@ def looks_like_archive_file(path: Path) -> bool:
 @click.command()
 @click.argument("target_spec", metavar="TARGET")
 @click.option("--device", "device_name", metavar="NAME", help="The device the archive must be for.")
-@click.option("--margin", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Report EXPIRING when less validity than this is left (default [stage] margin_seconds).")
-@click.option("--skew", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Tolerated clock difference (default [stage] skew_seconds).")
+@click.option(
+    "--margin",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Report EXPIRING when less validity than this is left (default [stage] margin_seconds).",
+)
+@click.option(
+    "--skew",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Tolerated clock difference (default [stage] skew_seconds).",
+)
 @command_options
 @pass_app
 def verify(app: App, target_spec: str, device_name: str | None, margin: float | None, skew: float | None) -> int:
@@ -60,11 +74,21 @@ def verify(app: App, target_spec: str, device_name: str | None, margin: float | 
         kind, reports, stick_problems = "stick", *_verify_stick(app, target_spec, checks)
     outcomes = [r.outcome.value for r in reports] + [STICK_PROBLEMS[p["code"]] for p in stick_problems]
     worst = max(outcomes, key=SEVERITY.index) if outcomes else "unverifiable"
-    data = {"target": target_spec, "kind": kind, "outcome": worst, "problems": stick_problems,
-            "archives": [r.to_dict() for r in reports]}
+    data = {
+        "target": target_spec,
+        "kind": kind,
+        "outcome": worst,
+        "problems": stick_problems,
+        "archives": [r.to_dict() for r in reports],
+    }
     app.out.data(data, lambda: _human(data))
-    return {"ok": ExitCode.OK, "expiring": ExitCode.VERIFY_EXPIRING, "expired": ExitCode.VERIFY_EXPIRED,
-            "corrupt": ExitCode.VERIFY_CORRUPT, "unverifiable": ExitCode.VERIFY_UNVERIFIABLE}[worst]
+    return {
+        "ok": ExitCode.OK,
+        "expiring": ExitCode.VERIFY_EXPIRING,
+        "expired": ExitCode.VERIFY_EXPIRED,
+        "corrupt": ExitCode.VERIFY_CORRUPT,
+        "unverifiable": ExitCode.VERIFY_UNVERIFIABLE,
+    }[worst]
 
 
 def _verify_stick(app: App, spec: str, checks: dict[str, Any]):
@@ -85,8 +109,13 @@ def _verify_stick(app: App, spec: str, checks: dict[str, Any]):
         if not found:
             problems.append({"code": "no_archive", "message": "no certificates-omni_*.zip at the root of the stick"})
         elif len(found) > 1:
-            problems.append({"code": "several_archives", "message": f"{len(found)} archives at the root "
-                             f"({', '.join(e.name for e in found)}): the appliance must meet exactly one"})
+            problems.append(
+                {
+                    "code": "several_archives",
+                    "message": f"{len(found)} archives at the root "
+                    f"({', '.join(e.name for e in found)}): the appliance must meet exactly one",
+                }
+            )
         for entry in found:
             if entry.kind != "file":
                 problems.append({"code": "archive_not_a_file", "message": f"{entry.name} is a {entry.kind}"})
@@ -108,14 +137,26 @@ def _verify_file(path: Path, checks: dict[str, Any]):
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             if size > limit:
-                return too_large(size, now=checks["now"], limits=checks["limits"], file_name=path.name,
-                                 device_name=checks["device_name"])
+                return too_large(
+                    size,
+                    now=checks["now"],
+                    limits=checks["limits"],
+                    file_name=path.name,
+                    device_name=checks["device_name"],
+                )
             data = handle.read(limit + 1)
     except OSError as exc:
-        raise LocalIOError(f"cannot read {path}: {exc.strerror or exc}", hint="check the path and its permissions") from exc
+        raise LocalIOError(
+            f"cannot read {path}: {exc.strerror or exc}", hint="check the path and its permissions"
+        ) from exc
     if len(data) > limit:  # it grew while we looked
-        return too_large(len(data), now=checks["now"], limits=checks["limits"], file_name=path.name,
-                         device_name=checks["device_name"])
+        return too_large(
+            len(data),
+            now=checks["now"],
+            limits=checks["limits"],
+            file_name=path.name,
+            device_name=checks["device_name"],
+        )
     return verify_archive(data, file_name=path.name, **checks)
 
 
@@ -130,10 +171,18 @@ def _human(data: dict[str, Any]) -> str:
         if cert:
             lines.append(f"  cert      {cert['subject']}  serial {cert['serial']}")
             lines.append(f"            sha256 {cert['sha256']}")
-            lines.append(f"  valid     {cert['not_before']} → {cert['not_after']} ({format_left(cert['seconds_left'])} left)")
-            chained = {True: "chains to the CA in the archive", False: "does NOT chain to the CA", None: "no CA certificate included"}
+            lines.append(
+                f"  valid     {cert['not_before']} → {cert['not_after']} ({format_left(cert['seconds_left'])} left)"
+            )
+            chained = {
+                True: "chains to the CA in the archive",
+                False: "does NOT chain to the CA",
+                None: "no CA certificate included",
+            }
             lines.append(f"  chain     {chained[cert['chained_to_ca']]}")
-            lines.append(f"  key       {'matches the certificate' if cert['key_member'] else 'no matching private key'}")
+            lines.append(
+                f"  key       {'matches the certificate' if cert['key_member'] else 'no matching private key'}"
+            )
         if report.get("network") is not None:
             lines.append(f"  network   network.json parses ({', '.join(report['network']) or 'empty'})")
         for problem in report["problems"]:

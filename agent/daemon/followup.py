@@ -19,8 +19,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from agent.aws.paging import pages
 from agent.aws.provisioning import describe_or_none
@@ -60,8 +61,9 @@ class Backoff:
 class FollowUp:
     """What a pass does; :attr:`next_due` (monotonic seconds, None when nothing is followed) says when."""
 
-    def __init__(self, ctx: Any, *, quiet: threading.Event | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ctx: Any, *, quiet: threading.Event | None = None, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ctx = ctx
         self.quiet = quiet  # set while no stick is being handled
         self.monotonic = monotonic
@@ -106,12 +108,16 @@ class FollowUp:
         still = [entry["id"] for entry in rows]
         running = {job for entry in rows for job in ((entry.get("actions") or {}).get("progress") or {}).values()}
         self.job_status = {job: status for job, status in self.job_status.items() if job in running}
-        self.jobs = {key: self.jobs.get(key) or Backoff(self.staged.base, self.staged.cap, due=now + self.staged.base)
-                     for key in still}
+        self.jobs = {
+            key: self.jobs.get(key) or Backoff(self.staged.base, self.staged.cap, due=now + self.staged.base)
+            for key in still
+        }
         with self._lock:
             if self._kicked:  # staged while this pass ran
                 self.staged.soon(now)
-            dues = [backoff.due for backoff in self.jobs.values()] + ([self.staged.due] if counts["staged"] or self._kicked else [])
+            dues = [backoff.due for backoff in self.jobs.values()] + (
+                [self.staged.due] if counts["staged"] or self._kicked else []
+            )
             self.next_due = min(dues) if dues else None
         return changed
 
@@ -128,8 +134,9 @@ class FollowUp:
         client = self.ctx.backend.panorama()
         waiting: set[str] = set()
         for status in WAITING:
-            for device in pages(self._sticks_first(client.list_devices), "Devices",
-                                DeviceAggregatedStatusFilter=status, MaxResults=25):
+            for device in pages(
+                self._sticks_first(client.list_devices), "Devices", DeviceAggregatedStatusFilter=status, MaxResults=25
+            ):
                 waiting.add(device["DeviceId"])
         changed = False
         for entry in entries:
@@ -153,7 +160,9 @@ class FollowUp:
             return True
         if device is None or status in ("FAILED", "ERROR"):
             why = f"the device is {status}" if device else "the device no longer exists"
-            self.ctx.state.requeue(entry["id"], f"{why}; staging it again", max_attempts=self.ctx.settings.daemon.max_attempts)
+            self.ctx.state.requeue(
+                entry["id"], f"{why}; staging it again", max_attempts=self.ctx.settings.daemon.max_attempts
+            )
             return True
         return self._past_horizon(entry, f"its device is still {status}")
 
@@ -173,10 +182,15 @@ class FollowUp:
             if job_id is None:
                 request: dict[str, Any] = {"DeviceIds": [entry["device_id"]], "JobType": kind.upper()}
                 if kind == "ota":
-                    request["DeviceJobConfig"] = {"OTAJobConfig": {
-                        "ImageVersion": actions["ota"]["image_version"],
-                        "AllowMajorVersionUpdate": bool(actions["ota"].get("allow_major"))}}
-                progress[f"{kind}_job"] = self._sticks_first(client.create_job_for_devices)(**request)["Jobs"][0]["JobId"]
+                    request["DeviceJobConfig"] = {
+                        "OTAJobConfig": {
+                            "ImageVersion": actions["ota"]["image_version"],
+                            "AllowMajorVersionUpdate": bool(actions["ota"].get("allow_major")),
+                        }
+                    }
+                progress[f"{kind}_job"] = self._sticks_first(client.create_job_for_devices)(**request)["Jobs"][0][
+                    "JobId"
+                ]
                 log.info("%s: %s job %s started", entry["name"], kind, progress[f"{kind}_job"])
                 self._save(entry, actions, progress)
                 return True  # one step at a time: the job runs before the next is started
@@ -205,22 +219,27 @@ class FollowUp:
         hours = self.ctx.settings.daemon.followup_hours
         if (self.ctx.clock.now() - parse_iso(entry["updated_at"])).total_seconds() < hours * 3600:
             return False
-        why = f"{what} {hours:g} h after its last change: no longer followed up (`panostage plan retry` stages it again)"
+        why = (
+            f"{what} {hours:g} h after its last change: no longer followed up (`panostage plan retry` stages it again)"
+        )
         log.warning("%s: %s", entry["name"], why)
         self.ctx.state.set_entry(entry["id"], status="attention", last_error=why)
         return True
 
     def _sticks_first(self, call: Callable[..., Any]) -> Callable[..., Any]:
         """``call``, made once no stick is being handled (or after STICKS_FIRST_SECONDS)."""
+
         def paced(**params: Any) -> Any:
             if self.quiet is not None:
                 self.quiet.wait(STICKS_FIRST_SECONDS)
             return call(**params)
+
         return paced
 
     @staticmethod
-    def _contained(step: Callable[[dict[str, Any]], Any] | Callable[[list[dict[str, Any]]], Any], arg: Any,
-                   default: Any) -> Any:
+    def _contained(
+        step: Callable[[dict[str, Any]], Any] | Callable[[list[dict[str, Any]]], Any], arg: Any, default: Any
+    ) -> Any:
         try:
             return step(arg)
         except Exception as exc:  # noqa: BLE001 - one entry's trouble never stops the others
@@ -240,7 +259,7 @@ class FollowUpThread:
         self._stopping = False
         self._thread = threading.Thread(target=self._main, name="follow-up", daemon=True)
 
-    def start(self) -> "FollowUpThread":
+    def start(self) -> FollowUpThread:
         self._thread.start()
         return self
 
@@ -262,7 +281,7 @@ class FollowUpThread:
                     return
                 try:
                     self.followup.run_due()
-                except Exception:  # noqa: BLE001 - the thread outlives one bad pass
+                except Exception:  # the thread outlives one bad pass
                     log.exception("follow-up pass")
                     self.followup.next_due = self.followup.monotonic() + self.followup.staged.cap
                 finally:

@@ -47,9 +47,14 @@ def _devices_of(client: Any, handoff: dict[str, Any], request: dict[str, Any] | 
     since = started - CREATION_TOLERANCE - timedelta(seconds=1)
     went = tagged(request or {"Name": handoff["device_name"]}, "-", handoff["id"])
     tag = (went.get("Tags") or {}).get(TAG_HANDOFF)  # None: the request had no room for our tags
-    return [d["DeviceId"] for d in devices_named(client, handoff["device_name"])
-            if d.get("ProvisioningStatus") != "DELETING" and d.get("CreatedTime") and utc(d["CreatedTime"]) >= since
-            and ours(client, d, tag)]  # never another station's device of that name, made meanwhile
+    return [
+        d["DeviceId"]
+        for d in devices_named(client, handoff["device_name"])
+        if d.get("ProvisioningStatus") != "DELETING"
+        and d.get("CreatedTime")
+        and utc(d["CreatedTime"]) >= since
+        and ours(client, d, tag)
+    ]  # never another station's device of that name, made meanwhile
 
 
 def _request_of(state: StateDB, handoff: dict[str, Any]) -> dict[str, Any] | None:
@@ -64,31 +69,56 @@ def _request_of(state: StateDB, handoff: dict[str, Any]) -> dict[str, Any] | Non
         return None
 
 
-def recover(state: StateDB, backend: Any, log: HandoffLog, clock: Clock, *, station: str, operator: str,
-            max_attempts: int) -> list[dict[str, Any]]:
+def recover(
+    state: StateDB, backend: Any, log: HandoffLog, clock: Clock, *, station: str, operator: str, max_attempts: int
+) -> list[dict[str, Any]]:
     """Resolve every unfinished hand-off and every claimed entry without one; return what was done."""
     done: list[dict[str, Any]] = []
     for handoff in state.unfinished_handoffs():
         client = backend.panorama()  # only when there is something to recover: an idle start makes no client
-        deleted = [device_id for device_id in _devices_of(client, handoff, _request_of(state, handoff))
-                   if _delete(client, device_id)]
+        deleted = [
+            device_id
+            for device_id in _devices_of(client, handoff, _request_of(state, handoff))
+            if _delete(client, device_id)
+        ]
         plan_status = None
         if handoff.get("plan_id") is not None:
-            plan_status = state.requeue(handoff["plan_id"], f"interrupted while {handoff['state']}; recovered",
-                                        max_attempts=max_attempts)
+            plan_status = state.requeue(
+                handoff["plan_id"], f"interrupted while {handoff['state']}; recovered", max_attempts=max_attempts
+            )
         state.update_handoff(handoff["id"], "recovered", error=f"the process ended while {handoff['state']}")
-        action = {"handoff": handoff["id"], "interrupted_state": handoff["state"], "devices_deleted": deleted,
-                  "plan_status": plan_status}
-        log.append("recovery", time=clock.now(), station=station, operator=operator, outcome="recovered",
-                   device={"name": handoff.get("device_name"), "id": handoff.get("device_id")}, **action)
+        action = {
+            "handoff": handoff["id"],
+            "interrupted_state": handoff["state"],
+            "devices_deleted": deleted,
+            "plan_status": plan_status,
+        }
+        log.append(
+            "recovery",
+            time=clock.now(),
+            station=station,
+            operator=operator,
+            outcome="recovered",
+            device={"name": handoff.get("device_name"), "id": handoff.get("device_id")},
+            **action,
+        )
         done.append(action)
     for entry in state.plan("claimed"):
         handoff = state.handoff(entry["handoff_id"]) if entry.get("handoff_id") else None
         if handoff is not None and handoff["state"] not in TERMINAL_HANDOFF:
             continue  # a live hand-off of another process
-        plan_status = state.requeue(entry["id"], "claimed by a process that ended; recovered", max_attempts=max_attempts)
+        plan_status = state.requeue(
+            entry["id"], "claimed by a process that ended; recovered", max_attempts=max_attempts
+        )
         action = {"plan_entry": entry["name"], "plan_status": plan_status, "devices_deleted": []}
-        log.append("recovery", time=clock.now(), station=station, operator=operator, outcome="recovered",
-                   device={"name": entry["name"]}, **action)
+        log.append(
+            "recovery",
+            time=clock.now(),
+            station=station,
+            operator=operator,
+            outcome="recovered",
+            device={"name": entry["name"]},
+            **action,
+        )
         done.append(action)
     return done

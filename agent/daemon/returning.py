@@ -50,4 +50,7 @@ def judge(facts: StickFacts, *, returned_logs: str, expired_return: str) -> tupl
         if expired_return == "restage":
             return Verdict.RESTAGE, f"{facts.archive} expired before its appliance read it: provisioning again"
         return Verdict.LEAVE, f"{facts.archive} expired; left untouched (daemon.expired_return = leave)"
-    return Verdict.STAGE, f"{facts.archive} is {facts.archive_outcome}; its device is {facts.device_status}: replacing it"
+    return (
+        Verdict.STAGE,
+        f"{facts.archive} is {facts.archive_outcome}; its device is {facts.device_status}: replacing it",
+    )

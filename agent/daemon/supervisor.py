@@ -77,14 +77,28 @@ class Daemon:
         log_ = handoff_log(self.settings)
         station, operator = station_name(self.settings), operator_name(self.settings)
         self.ctx = Context(
-            settings=self.settings, state=self.state, backend=self.backend, handoff_log=log_, clock=self.clock,
-            technician=self.technician, station=station, operator=operator, state_dir=self.state_dir,
+            settings=self.settings,
+            state=self.state,
+            backend=self.backend,
+            handoff_log=log_,
+            clock=self.clock,
+            technician=self.technician,
+            station=station,
+            operator=operator,
+            state_dir=self.state_dir,
             runtime_dir=paths.ensure_private_dir(paths.runtime_dir(self.settings)),
             stager_factory=lambda **hooks: make_stager(self.settings, self.backend, self.clock, **hooks),
         )
         self.followup = FollowUp(self.ctx, quiet=self.quiet)
-        for action in recover(self.state, self.backend, log_, self.clock, station=station, operator=operator,
-                              max_attempts=self.settings.daemon.max_attempts):
+        for action in recover(
+            self.state,
+            self.backend,
+            log_,
+            self.clock,
+            station=station,
+            operator=operator,
+            max_attempts=self.settings.daemon.max_attempts,
+        ):
             log.warning("recovered: %s", action)
         wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -93,7 +107,9 @@ class Daemon:
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack to the journal
         watcher = self._watcher()
         # without a watchdog the loop sleeps until the next thing due: a pass that ends wakes it to learn when
-        self.followup_thread = FollowUpThread(self.followup, on_pass_end=self._wake if not self._watchdog else lambda: None)
+        self.followup_thread = FollowUpThread(
+            self.followup, on_pass_end=self._wake if not self._watchdog else lambda: None
+        )
         self.followup_thread.start()
         try:
             for event in watcher.start():
@@ -112,8 +128,9 @@ class Daemon:
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise AlreadyRunning(f"a daemon already runs on {self.state_dir}",
-                                 hint="`panostage status` shows it; stop it first") from None
+            raise AlreadyRunning(
+                f"a daemon already runs on {self.state_dir}", hint="`panostage status` shows it; stop it first"
+            ) from None
 
     def _watcher(self) -> Any:
         if self.watcher is None:
@@ -174,7 +191,7 @@ class Daemon:
         """One failure is logged and contained: the loop never dies of one bad device."""
         try:
             return func(*args)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("while handling %s", args[0] if args else func.__name__)
             return default
 
@@ -196,8 +213,10 @@ class Daemon:
             worker = self.workers.get(syspath)
             if worker is not None:
                 if not worker.departed:  # flaps repeat the remove: it is said once
-                    log.warning("stick %s left while being handled: its hand-off stops at the next safe step",
-                                worker.info.devnode)
+                    log.warning(
+                        "stick %s left while being handled: its hand-off stops at the next safe step",
+                        worker.info.devnode,
+                    )
                 worker.departed = True
                 worker.cancel.set()
             else:
@@ -217,8 +236,9 @@ class Daemon:
         self.ready.pop(syspath, None)
         decision = decide(info, self.settings.sticks, self.state.is_enrolled)
         if not decision.admitted:
-            self.state.see_stick(syspath, state="rejected", devnode=info.devnode, identity=info.identity,
-                                 reason=decision.reason)
+            self.state.see_stick(
+                syspath, state="rejected", devnode=info.devnode, identity=info.identity, reason=decision.reason
+            )
             self.technician.rejected(info.devnode, decision.reason)
             return
         log.info("stick %s admitted (%s)", info.devnode, info.identity)
@@ -249,7 +269,11 @@ class Daemon:
             elif worker.outcome == "ready":
                 handoff = self.state.handoff(worker.handoff_id) if worker.handoff_id else None
                 if handoff and handoff.get("deadline"):
-                    self.ready[worker.syspath] = (handoff.get("device_name") or "", parse_iso(handoff["deadline"]), False)
+                    self.ready[worker.syspath] = (
+                        handoff.get("device_name") or "",
+                        parse_iso(handoff["deadline"]),
+                        False,
+                    )
         if reaped and not self.workers:  # quiet again: give the batch's garbage back (no worker is referenced here)
             self._frozen |= release_memory(freeze=not self._frozen and self.backend.clients_made)
 
@@ -276,9 +300,11 @@ class Daemon:
     def _status_line(self) -> str:
         counts = self.state.plan_counts()
         working = len(self.workers)
-        return (f"{len(self.ready)} ready, {working} working; plan {counts['pending']} pending, "
-                f"{counts['staged']} staged, {counts['done'] + counts['provisioned']} provisioned, "
-                f"{counts['attention']} need attention")
+        return (
+            f"{len(self.ready)} ready, {working} working; plan {counts['pending']} pending, "
+            f"{counts['staged']} staged, {counts['done'] + counts['provisioned']} provisioned, "
+            f"{counts['attention']} need attention"
+        )
 
     def _publish_status(self) -> None:
         line = self._status_line()
@@ -347,4 +373,3 @@ def configure_logging(debug: bool = False) -> None:
     under_systemd = bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
     fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format=fmt, stream=sys.stderr, force=True)
-

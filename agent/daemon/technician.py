@@ -20,7 +20,9 @@ class Technician:
     def __init__(self, mode: str = "auto", *, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.desktop = mode in ("auto", "desktop") and self._desktop_available()
-        self.bell = mode in ("auto", "bell") and not self.desktop and bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bell = (
+            mode in ("auto", "bell") and not self.desktop and bool(getattr(self.stream, "isatty", lambda: False)())
+        )
 
     @staticmethod
     def _desktop_available() -> bool:
@@ -31,8 +33,12 @@ class Technician:
         (log.warning if urgent else log.info)("%s: %s", title, body)
         if self.desktop:
             try:
-                subprocess.run(["notify-send", "-a", "panostage", "-u", "critical" if urgent else "normal", title, body],
-                               timeout=5, check=False, capture_output=True)
+                subprocess.run(
+                    ["notify-send", "-a", "panostage", "-u", "critical" if urgent else "normal", title, body],
+                    timeout=5,
+                    check=False,
+                    capture_output=True,
+                )
             except (OSError, subprocess.SubprocessError):
                 self.desktop = False
         elif self.bell:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from agent.daemon.returning import StickFacts, Verdict, judge
 from agent.errors import ExitCode, PanostageError
@@ -22,8 +23,13 @@ from agent.timing import StepTimer
 log = logging.getLogger("panostage.daemon")
 
 #: Stager checkpoint -> hand-off state recorded before that step
-CHECKPOINT_STATES = {"provisioning": "provisioning", "provisioned": "provisioned", "writing": "writing",
-                     "written": "written", "verified": "verified"}
+CHECKPOINT_STATES = {
+    "provisioning": "provisioning",
+    "provisioned": "provisioned",
+    "writing": "writing",
+    "written": "written",
+    "verified": "verified",
+}
 #: Checkpoints before an irreversible step: a cancelled worker stops there.
 ABANDON_BEFORE = {"provisioning", "writing", "waiting"}
 #: Fault-injection aid for the crash tests: hold the worker at this checkpoint (see README, faults).
@@ -58,7 +64,7 @@ class StickWorker:
 
     ctx: Context
     info: Any  # agent.udev.StickInfo
-    on_done: Callable[["StickWorker"], None]
+    on_done: Callable[[StickWorker], None]
     cancel: threading.Event = field(default_factory=threading.Event)
     outcome: str = "working"
     message: str = ""
@@ -71,7 +77,7 @@ class StickWorker:
     def syspath(self) -> str:
         return self.info.syspath
 
-    def start(self) -> "StickWorker":
+    def start(self) -> StickWorker:
         self.thread = threading.Thread(target=self._main, name=f"stick {self.info.devnode}", daemon=True)
         self.thread.start()
         return self
@@ -79,7 +85,7 @@ class StickWorker:
     def _main(self) -> None:
         try:
             self._run()
-        except Exception as exc:  # noqa: BLE001 - contained: one bad stick never kills the daemon
+        except Exception as exc:  # contained: one bad stick never kills the daemon
             if self.departed or self._stick_gone():  # whatever broke, the stick had left: not a failure to report
                 message = exc.message if isinstance(exc, PanostageError) else f"{type(exc).__name__}: {exc}"
                 self._finish("departed", f"the stick left before its hand-off ended ({message})")
@@ -146,14 +152,28 @@ class StickWorker:
         has_logs = logs is not None and logs.kind == "dir" and bool(target.list_dir(LOG_DIR))
         facts = StickFacts(has_logs=has_logs, archive_count=len(found))
         if found and not has_logs:
-            report = archive_report(target, found[0], now=self.ctx.clock.now(), limits=verify_limits(self.ctx.settings),
-                                    skew_seconds=self.ctx.settings.stage.skew_seconds)
+            report = archive_report(
+                target,
+                found[0],
+                now=self.ctx.clock.now(),
+                limits=verify_limits(self.ctx.settings),
+                skew_seconds=self.ctx.settings.stage.skew_seconds,
+            )
             device_id = (report.manifest or {}).get("device_id")
             status = self._device_status(device_id)
-            facts = StickFacts(has_logs=False, archive=found[0].name, archive_count=len(found),
-                               archive_outcome=report.outcome.value, device_status=status, device_known=status is not None)
-        verdict, why = judge(facts, returned_logs=self.ctx.settings.daemon.returned_logs,
-                             expired_return=self.ctx.settings.daemon.expired_return)
+            facts = StickFacts(
+                has_logs=False,
+                archive=found[0].name,
+                archive_count=len(found),
+                archive_outcome=report.outcome.value,
+                device_status=status,
+                device_known=status is not None,
+            )
+        verdict, why = judge(
+            facts,
+            returned_logs=self.ctx.settings.daemon.returned_logs,
+            expired_return=self.ctx.settings.daemon.expired_return,
+        )
         return verdict, why, facts
 
     def _device_status(self, device_id: str | None) -> str | None:
@@ -168,16 +188,27 @@ class StickWorker:
 
         ctx = self.ctx
         self.collected = True
-        result = returns.collect(target, ctx.backend, ctx.handoff_log, ctx.clock, ctx.state_dir, ctx.station, ctx.operator,
-                                 verify_limits(ctx.settings))
+        result = returns.collect(
+            target,
+            ctx.backend,
+            ctx.handoff_log,
+            ctx.clock,
+            ctx.state_dir,
+            ctx.station,
+            ctx.operator,
+            verify_limits(ctx.settings),
+        )
         name = result.device.get("name")
         entry = self._entry_named(name)
         if entry is not None and entry["status"] == "staged":  # never undo progress the follow-up made
             if result.outcome == "provisioned":
                 ctx.state.set_entry(entry["id"], status="provisioned", device_id=result.device.get("id"))
             elif result.outcome == "failed":
-                ctx.state.requeue(entry["id"], "the appliance could not register: see the collected logs",
-                                  max_attempts=ctx.settings.daemon.max_attempts)
+                ctx.state.requeue(
+                    entry["id"],
+                    "the appliance could not register: see the collected logs",
+                    max_attempts=ctx.settings.daemon.max_attempts,
+                )
         if ctx.settings.daemon.returned_logs != "collect-wipe":
             self._finish("returned", f"{name or 'stick'}: {result.outcome}; logs collected")
             return False
@@ -206,40 +237,71 @@ class StickWorker:
         self.handoff_id = ctx.state.new_id()
         with self.timer.step("claim"):
             if entry is not None:  # the same device again, on the stick that held its expired archive
-                ctx.state.set_entry(entry["id"], status="claimed", handoff_id=self.handoff_id,
-                                    attempts=entry["attempts"] + 1)
+                ctx.state.set_entry(
+                    entry["id"], status="claimed", handoff_id=self.handoff_id, attempts=entry["attempts"] + 1
+                )
             else:
                 entry = ctx.state.claim_next(self.handoff_id)
         if entry is None:
             ctx.technician.empty_plan(self.info.devnode)
             self._finish("idle", "the plan is empty: nothing to stage (`panostage plan add` or `plan import`)")
             return
-        ctx.state.new_handoff(handoff_id=self.handoff_id, plan_id=entry["id"], device_name=entry["name"],
-                              stick_identity=self.info.identity, stick=self.info.to_dict())
-        ctx.state.see_stick(self.syspath, state="working", handoff_id=self.handoff_id, reason=f"staging {entry['name']}")
+        ctx.state.new_handoff(
+            handoff_id=self.handoff_id,
+            plan_id=entry["id"],
+            device_name=entry["name"],
+            stick_identity=self.info.identity,
+            stick=self.info.to_dict(),
+        )
+        ctx.state.see_stick(
+            self.syspath, state="working", handoff_id=self.handoff_id, reason=f"staging {entry['name']}"
+        )
         self._forget_failed_device(entry)
         stager = ctx.stager_factory(checkpoint=self._checkpoint)
         try:
-            result = stager.stage(entry["request"], target, stick_extra=self._identity_fields(), timer=self.timer,
-                                  handoff_id=self.handoff_id)
+            result = stager.stage(
+                entry["request"],
+                target,
+                stick_extra=self._identity_fields(),
+                timer=self.timer,
+                handoff_id=self.handoff_id,
+            )
         except BaseException as exc:
             message = exc.message if isinstance(exc, PanostageError) else f"{type(exc).__name__}: {exc}"
-            ctx.state.update_handoff(self.handoff_id, "abandoned" if isinstance(exc, Abandoned) else "failed",
-                                     error=message[:500])
+            ctx.state.update_handoff(
+                self.handoff_id, "abandoned" if isinstance(exc, Abandoned) else "failed", error=message[:500]
+            )
             status = ctx.state.requeue(entry["id"], message, max_attempts=ctx.settings.daemon.max_attempts)
-            log.warning("stick %s: %s failed (%s); plan entry now %s", self.info.devnode, entry["name"], message, status)
+            log.warning(
+                "stick %s: %s failed (%s); plan entry now %s", self.info.devnode, entry["name"], message, status
+            )
             raise
         ctx.state.set_entry(entry["id"], status="staged", device_id=result.device["id"], last_error=None)
-        ctx.state.update_handoff(self.handoff_id, "ready", deadline=result.deadline, sha256=result.archive["sha256"],
-                                 device_id=result.device["id"], device_arn=result.device.get("arn"))
+        ctx.state.update_handoff(
+            self.handoff_id,
+            "ready",
+            deadline=result.deadline,
+            sha256=result.archive["sha256"],
+            device_id=result.device["id"],
+            device_arn=result.device.get("arn"),
+        )
         self.outcome, self.message = "ready", f"{entry['name']} ready until {result.deadline.isoformat()}"
         ctx.state.see_stick(self.syspath, state="ready", reason=self.message, handoff_id=self.handoff_id)
         ctx.technician.ready(entry["name"], self.info.devnode, result.deadline)
 
     def _identity_fields(self) -> dict[str, Any]:
         info = self.info
-        return {k: v for k, v in {"identity": info.identity, "usb_serial": info.usb_serial, "devnode": info.devnode,
-                                  "vendor": info.vendor, "model": info.model}.items() if v}
+        return {
+            k: v
+            for k, v in {
+                "identity": info.identity,
+                "usb_serial": info.usb_serial,
+                "devnode": info.devnode,
+                "vendor": info.vendor,
+                "model": info.model,
+            }.items()
+            if v
+        }
 
     def _forget_failed_device(self, entry: dict[str, Any]) -> None:
         """A retried entry's earlier device (never registered) is ours to delete before provisioning anew."""
@@ -247,18 +309,27 @@ class StickWorker:
         status = self._device_status(device_id)
         if device_id and status not in (None, "SUCCEEDED", "DELETING"):
             self.ctx.backend.panorama().delete_device(DeviceId=device_id)
-            self.ctx.handoff_log.append("device-deleted", time=self.ctx.clock.now(), station=self.ctx.station,
-                                        operator=self.ctx.operator, device={"name": entry["name"], "id": device_id},
-                                        reason=f"restaging the plan entry (device was {status})")
+            self.ctx.handoff_log.append(
+                "device-deleted",
+                time=self.ctx.clock.now(),
+                station=self.ctx.station,
+                operator=self.ctx.operator,
+                device={"name": entry["name"], "id": device_id},
+                reason=f"restaging the plan entry (device was {status})",
+            )
 
     def _checkpoint(self, state: str, **data: Any) -> None:
         """Persist the hand-off's state before the step; abandon, or hold for a crash test, if asked."""
         if state in ABANDON_BEFORE and self.cancel.is_set():
             raise Abandoned(f"abandoned before {state}: the stick was removed or the daemon is stopping")
         if state == "waiting":  # the technician sees why this stick takes longer
-            self.ctx.state.see_stick(self.syspath, state="working", handoff_id=self.handoff_id,
-                                     reason=f"waiting {data['seconds_left']:.0f} s for {data['name']}'s old device "
-                                            "to expire on the service's clock")
+            self.ctx.state.see_stick(
+                self.syspath,
+                state="working",
+                handoff_id=self.handoff_id,
+                reason=f"waiting {data['seconds_left']:.0f} s for {data['name']}'s old device "
+                "to expire on the service's clock",
+            )
         if state in CHECKPOINT_STATES and self.handoff_id:
             fields: dict[str, Any] = {}
             if state == "provisioning":

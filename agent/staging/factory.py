@@ -10,7 +10,7 @@ from agent import paths
 from agent.clock import Clock
 from agent.config import Settings, check_operator
 from agent.handoff_log import HandoffLog, Journal
-from agent.staging.stage import Stager, StageOptions
+from agent.staging.stage import StageOptions, Stager
 
 
 def handoff_log(settings: Settings) -> HandoffLog:
@@ -39,8 +39,12 @@ def verify_limits(settings: Settings) -> Any:
     from agent.archive import Limits
 
     v = settings.verify
-    return Limits(max_members=v.max_members, max_member_bytes=v.max_member_bytes,
-                  max_total_bytes=v.max_total_bytes, max_ratio=v.max_ratio)
+    return Limits(
+        max_members=v.max_members,
+        max_member_bytes=v.max_member_bytes,
+        max_total_bytes=v.max_total_bytes,
+        max_ratio=v.max_ratio,
+    )
 
 
 def log_unopened_stick(settings: Settings, clock: Clock, name: str, spec: str, error: Any) -> None:
@@ -52,9 +56,16 @@ def log_unopened_stick(settings: Settings, clock: Clock, name: str, spec: str, e
 
     try:
         handoff_log(settings).append(
-            "handoff", time=clock.now(), outcome="failed", station=station_name(settings), operator=operator_name(settings),
-            device={"name": name}, stick={"path": str(spec)}, failed_step="open_stick",
-            error={"reason": error.reason, "message": error.message[:500]}, durations_ms={},
+            "handoff",
+            time=clock.now(),
+            outcome="failed",
+            station=station_name(settings),
+            operator=operator_name(settings),
+            device={"name": name},
+            stick={"path": str(spec)},
+            failed_step="open_stick",
+            error={"reason": error.reason, "message": error.message[:500]},
+            durations_ms={},
         )
     except Exception as exc:  # noqa: BLE001 - the stick's error comes first
         error.also(f"the hand-off log could not record this: {to_error(exc).message}")
@@ -64,9 +75,20 @@ def make_stager(settings: Settings, backend: Any, clock: Clock, **overrides: Any
     """A Stager with options from [stage], overridden by ``overrides`` (command-line flags)."""
     hooks = {k: overrides.pop(k) for k in ("on_event", "checkpoint") if k in overrides}
     s = settings.stage
-    lifetime = settings.authority.cert_validity_seconds if getattr(backend, "kind", None) == "local" else s.certificate_seconds
-    options = StageOptions(margin_seconds=s.margin_seconds, skew_seconds=s.skew_seconds, restarts=s.restarts,
-                           certificate_seconds=lifetime)
+    lifetime = (
+        settings.authority.cert_validity_seconds if getattr(backend, "kind", None) == "local" else s.certificate_seconds
+    )
+    options = StageOptions(
+        margin_seconds=s.margin_seconds, skew_seconds=s.skew_seconds, restarts=s.restarts, certificate_seconds=lifetime
+    )
     options = StageOptions(**{**options.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
-    return Stager(backend, clock=clock, log=handoff_log(settings), options=options, station=station_name(settings),
-                  operator=operator_name(settings), verify_limits=verify_limits(settings), **hooks)
+    return Stager(
+        backend,
+        clock=clock,
+        log=handoff_log(settings),
+        options=options,
+        station=station_name(settings),
+        operator=operator_name(settings),
+        verify_limits=verify_limits(settings),
+        **hooks,
+    )

@@ -45,8 +45,14 @@ class Collected:
     refused: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"outcome": self.outcome, "device": self.device, "provisioning_status": self.provisioning_status,
-                "logs": self.logs, "folder": self.folder, "refused": self.refused}
+        return {
+            "outcome": self.outcome,
+            "device": self.device,
+            "provisioning_status": self.provisioning_status,
+            "logs": self.logs,
+            "folder": self.folder,
+            "refused": self.refused,
+        }
 
 
 def stick_device(target: Any, clock: Clock, limits: Limits = Limits()) -> dict[str, Any]:
@@ -81,14 +87,27 @@ def _judge(status: str | None, has_logs: bool) -> str:
     return status.lower()
 
 
-def collect(target: Any, backend: Any, log: HandoffLog, clock: Clock, state_dir: Path,
-            station: str, operator: str, limits: Limits = Limits()) -> Collected:
+def collect(
+    target: Any,
+    backend: Any,
+    log: HandoffLog,
+    clock: Clock,
+    state_dir: Path,
+    station: str,
+    operator: str,
+    limits: Limits = Limits(),
+) -> Collected:
     """Copy the appliance's logs off the stick (key material refused), check the device, record the outcome."""
     target.check_sound()
     device = stick_device(target, clock, limits)
     status = _status(backend, device)
     result = Collected(outcome="pending", device=device, provisioning_status=status)
-    folder = state_dir / "handoffs" / SAFE_NAME.sub("_", device.get("name") or "unknown") / clock.now().strftime("%Y%m%dT%H%M%SZ")
+    folder = (
+        state_dir
+        / "handoffs"
+        / SAFE_NAME.sub("_", device.get("name") or "unknown")
+        / clock.now().strftime("%Y%m%dT%H%M%SZ")
+    )
     found_logs = _appliance_logs(target)
     for entry, why in found_logs:
         if why is None:
@@ -102,10 +121,19 @@ def collect(target: Any, backend: Any, log: HandoffLog, clock: Clock, state_dir:
         result.logs[entry.name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         result.folder = str(folder)
     result.outcome = _judge(status, any(is_log(entry) for entry, _ in found_logs))  # the appliance wrote logs
-    log.append("collect", time=clock.now(), station=station, operator=operator, outcome=result.outcome,
-               device={k: v for k, v in device.items() if k in ("name", "id", "certificate_serial")},
-               stick=target.describe(), provisioning_status=status, logs=result.logs, folder=result.folder,
-               refused=result.refused)
+    log.append(
+        "collect",
+        time=clock.now(),
+        station=station,
+        operator=operator,
+        outcome=result.outcome,
+        device={k: v for k, v in device.items() if k in ("name", "id", "certificate_serial")},
+        stick=target.describe(),
+        provisioning_status=status,
+        logs=result.logs,
+        folder=result.folder,
+        refused=result.refused,
+    )
     return result
 
 
@@ -164,8 +192,16 @@ def _status(backend: Any, device: dict[str, Any]) -> str | None:
     return None
 
 
-def wipe(target: Any, log: HandoffLog, clock: Clock, station: str, operator: str, *,
-         reformat: bool = False, label: str | None = None) -> dict[str, Any]:
+def wipe(
+    target: Any,
+    log: HandoffLog,
+    clock: Clock,
+    station: str,
+    operator: str,
+    *,
+    reformat: bool = False,
+    label: str | None = None,
+) -> dict[str, Any]:
     """Remove what panostage owns - archives, its temporaries, the appliance's logs - or reformat keeping the label.
 
     Every other file stays as it was; /panorama itself goes only when nothing else is left in it.
@@ -193,6 +229,13 @@ def wipe(target: Any, log: HandoffLog, clock: Clock, station: str, operator: str
                     removed.append(f"{LOG_DIR}/{entry.name}")
             if not target.list_dir(LOG_DIR):
                 target.remove(LOG_DIR)
-    log.append("wipe", time=clock.now(), station=station, operator=operator, outcome="wiped",
-               stick=target.describe(), removed=removed)
+    log.append(
+        "wipe",
+        time=clock.now(),
+        station=station,
+        operator=operator,
+        outcome="wiped",
+        stick=target.describe(),
+        removed=removed,
+    )
     return {"removed": removed, "stick": target.describe()}

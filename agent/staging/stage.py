@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from agent import interrupts
 from agent.archive import ArchiveReport, Limits, Outcome, archive_file_name, verify_archive
@@ -27,9 +28,9 @@ from agent.clock import Clock, iso, utc
 from agent.errors import ExitCode, PanostageError, to_error
 from agent.handoff_log import HandoffLog
 from agent.staging import stale
-from agent.timing import StepTimer
 from agent.stick import checks, names
 from agent.stick.errors import StickConflict
+from agent.timing import StepTimer
 
 #: A guess at an archive's size before we have it (they are a few KB): refuse a full stick early.
 EXPECTED_ARCHIVE_BYTES = 64 * 1024
@@ -40,9 +41,12 @@ class ArchiveRejected(PanostageError):
 
     reason = "archive-rejected"
 
-    def __init__(self, report: ArchiveReport, where: str, clock_offset: float | None = None,
-                 skew_seconds: float = 30.0) -> None:
-        problems = "; ".join(p.message for p in report.problems if p.code != "network_json_missing") or report.outcome.name
+    def __init__(
+        self, report: ArchiveReport, where: str, clock_offset: float | None = None, skew_seconds: float = 30.0
+    ) -> None:
+        problems = (
+            "; ".join(p.message for p in report.problems if p.code != "network_json_missing") or report.outcome.name
+        )
         message = f"the archive {where} is {report.outcome.name.lower()}: {problems}"
         hint = "nothing was written to the stick; the device was deleted again"
         time_codes = {"not_yet_valid", "expired", "expiring"} & set(report.codes())
@@ -50,8 +54,13 @@ class ArchiveRejected(PanostageError):
             side = "ahead of" if clock_offset > 0 else "behind"
             message += f" — this workstation's clock is {abs(clock_offset):.0f}s {side} the service's"
             hint = "set the clock right (NTP: `timedatectl set-ntp true`) and stage again; " + hint
-        super().__init__(message, exit_code=report.exit_code, reason=f"archive-{report.outcome.name.lower()}",
-                         details={"report": report.to_dict(), "clock_offset_seconds": clock_offset}, hint=hint)
+        super().__init__(
+            message,
+            exit_code=report.exit_code,
+            reason=f"archive-{report.outcome.name.lower()}",
+            details={"report": report.to_dict(), "clock_offset_seconds": clock_offset},
+            hint=hint,
+        )
 
 
 @dataclass(frozen=True)
@@ -140,11 +149,20 @@ class OnStick:
 class Stager:
     """Runs hand-offs against one backend; every collaborator is a seam."""
 
-    def __init__(self, backend: Any, *, clock: Clock, log: HandoffLog, options: StageOptions,
-                 station: str, operator: str, verify_limits: Any = None,
-                 on_event: Callable[..., None] = lambda kind, **data: None,
-                 checkpoint: Checkpoint = lambda state, **data: None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        backend: Any,
+        *,
+        clock: Clock,
+        log: HandoffLog,
+        options: StageOptions,
+        station: str,
+        operator: str,
+        verify_limits: Any = None,
+        on_event: Callable[..., None] = lambda kind, **data: None,
+        checkpoint: Checkpoint = lambda state, **data: None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.backend = backend
         self.clock = clock
         self.log = log
@@ -158,8 +176,15 @@ class Stager:
 
     # ------------------------------------------------------------------ the flow
 
-    def stage(self, request: dict[str, Any], target: Any, *, stick_extra: dict[str, Any] | None = None,
-              timer: StepTimer | None = None, handoff_id: str | None = None) -> StageResult:
+    def stage(
+        self,
+        request: dict[str, Any],
+        target: Any,
+        *,
+        stick_extra: dict[str, Any] | None = None,
+        timer: StepTimer | None = None,
+        handoff_id: str | None = None,
+    ) -> StageResult:
         """Run one hand-off of ``request`` onto ``target``; ``stick_extra`` adds identity (USB serial) to the
         record, and a ``timer`` already running (the daemon's steps before this) keeps one breakdown.
         The device is tagged with this station and ``handoff_id`` (made up when not given), so another
@@ -190,23 +215,42 @@ class Stager:
                 self.checkpoint("provisioning", name=name, started=self.clock.now())
                 # SIGTERM waits for the answer: the undo must know the device to delete it
                 with timer.step("provision"), interrupts.held():
-                    provisioned = provision_device(self.backend, tagged(request, self.station, handoff_id),
-                                                   clock=self.clock, on_event=self._provision_event(context))
-                context["device"] = {"name": name, "id": provisioned.device_id, "arn": provisioned.arn,
-                                     "iot_thing_name": provisioned.iot_thing_name}
+                    provisioned = provision_device(
+                        self.backend,
+                        tagged(request, self.station, handoff_id),
+                        clock=self.clock,
+                        on_event=self._provision_event(context),
+                    )
+                context["device"] = {
+                    "name": name,
+                    "id": provisioned.device_id,
+                    "arn": provisioned.arn,
+                    "iot_thing_name": provisioned.iot_thing_name,
+                }
                 self.checkpoint("provisioned", device_id=provisioned.device_id, arn=provisioned.arn)
                 with timer.step("verify_received"):
                     report = self._verify(provisioned.archive, name, margin=self.options.margin_seconds)
                 if report.outcome in (Outcome.OK,):
                     break
-                self._delete(provisioned.device_id, name, "archive unusable on arrival: " + report.outcome.name, context)
+                self._delete(
+                    provisioned.device_id, name, "archive unusable on arrival: " + report.outcome.name, context
+                )
                 provisioned_last, provisioned = provisioned, None
                 offset = clock_offset(provisioned_last, self.clock.now())
                 skewed = offset is not None and abs(offset) > self.options.skew_seconds
-                if report.outcome not in (Outcome.EXPIRING, Outcome.EXPIRED) or attempt == self.options.restarts or skewed:
+                if (
+                    report.outcome not in (Outcome.EXPIRING, Outcome.EXPIRED)
+                    or attempt == self.options.restarts
+                    or skewed
+                ):
                     raise ArchiveRejected(report, "received from the service", offset, self.options.skew_seconds)
-                self.on_event("start-over", name=name, reason=f"only {report.seconds_left:.0f}s of validity left "
-                              f"(margin {self.options.margin_seconds:g}s)", deleted=provisioned_last.device_id)
+                self.on_event(
+                    "start-over",
+                    name=name,
+                    reason=f"only {report.seconds_left:.0f}s of validity left "
+                    f"(margin {self.options.margin_seconds:g}s)",
+                    deleted=provisioned_last.device_id,
+                )
             assert provisioned is not None
             result = self._write_and_prove(provisioned, report, plan, target, timer, context)
         except BaseException as exc:
@@ -217,8 +261,15 @@ class Stager:
             raise
         return result
 
-    def _write_and_prove(self, provisioned: Provisioned, report: ArchiveReport, plan: StickPlan, target: Any,
-                         timer: StepTimer, context: dict[str, Any]) -> StageResult:
+    def _write_and_prove(
+        self,
+        provisioned: Provisioned,
+        report: ArchiveReport,
+        plan: StickPlan,
+        target: Any,
+        timer: StepTimer,
+        context: dict[str, Any],
+    ) -> StageResult:
         data = provisioned.archive
         digest = hashlib.sha256(data).hexdigest()
         name = context["device"]["name"]
@@ -226,7 +277,9 @@ class Stager:
         if left < self.options.margin_seconds:
             raise PanostageError(
                 f"only {left:.0f}s of validity left when the write would start (margin {self.options.margin_seconds:g}s); "
-                "nothing was written", exit_code=ExitCode.VERIFY_EXPIRING, reason="too-late",
+                "nothing was written",
+                exit_code=ExitCode.VERIFY_EXPIRING,
+                reason="too-late",
                 hint="run stage again: a new device will be provisioned",
             )
         self.checkpoint("writing", device_id=provisioned.device_id, sha256=digest, file=plan.target_name)
@@ -240,7 +293,9 @@ class Stager:
         if hashlib.sha256(on_stick).digest() != hashlib.sha256(data).digest():
             raise PanostageError(
                 f"the stick returned different bytes for {plan.target_name} than were written "
-                f"({len(on_stick)} vs {len(data)} bytes)", exit_code=ExitCode.VERIFY_CORRUPT, reason="read-back-mismatch",
+                f"({len(on_stick)} vs {len(data)} bytes)",
+                exit_code=ExitCode.VERIFY_CORRUPT,
+                reason="read-back-mismatch",
                 hint="the stick may be failing; use another one",
             )
         with timer.step("verify_stick"):
@@ -255,10 +310,19 @@ class Stager:
         result = StageResult(
             device={**context["device"], "status": provisioned.status},
             stick=context["stick"],
-            archive={"file": plan.target_name, "sha256": digest, "size": len(data),
-                     "write_steps_ms": getattr(write_report, "durations_ms", None)},
-            certificate={"serial": cert.serial, "sha256": cert.sha256, "subject": cert.subject,
-                         "not_before": cert.not_before, "not_after": cert.not_after},
+            archive={
+                "file": plan.target_name,
+                "sha256": digest,
+                "size": len(data),
+                "write_steps_ms": getattr(write_report, "durations_ms", None),
+            },
+            certificate={
+                "serial": cert.serial,
+                "sha256": cert.sha256,
+                "subject": cert.subject,
+                "not_before": cert.not_before,
+                "not_after": cert.not_after,
+            },
             deadline=utc(cert.not_after),
             seconds_left=(utc(cert.not_after) - now).total_seconds(),
             durations_ms={},
@@ -268,11 +332,19 @@ class Stager:
         )
         result.stick_warnings = plan.warnings
         with timer.step("log"):  # the archive is proven on the stick: a log that fails now is reported, never undone
-            self._record(context, "handoff", time=now, outcome="ready", device=result.device, stick=result.stick,
-                         archive={k: v for k, v in result.archive.items() if v is not None},
-                         certificate={k: (iso(v) if isinstance(v, datetime) else v)
-                                      for k, v in result.certificate.items()},
-                         removed_from_stick=removed, stick_warnings=plan.warnings, durations_ms=dict(timer.durations_ms))
+            self._record(
+                context,
+                "handoff",
+                time=now,
+                outcome="ready",
+                device=result.device,
+                stick=result.stick,
+                archive={k: v for k, v in result.archive.items() if v is not None},
+                certificate={k: (iso(v) if isinstance(v, datetime) else v) for k, v in result.certificate.items()},
+                removed_from_stick=removed,
+                stick_warnings=plan.warnings,
+                durations_ms=dict(timer.durations_ms),
+            )
         result.log_error = "; ".join(dict.fromkeys(context.get("log_errors", []))) or None
         result.durations_ms = dict(timer.durations_ms)
         self.checkpoint("ready", device_id=provisioned.device_id, deadline=result.deadline)
@@ -284,8 +356,15 @@ class Stager:
         kwargs: dict[str, Any] = {}
         if self.verify_limits is not None:
             kwargs["limits"] = self.verify_limits
-        return verify_archive(data, now=self.clock.now(), skew_seconds=self.options.skew_seconds,
-                              margin_seconds=margin, file_name=file_name, device_name=name, **kwargs)
+        return verify_archive(
+            data,
+            now=self.clock.now(),
+            skew_seconds=self.options.skew_seconds,
+            margin_seconds=margin,
+            file_name=file_name,
+            device_name=name,
+            **kwargs,
+        )
 
     def _inspect(self, target: Any, name: str) -> StickPlan:
         """Decide what happens to what the stick already holds, before any device is made (reads only).
@@ -309,8 +388,11 @@ class Stager:
             alike = names.same(entry.name, plan.target_name)
             what = {"dir": "a directory", "symlink": "a symlink", "other": "a special file"}.get(entry.kind, "a file")
             if entry.kind == "dir" and target.list_dir(entry.name):
-                raise StickConflict(f"{entry.name} on the stick is a directory with files in it; it is never removed for you",
-                                    reason="stick-name-is-dir", hint="move its contents away, or use another stick")
+                raise StickConflict(
+                    f"{entry.name} on the stick is a directory with files in it; it is never removed for you",
+                    reason="stick-name-is-dir",
+                    hint="move its contents away, or use another stick",
+                )
             if entry.kind != "file":
                 if not replace:
                     blockers.append(f"{entry.name} is {what} (a symlink is never followed)")
@@ -326,8 +408,14 @@ class Stager:
             if found.expired:
                 plan.remove_before.append(entry.name)
             elif not replace:
-                blockers.append(found.describe() + (f"; on FAT its name is the same as {plan.target_name}, so the stick "
-                                                    "cannot hold both" if alike else ""))
+                blockers.append(
+                    found.describe()
+                    + (
+                        f"; on FAT its name is the same as {plan.target_name}, so the stick cannot hold both"
+                        if alike
+                        else ""
+                    )
+                )
             elif alike or not found.live:
                 plan.remove_before.append(entry.name)
             else:
@@ -335,16 +423,22 @@ class Stager:
         if blockers:
             raise StickConflict(
                 "the stick already holds: " + "; ".join(blockers) + " (the appliance must meet exactly one archive)",
-                reason="stick-occupied", hint="use another stick, wipe it (`panostage stick wipe`), or pass --replace",
+                reason="stick-occupied",
+                hint="use another stick, wipe it (`panostage stick wipe`), or pass --replace",
                 details={"blockers": blockers},
             )
         return plan
 
-    def _archive_on_stick(self, target: Any, entry: Any) -> "OnStick":
+    def _archive_on_stick(self, target: Any, entry: Any) -> OnStick:
         """What an archive-like file on the stick is (judged by its size first, read only when it could be one)."""
         try:
-            report = checks.archive_report(target, entry, now=self.clock.now(), limits=self.verify_limits or Limits(),
-                                           skew_seconds=self.options.skew_seconds)
+            report = checks.archive_report(
+                target,
+                entry,
+                now=self.clock.now(),
+                limits=self.verify_limits or Limits(),
+                skew_seconds=self.options.skew_seconds,
+            )
         except PanostageError as exc:
             return OnStick(entry.name, problem=f"unreadable: {exc.message}")
         device = report.device_name or (report.device_certificate.subject if report.device_certificate else None)
@@ -370,8 +464,12 @@ class Stager:
         """Delete the devices of this name the service says are dead, wait for one about to die, refuse
         the rest (:mod:`agent.staging.stale`)."""
         client = self.backend.panorama()
-        rules = stale.Rules(certificate_seconds=self.options.certificate_seconds, skew_seconds=self.options.skew_seconds,
-                            margin_seconds=self.options.margin_seconds, replace_device=self.options.replace_device)
+        rules = stale.Rules(
+            certificate_seconds=self.options.certificate_seconds,
+            skew_seconds=self.options.skew_seconds,
+            margin_seconds=self.options.margin_seconds,
+            replace_device=self.options.replace_device,
+        )
         waited = 0.0
         while True:
             found, server_time = devices_named_at(client, name)
@@ -387,9 +485,12 @@ class Stager:
             if not wait:
                 return
             if waited > self.options.margin_seconds + 10:  # a service whose clock does not move: give up, do not spin
-                raise PanostageError(f"waited {waited:.0f} s for {why}, and the service still says it lives",
-                                     exit_code=ExitCode.CONFLICT, reason="device-live",
-                                     hint="check the service's clock; pass --replace-device to go on regardless")
+                raise PanostageError(
+                    f"waited {waited:.0f} s for {why}, and the service still says it lives",
+                    exit_code=ExitCode.CONFLICT,
+                    reason="device-live",
+                    hint="check the service's clock; pass --replace-device to go on regardless",
+                )
             self._wait(name, why, wait)
             waited += wait
 
@@ -406,8 +507,9 @@ class Stager:
     def _record(self, context: dict[str, Any], kind: str, **fields: Any) -> None:
         """Append to the hand-off log; a failure is kept in ``context`` to be reported after the stick's outcome."""
         try:
-            self.log.append(kind, station=self.station, operator=self.operator, handoff_id=context["handoff_id"],
-                            **fields)
+            self.log.append(
+                kind, station=self.station, operator=self.operator, handoff_id=context["handoff_id"], **fields
+            )
         except Exception as exc:  # noqa: BLE001 - the stick's outcome comes first; the log's failure is named second
             context.setdefault("log_errors", []).append(to_error(exc).message)
 
@@ -415,17 +517,27 @@ class Stager:
         self.backend.panorama().delete_device(DeviceId=device_id)
         entry = {"id": device_id, "name": name, "reason": reason}
         context["deleted"].append(entry)
-        self._record(context, "device-deleted", time=self.clock.now(), device={"name": name, "id": device_id},
-                     reason=reason)
+        self._record(
+            context, "device-deleted", time=self.clock.now(), device={"name": name, "id": device_id}, reason=reason
+        )
         self.on_event("device-deleted", **entry)
 
     def _provision_event(self, context: dict[str, Any]) -> Callable[..., None]:
         def on_event(kind: str, **data: Any) -> None:
             if kind == "orphan-deleted":
-                entry = {"id": data["device_id"], "name": data["name"], "reason": "created by an attempt whose answer was lost"}
+                entry = {
+                    "id": data["device_id"],
+                    "name": data["name"],
+                    "reason": "created by an attempt whose answer was lost",
+                }
                 context["deleted"].append(entry)
-                self._record(context, "device-deleted", time=self.clock.now(),
-                             device={"name": data["name"], "id": data["device_id"]}, reason=entry["reason"])
+                self._record(
+                    context,
+                    "device-deleted",
+                    time=self.clock.now(),
+                    device={"name": data["name"], "id": data["device_id"]},
+                    reason=entry["reason"],
+                )
             self.on_event(kind, **data)
 
         return on_event
@@ -438,8 +550,14 @@ class Stager:
         except Exception:  # noqa: BLE001 - unreadable or absent: nothing of ours to take back
             return False
 
-    def _fail(self, exc: BaseException, provisioned: Provisioned | None, target: Any, context: dict[str, Any],
-              timer: StepTimer) -> None:
+    def _fail(
+        self,
+        exc: BaseException,
+        provisioned: Provisioned | None,
+        target: Any,
+        context: dict[str, Any],
+        timer: StepTimer,
+    ) -> None:
         """Undo what can be undone, and record the failure."""
         if context.get("written") or (context.get("writing") and self._ours_in_place(target, *context["writing"])):
             name = context.get("written") or context["writing"][0]
@@ -457,8 +575,16 @@ class Stager:
         if timer.current == "validate":
             return  # nothing was attempted: bad input is the caller's to report
         self._record(
-            context, "handoff", time=self.clock.now(), outcome="failed", device=context["device"], stick=context["stick"],
+            context,
+            "handoff",
+            time=self.clock.now(),
+            outcome="failed",
+            device=context["device"],
+            stick=context["stick"],
             failed_step=timer.current or timer.last,
-            error={"reason": error.reason if error else type(exc).__name__, "message": (error.message if error else str(exc))[:500]},
+            error={
+                "reason": error.reason if error else type(exc).__name__,
+                "message": (error.message if error else str(exc))[:500],
+            },
             durations_ms=dict(timer.durations_ms),
         )

@@ -12,9 +12,10 @@ say (:data:`~agent.aws.provisioning.TAG_STATION`).  Any other status is a device
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from agent.aws.provisioning import TAG_HANDOFF, TAG_STATION
 from agent.clock import iso, utc
@@ -38,8 +39,9 @@ class Decision:
     seconds: float = 0.0
 
 
-def decide(device: dict[str, Any], service_now: datetime, rules: Rules,
-           tags_of: Callable[[], dict[str, str]] | None = None) -> Decision:
+def decide(
+    device: dict[str, Any], service_now: datetime, rules: Rules, tags_of: Callable[[], dict[str, str]] | None = None
+) -> Decision:
     """What to do with one existing device of the name (raises a CONFLICT when it must stay).
 
     ``tags_of`` fetches the device's tags when the listing left them out; asked only to name who made a
@@ -50,16 +52,23 @@ def decide(device: dict[str, Any], service_now: datetime, rules: Rules,
         if rules.replace_device:
             return Decision("delete", f"--replace-device (was {status})")
         raise PanostageError(
-            f"device {name} already exists ({device_id}, {status})", exit_code=ExitCode.CONFLICT,
-            reason="device-exists", hint="pick another name, or pass --replace-device to delete it and provision a new one",
-            details={"device_id": device_id, "status": status})
+            f"device {name} already exists ({device_id}, {status})",
+            exit_code=ExitCode.CONFLICT,
+            reason="device-exists",
+            hint="pick another name, or pass --replace-device to delete it and provision a new one",
+            details={"device_id": device_id, "status": status},
+        )
     if rules.replace_device:
         return Decision("delete", "--replace-device")
     if not isinstance(device.get("CreatedTime"), datetime):
         raise PanostageError(
             f"device {name} ({device_id}) awaits provisioning and the service does not say when it was made: its "
-            "archive may be on a stick", exit_code=ExitCode.CONFLICT, reason="device-live",
-            hint="plug that stick into its appliance, or pass --replace-device", details={"device_id": device_id})
+            "archive may be on a stick",
+            exit_code=ExitCode.CONFLICT,
+            reason="device-live",
+            hint="plug that stick into its appliance, or pass --replace-device",
+            details={"device_id": device_id},
+        )
     created = utc(device["CreatedTime"])
     dead_at = created + timedelta(seconds=rules.certificate_seconds + rules.skew_seconds)
     left = (dead_at - service_now).total_seconds()
@@ -71,11 +80,17 @@ def decide(device: dict[str, Any], service_now: datetime, rules: Rules,
     raise PanostageError(
         f"device {name} ({device_id}) was made {(service_now - created).total_seconds():.0f} s ago{made_by(tags)}: its "
         f"archive may be live on a stick until {iso(dead_at)} ({left:.0f} s from now, on the service's clock)",
-        exit_code=ExitCode.CONFLICT, reason="device-live",
+        exit_code=ExitCode.CONFLICT,
+        reason="device-live",
         hint="plug that stick into its appliance, stage again after it expires, or pass --replace-device "
-             "(that archive then becomes useless)",
-        details={"device_id": device_id, "expires": iso(dead_at), "seconds_left": round(left),
-                 "station": tags.get(TAG_STATION)})
+        "(that archive then becomes useless)",
+        details={
+            "device_id": device_id,
+            "expires": iso(dead_at),
+            "seconds_left": round(left),
+            "station": tags.get(TAG_STATION),
+        },
+    )
 
 
 def made_by(tags: dict[str, str]) -> str:

@@ -19,7 +19,25 @@ from agent.stick.model import LOG_DIR, LOG_FILES, Entry, FsInfo, StickTarget, Wr
 from agent.stick.opener import open_target
 
 __all__ = [
-    "LOG_DIR", "LOG_FILES", "DirectoryTarget", "Entry", "FatTarget", "FsInfo", "NameState",
-    "Preflight", "StickConflict", "StickIOError", "StickNameError", "StickRefused", "StickTarget", "WriteReport", "archives",
-    "check_space", "leftovers", "name_state", "open_target", "preflight", "require",
+    "LOG_DIR",
+    "LOG_FILES",
+    "DirectoryTarget",
+    "Entry",
+    "FatTarget",
+    "FsInfo",
+    "NameState",
+    "Preflight",
+    "StickConflict",
+    "StickIOError",
+    "StickNameError",
+    "StickRefused",
+    "StickTarget",
+    "WriteReport",
+    "archives",
+    "check_space",
+    "leftovers",
+    "name_state",
+    "open_target",
+    "preflight",
+    "require",
 ]

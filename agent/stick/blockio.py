@@ -81,4 +81,4 @@ def pread_aligned(fd: int, offset: int, length: int) -> bytes:
             if count <= 0:
                 break
             got += count
-        return bytes(buf[offset - start: min(offset - start + length, got)])
+        return bytes(buf[offset - start : min(offset - start + length, got)])

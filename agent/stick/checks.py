@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agent.errors import ExitCode
-from agent.stick.errors import StickConflict, StickRefused
 from agent.stick import names
+from agent.stick.errors import StickConflict, StickRefused
 from agent.stick.model import Entry, FsInfo, StickTarget
 
 State = Literal["absent", "file", "dir", "symlink", "other"]
@@ -24,8 +24,13 @@ class NameState:
     readonly: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "state": self.state, "stored_name": self.stored_name, "size": self.size,
-                "readonly": self.readonly}
+        return {
+            "name": self.name,
+            "state": self.state,
+            "stored_name": self.stored_name,
+            "size": self.size,
+            "readonly": self.readonly,
+        }
 
 
 def name_state(target: StickTarget, name: str) -> NameState:
@@ -45,18 +50,26 @@ def leftovers(target: StickTarget) -> list[Entry]:
     return [e for e in target.list_root() if names.is_archive_temp(e.name)]
 
 
-def archive_report(target: StickTarget, entry: Entry, *, now: Any, limits: Any, skew_seconds: float = 30.0,
-                   **checks: Any) -> Any:
+def archive_report(
+    target: StickTarget, entry: Entry, *, now: Any, limits: Any, skew_seconds: float = 30.0, **checks: Any
+) -> Any:
     """Verify an archive-like file on the stick, judged by its directory entry first: one larger than any
     archive within ``limits`` is reported ``too_large`` and never read.  Read errors propagate."""
     from agent.archive import too_large, verify_archive
 
     if entry.size > limits.max_file_bytes:
-        return too_large(entry.size, now=now, limits=limits, file_name=checks.get("file_name"),
-                         device_name=checks.get("device_name"))
+        return too_large(
+            entry.size, now=now, limits=limits, file_name=checks.get("file_name"), device_name=checks.get("device_name")
+        )
     data = target.read(entry.name, limit=limits.max_file_bytes)  # from the medium: the native reader, no mtools
-    return verify_archive(data, now=now, limits=limits, skew_seconds=skew_seconds,
-                          margin_seconds=checks.pop("margin_seconds", 0), **checks)
+    return verify_archive(
+        data,
+        now=now,
+        limits=limits,
+        skew_seconds=skew_seconds,
+        margin_seconds=checks.pop("margin_seconds", 0),
+        **checks,
+    )
 
 
 def space_needed(size: int, cluster_size: int) -> int:
@@ -70,9 +83,13 @@ def check_space(target: StickTarget, size: int, info: FsInfo | None = None) -> F
     info = info or target.fs_info()
     needed = space_needed(size, info.cluster_size)
     if info.free_bytes is not None and info.free_bytes < needed:
-        raise StickRefused(f"the stick has {info.free_bytes} bytes free; {size} bytes need {needed}",
-                           reason="stick-full", exit_code=ExitCode.IO, hint="free some space or wipe the stick",
-                           details={"free": info.free_bytes, "needed": needed})
+        raise StickRefused(
+            f"the stick has {info.free_bytes} bytes free; {size} bytes need {needed}",
+            reason="stick-full",
+            exit_code=ExitCode.IO,
+            hint="free some space or wipe the stick",
+            details={"free": info.free_bytes, "needed": needed},
+        )
     return info
 
 
@@ -92,9 +109,15 @@ class Preflight:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {"fs": self.fs.to_dict(), "target": self.target.to_dict(),
-                "archives": [e.to_dict() for e in self.archives], "leftovers": [e.to_dict() for e in self.leftovers],
-                "needed_bytes": self.needed_bytes, "problems": list(self.problems), "ok": self.ok}
+        return {
+            "fs": self.fs.to_dict(),
+            "target": self.target.to_dict(),
+            "archives": [e.to_dict() for e in self.archives],
+            "leftovers": [e.to_dict() for e in self.leftovers],
+            "needed_bytes": self.needed_bytes,
+            "problems": list(self.problems),
+            "ok": self.ok,
+        }
 
 
 def preflight(target: StickTarget, name: str, size: int, *, replace: bool = True) -> Preflight:
@@ -103,8 +126,12 @@ def preflight(target: StickTarget, name: str, size: int, *, replace: bool = True
     state = name_state(target, name)
     root = target.list_root()
     found = Preflight(
-        fs=info, target=state, archives=[e for e in root if names.is_archive_name(e.name)],
-        leftovers=[e for e in root if names.is_archive_temp(e.name)], needed_bytes=space_needed(size, info.cluster_size))
+        fs=info,
+        target=state,
+        archives=[e for e in root if names.is_archive_name(e.name)],
+        leftovers=[e for e in root if names.is_archive_temp(e.name)],
+        needed_bytes=space_needed(size, info.cluster_size),
+    )
     if info.free_bytes is not None and info.free_bytes < found.needed_bytes:
         found.problems.append(f"not enough space: {info.free_bytes} bytes free, {found.needed_bytes} needed")
     if state.state in ("dir", "symlink", "other"):
@@ -120,9 +147,17 @@ def require(found: Preflight) -> None:
         return
     fs, state = found.fs, found.target.state
     if fs.free_bytes is not None and fs.free_bytes < found.needed_bytes:
-        raise StickRefused(found.problems[0], reason="stick-full", exit_code=ExitCode.IO,
-                           hint="free some space or wipe the stick", details=found.to_dict())
+        raise StickRefused(
+            found.problems[0],
+            reason="stick-full",
+            exit_code=ExitCode.IO,
+            hint="free some space or wipe the stick",
+            details=found.to_dict(),
+        )
     if state in ("dir", "symlink", "other"):
-        raise StickConflict(f"{found.target.name} is a {state} on the stick; it will not be replaced",
-                            reason=f"stick-name-is-{state}", details=found.to_dict())
+        raise StickConflict(
+            f"{found.target.name} is a {state} on the stick; it will not be replaced",
+            reason=f"stick-name-is-{state}",
+            details=found.to_dict(),
+        )
     raise StickConflict("; ".join(found.problems), reason="stick-name-exists", details=found.to_dict())

@@ -21,10 +21,13 @@ class DirectoryTarget(DirectoryWriting):
     """
 
     def format(self, label: str | None = None) -> None:
-        raise StickRefused(f"{self.path} is a mounted directory; only an unmounted FAT image or device can be formatted",
-                           reason="stick-mounted", hint="unmount the stick and pass its device")
+        raise StickRefused(
+            f"{self.path} is a mounted directory; only an unmounted FAT image or device can be formatted",
+            reason="stick-mounted",
+            hint="unmount the stick and pass its device",
+        )
 
-    def __enter__(self) -> "DirectoryTarget":
+    def __enter__(self) -> DirectoryTarget:
         return self
 
     def __exit__(self, *exc: object) -> None:

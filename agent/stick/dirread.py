@@ -91,8 +91,9 @@ class DirectoryReading(DirectoryRoot):
                 data = _read_all(fd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise StickConflict(f"{rel} on the stick is a symlink; it is never followed",
-                                    reason="stick-symlink") from exc
+                raise StickConflict(
+                    f"{rel} on the stick is a symlink; it is never followed", reason="stick-symlink"
+                ) from exc
             raise StickIOError.from_os(step, what, exc) from exc
         finally:
             for one in (fd, fd_dir):

@@ -88,13 +88,15 @@ class DirectoryRoot:
         if not self.fat:
             raise StickRefused(
                 f"{self.path} is on a {self.mount.fstype} filesystem ({self.mount.device}), not FAT",
-                reason="stick-not-fat", hint="the appliance reads FAT32 only: format the stick as FAT32",
+                reason="stick-not-fat",
+                hint="the appliance reads FAT32 only: format the stick as FAT32",
                 details={"fstype": self.mount.fstype, "device": self.mount.device},
             )
         if self.path != self.mount.mountpoint:
             raise StickRefused(
                 f"{self.path} is not the root of the stick (mounted at {self.mount.mountpoint})",
-                reason="stick-not-root", hint=f"use {self.mount.mountpoint}: the archive must sit in the root directory",
+                reason="stick-not-root",
+                hint=f"use {self.mount.mountpoint}: the archive must sit in the root directory",
             )
 
     def _readonly_reason(self) -> str | None:
@@ -108,8 +110,11 @@ class DirectoryRoot:
     def require_writable(self) -> None:
         why = self._readonly_reason()
         if why:
-            raise StickRefused(f"{self.path} {why}", reason="stick-read-only",
-                               hint="flip the write-protect switch, remount read-write, or use another stick")
+            raise StickRefused(
+                f"{self.path} {why}",
+                reason="stick-read-only",
+                hint="flip the write-protect switch, remount read-write, or use another stick",
+            )
 
     def _boot_identity(self) -> BootIdentity:
         """Label, serial and FAT type from the mounted device's boot sector (when readable)."""
@@ -151,9 +156,15 @@ class DirectoryRoot:
         ident = self._boot_identity() if self.fat else BootIdentity()
         fstype = "vfat" if self.fat else (self.mount.fstype if self.mount else "unknown")
         known = st.f_blocks > 0
-        return FsInfo(fs_type=fstype, fat_bits=ident.fat_bits, label=ident.label, uuid=ident.uuid,
-                      size_bytes=st.f_blocks * st.f_frsize, free_bytes=st.f_bavail * st.f_frsize if known else None,
-                      cluster_size=st.f_bsize or 512)
+        return FsInfo(
+            fs_type=fstype,
+            fat_bits=ident.fat_bits,
+            label=ident.label,
+            uuid=ident.uuid,
+            size_bytes=st.f_blocks * st.f_frsize,
+            free_bytes=st.f_bavail * st.f_frsize if known else None,
+            cluster_size=st.f_bsize or 512,
+        )
 
     # ------------------------------------------------------------ walking
     def _open_dir(self, parts: list[str], *, create: bool = False) -> int:
@@ -171,8 +182,10 @@ class DirectoryRoot:
                     nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW, dir_fd=fd)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise StickConflict(f"{part} on the stick is not a directory (a symlink is never followed)",
-                                            reason="stick-not-a-directory") from exc
+                        raise StickConflict(
+                            f"{part} on the stick is not a directory (a symlink is never followed)",
+                            reason="stick-not-a-directory",
+                        ) from exc
                     raise
                 os.close(fd)
                 fd = nxt
@@ -198,4 +211,3 @@ class DirectoryRoot:
         if getattr(self, "_dfd", None) is not None:
             os.close(self._dfd)
             self._dfd = None
-

@@ -12,7 +12,7 @@ import errno
 import hashlib
 import os
 import stat
-from typing import Iterable
+from collections.abc import Iterable
 
 from agent.stick import blockio
 from agent.stick.dirread import DirectoryReading
@@ -43,8 +43,9 @@ class DirectoryWriting(DirectoryReading):
         info = self.fs_info()
         if info.free_bytes is not None:
             cluster = max(info.cluster_size, 1)
-            info = dataclasses.replace(info, free_bytes=info.free_bytes + sum(-(-e.size // cluster) * cluster
-                                                                              for e in going))
+            info = dataclasses.replace(
+                info, free_bytes=info.free_bytes + sum(-(-e.size // cluster) * cluster for e in going)
+            )
         check_space(self, size, info)
         probe = temp_name(name, os.getpid())
         try:
@@ -53,8 +54,11 @@ class DirectoryWriting(DirectoryReading):
             if exc.errno == errno.ENOSPC and going:
                 return
             if exc.errno == errno.ENOSPC:
-                raise StickRefused(f"the root directory of {self.path} has no room for {name}", reason="stick-root-full",
-                                   hint="delete files from the stick's root, or wipe it (panostage stick wipe)") from exc
+                raise StickRefused(
+                    f"the root directory of {self.path} has no room for {name}",
+                    reason="stick-root-full",
+                    hint="delete files from the stick's root, or wipe it (panostage stick wipe)",
+                ) from exc
             if exc.errno != errno.EEXIST:
                 raise StickIOError.from_os("room", f"checking room for {name} on {self.path}", exc) from exc
             return
@@ -75,8 +79,11 @@ class DirectoryWriting(DirectoryReading):
         with sw.step("inspect"):
             existing = self.lookup(name)
             if existing is not None and existing.kind != "file":
-                raise StickConflict(f"{name} on the stick is a {existing.kind}; it will not be replaced",
-                                    reason=f"stick-name-is-{existing.kind}", details={"entry": existing.to_dict()})
+                raise StickConflict(
+                    f"{name} on the stick is a {existing.kind}; it will not be replaced",
+                    reason=f"stick-name-is-{existing.kind}",
+                    details={"entry": existing.to_dict()},
+                )
             if existing is not None and not replace:
                 raise StickConflict(f"{name} already exists on the stick", reason="stick-name-exists")
             if self.fat:
@@ -122,8 +129,14 @@ class DirectoryWriting(DirectoryReading):
                     pass  # best effort: the new archive is in place
                 finally:
                     os.close(old_fd)
-        return WriteReport(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                           replaced=existing is not None, durations_ms=sw.durations_ms, scrubbed_bytes=scrubbed)
+        return WriteReport(
+            name=name,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            replaced=existing is not None,
+            durations_ms=sw.durations_ms,
+            scrubbed_bytes=scrubbed,
+        )
 
     def _remove_stale_temps(self, name: str) -> int:
         scrubbed = 0
@@ -226,7 +239,7 @@ class DirectoryWriting(DirectoryReading):
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view[:CHUNK]):]
+        view = view[os.write(fd, view[:CHUNK]) :]
 
 
 def _zero_fd(fd: int) -> int:

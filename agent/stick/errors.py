@@ -24,8 +24,11 @@ class StickDamaged(StickRefused):
     def __init__(self, path: object, problems: list[str], *, block: bool = True) -> None:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         erase = f", or erase it with `panostage stick prepare {path}`" if block else ""
-        super().__init__(f"the stick's filesystem is damaged ({shown}): nothing was written",
-                         hint=f"repair it with `fsck.fat -a {path}`{erase}", details={"problems": problems})
+        super().__init__(
+            f"the stick's filesystem is damaged ({shown}): nothing was written",
+            hint=f"repair it with `fsck.fat -a {path}`{erase}",
+            details={"problems": problems},
+        )
         self.problems = problems
 
 
@@ -35,10 +38,12 @@ class StickFileTooLarge(StickRefused):
     reason = "stick-file-too-large"
 
     def __init__(self, name: str, size: int, limit: int) -> None:
-        super().__init__(f"{name} on the stick is {size} bytes, more than the {limit} bytes panostage reads; "
-                         "it was not read", hint="it is no configuration archive or appliance log: remove it, "
-                         "or pass --replace to let panostage remove it",
-                         details={"name": name, "size": size, "limit": limit})
+        super().__init__(
+            f"{name} on the stick is {size} bytes, more than the {limit} bytes panostage reads; it was not read",
+            hint="it is no configuration archive or appliance log: remove it, "
+            "or pass --replace to let panostage remove it",
+            details={"name": name, "size": size, "limit": limit},
+        )
 
 
 class StickConflict(PanostageError):
@@ -61,19 +66,29 @@ class StickIOError(PanostageError):
     exit_code = ExitCode.IO
     reason = "stick-io"
 
-    def __init__(self, step: str, what: str, *, errno: int | None = None, detail: str | None = None,
-                 hint: str | None = None, details: dict[str, Any] | None = None, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        step: str,
+        what: str,
+        *,
+        errno: int | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
+        details: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None:
         self.step = step
         self.errno = errno
         cause = detail or (os.strerror(errno) if errno else "failed")
         code = f" [{_errno.errorcode.get(errno, errno)}]" if errno else ""
         data = {"step": step, "what": what, **({"errno": _errno.errorcode.get(errno, str(errno))} if errno else {})}
         data.update(details or {})
-        super().__init__(f"{what}: step '{step}' failed: {cause}{code}", hint=hint or _hint_for(errno),
-                         details=data, reason=reason)
+        super().__init__(
+            f"{what}: step '{step}' failed: {cause}{code}", hint=hint or _hint_for(errno), details=data, reason=reason
+        )
 
     @classmethod
-    def from_os(cls, step: str, what: str, exc: OSError, **kwargs: Any) -> "StickIOError":
+    def from_os(cls, step: str, what: str, exc: OSError, **kwargs: Any) -> StickIOError:
         err = cls(step, what, errno=exc.errno, detail=exc.strerror or str(exc), **kwargs)
         err.__cause__ = exc
         return err

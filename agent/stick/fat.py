@@ -36,8 +36,16 @@ class FatTarget(FatWriting):
     """
 
     @classmethod
-    def open(cls, path: str | Path, *, offset: int | None = None, partition: int | None = None,
-             wrap: Wrap | None = None, runtime_dir: Path | None = None, readback: str = "direct") -> "FatTarget":
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        offset: int | None = None,
+        partition: int | None = None,
+        wrap: Wrap | None = None,
+        runtime_dir: Path | None = None,
+        readback: str = "direct",
+    ) -> FatTarget:
         """Open and check an image file or an unmounted block device (a mounted one fails O_EXCL: refused)."""
         path = Path(path)
         what = f"opening {path}"
@@ -51,24 +59,46 @@ class FatTarget(FatWriting):
         fd, writable = open_held(path, block, st)
         try:
             geo, part = locate(fd, path, block=block, offset=offset, partition=partition)
-            return cls(path, fd, block=block, writable=writable, geometry=geo, partition=part, wrap=wrap,
-                       runtime_dir=runtime_dir, readback=readback)
+            return cls(
+                path,
+                fd,
+                block=block,
+                writable=writable,
+                geometry=geo,
+                partition=part,
+                wrap=wrap,
+                runtime_dir=runtime_dir,
+                readback=readback,
+            )
         except BaseException:
             os.close(fd)
             raise
-
 
     def format(self, label: str | None = None) -> None:
         """mkfs.fat over the same extent, keeping FAT type, cluster size, volume id and (unless given) label."""
         self.require_writable()
         geo = self.geo
         if geo.offset % geo.bytes_per_sector:
-            raise StickRefused(f"{self.path}: the filesystem starts at byte {geo.offset}, no multiple of its "
-                               f"{geo.bytes_per_sector}-byte sectors; mkfs.fat places filesystems at whole sectors only",
-                               reason="stick-unsupported-layout", hint="wipe it instead (without --format)")
+            raise StickRefused(
+                f"{self.path}: the filesystem starts at byte {geo.offset}, no multiple of its "
+                f"{geo.bytes_per_sector}-byte sectors; mkfs.fat places filesystems at whole sectors only",
+                reason="stick-unsupported-layout",
+                hint="wipe it instead (without --format)",
+            )
         keep_label = self._label() if label is None else (label or None)
-        argv = ["mkfs.fat", "-F", str(geo.fat_bits), "-S", str(geo.bytes_per_sector), "-s", str(geo.sectors_per_cluster),
-                "-f", str(geo.num_fats), "-M", f"0x{geo.media:02X}"]
+        argv = [
+            "mkfs.fat",
+            "-F",
+            str(geo.fat_bits),
+            "-S",
+            str(geo.bytes_per_sector),
+            "-s",
+            str(geo.sectors_per_cluster),
+            "-f",
+            str(geo.num_fats),
+            "-M",
+            f"0x{geo.media:02X}",
+        ]
         if geo.fat_bits != 32:
             argv += ["-r", str(geo.root_entries)]
         if keep_label:
@@ -109,8 +139,9 @@ class FatTarget(FatWriting):
         else:
             argv += [f"/dev/fd/{self.fd}", blocks]
             with sw.step("mkfs"):
-                proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300,
-                                      pass_fds=(self.fd,))
+                proc = subprocess.run(
+                    argv, capture_output=True, text=True, check=False, timeout=300, pass_fds=(self.fd,)
+                )
         if proc.returncode != 0:
             raise StickIOError("mkfs", what, detail=f"mkfs.fat exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
         with sw.step("reread"):
@@ -118,10 +149,11 @@ class FatTarget(FatWriting):
             try:
                 self._set_geometry(parse_boot_sector(os.pread(self.fd, 512, geo.offset), geo.offset))
             except NotFat as exc:
-                raise StickIOError("reread", what, detail=f"mkfs.fat exited 0 but no FAT is at byte {geo.offset}: "
-                                   f"{exc.found}") from exc
+                raise StickIOError(
+                    "reread", what, detail=f"mkfs.fat exited 0 but no FAT is at byte {geo.offset}: {exc.found}"
+                ) from exc
 
-    def __enter__(self) -> "FatTarget":
+    def __enter__(self) -> FatTarget:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -21,8 +21,8 @@ Costs: one read of each FAT copy and of every directory, and one step per used c
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from agent.stick.fatfs import ATTR_DIR, ATTR_VOLUME, DirEntry, FatCorrupt, FatReader, runs
 from agent.stick.fatgeo import Geometry
@@ -83,7 +83,7 @@ class FatTable:
             return self.words[cluster] & 0x0FFFFFFF
         if self.bits == 16:
             return self.words[cluster]
-        value = int.from_bytes(self.fat[cluster + cluster // 2: cluster + cluster // 2 + 2], "little")
+        value = int.from_bytes(self.fat[cluster + cluster // 2 : cluster + cluster // 2 + 2], "little")
         return value >> 4 if cluster & 1 else value & 0xFFF
 
 
@@ -94,7 +94,7 @@ def _first_difference(reader: FatReader, index: int, active: bytes, span: int) -
     for start in range(0, span, chunk):
         length = min(chunk, span - start)
         other = reader.pread(base + start, length)
-        if other != active[start: start + length]:
+        if other != active[start : start + length]:
             return start + next(i for i in range(length) if other[i] != active[start + i])
     return None
 
@@ -172,10 +172,12 @@ class _Walk:
         while pending:
             extents, where = pending.pop()
             if _after_end_marker(reader, extents):
-                census.problems.append(f"{where or 'the root directory'} holds entries after its end marker "
-                                       "(mtools stops reading there, Linux and fsck.fat read on)")
+                census.problems.append(
+                    f"{where or 'the root directory'} holds entries after its end marker "
+                    "(mtools stops reading there, Linux and fsck.fat read on)"
+                )
             for entry in reader.entries_in(extents):
-                if entry.attr & ATTR_VOLUME and not entry.attr & ATTR_DIR or entry.short_name in (".", ".."):
+                if (entry.attr & ATTR_VOLUME and not entry.attr & ATTR_DIR) or entry.short_name in (".", ".."):
                     continue
                 census.entries += 1
                 if census.entries > self.max_entries:
@@ -184,7 +186,9 @@ class _Walk:
                 path = f"{where}/{entry.name}"
                 bad = [c for c in entry.name if c in "/\\" or ord(c) < 0x20 or c == "\x7f"]
                 if bad or entry.name in ("", ".", ".."):
-                    census.problems.append(f"an entry in {where or '/'} is named {entry.name!r}, which no FAT name may be")
+                    census.problems.append(
+                        f"an entry in {where or '/'} is named {entry.name!r}, which no FAT name may be"
+                    )
                     continue
                 if entry.is_dir:
                     try:
@@ -260,13 +264,16 @@ def take(reader: FatReader, *, max_entries: int = MAX_ENTRIES) -> Census:
         for index in range(geo.num_fats):
             first = None if index == geo.active_fat else _first_difference(reader, index, fat, span)
             if first is not None:
-                census.problems.append(f"the FAT copies disagree (FAT {index + 1} differs from FAT "
-                                       f"{geo.active_fat + 1} at cluster {first * 8 // geo.fat_bits})")
+                census.problems.append(
+                    f"the FAT copies disagree (FAT {index + 1} differs from FAT "
+                    f"{geo.active_fat + 1} at cluster {first * 8 // geo.fat_bits})"
+                )
     table = FatTable(geo, fat)
     if _dirty(geo, table):
         census.warnings.append("it was not cleanly unmounted (its dirty flag is set)")
-    census.room = Room(free_clusters=reader.free_clusters(fat), recorded_free=reader.fsinfo_free(),
-                       root_growable=geo.fat_bits == 32)
+    census.room = Room(
+        free_clusters=reader.free_clusters(fat), recorded_free=reader.fsinfo_free(), root_growable=geo.fat_bits == 32
+    )
     _Walk(reader, table, census, max_entries).tree()
     return census
 
@@ -285,5 +292,9 @@ def room(reader: FatReader, freeing: Iterable[DirEntry] = ()) -> Room:
         recorded = None if recorded is None else recorded + clusters
         freed_slots.update(entry.slots)
     extents = reader.dir_extents(None)
-    return Room(free_clusters=free, recorded_free=recorded,
-                root_free_run=_longest_free_run(reader, extents, frozenset(freed_slots)), root_growable=geo.fat_bits == 32)
+    return Room(
+        free_clusters=free,
+        recorded_free=recorded,
+        root_free_run=_longest_free_run(reader, extents, frozenset(freed_slots)),
+        root_growable=geo.fat_bits == 32,
+    )

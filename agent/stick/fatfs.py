@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from agent.stick import names
 from agent.stick.blockio import pread_aligned
@@ -120,7 +120,7 @@ class FatReader:
     def _fat_bytes(self, pos: int, length: int) -> bytes:
         """``length`` bytes of the active FAT at ``pos``, reading single sectors when the FAT is not loaded."""
         if self._fat is not None:
-            return self._fat[pos: pos + length]
+            return self._fat[pos : pos + length]
         bps = self.geo.bytes_per_sector
         out = b""
         for sector in range(pos // bps, (pos + length - 1) // bps + 1):
@@ -130,7 +130,7 @@ class FatReader:
                 self._fat_sectors[sector] = data
             out += data
         start = pos % bps
-        return out[start: start + length]
+        return out[start : start + length]
 
     # ------------------------------------------------------------ the FAT
     def entry(self, cluster: int) -> int:
@@ -139,7 +139,7 @@ class FatReader:
             return struct.unpack("<I", self._fat_bytes(cluster * 4, 4))[0] & 0x0FFFFFFF
         if bits == 16:
             return struct.unpack("<H", self._fat_bytes(cluster * 2, 2))[0]
-        value, = struct.unpack("<H", self._fat_bytes(cluster + cluster // 2, 2))
+        (value,) = struct.unpack("<H", self._fat_bytes(cluster + cluster // 2, 2))
         return value >> 4 if cluster & 1 else value & 0xFFF
 
     def chain(self, start: int) -> list[int]:
@@ -166,13 +166,16 @@ class FatReader:
         fat = self.load_fat() if fat is None else fat
         count, bits = self.geo.cluster_count, self.geo.fat_bits
         if bits == 12:
-            return sum(1 for c in range(2, count + 2)
-                       if not (int.from_bytes(fat[c + c // 2: c + c // 2 + 2], "little") >> (4 * (c & 1))) & 0xFFF)
+            return sum(
+                1
+                for c in range(2, count + 2)
+                if not (int.from_bytes(fat[c + c // 2 : c + c // 2 + 2], "little") >> (4 * (c & 1))) & 0xFFF
+            )
         width = bits // 8
         end = (count + 2) * width
         # an entry is free when all its bytes are zero (FAT32: its low 28 bits); OR the byte
         # lanes together as big integers and count the zero bytes - exact and fast in C
-        lanes = [fat[2 * width + k: end: width] for k in range(width)]
+        lanes = [fat[2 * width + k : end : width] for k in range(width)]
         if bits == 32:
             lanes[3] = lanes[3].translate(_LOW_NIBBLE)
         acc = 0
@@ -185,7 +188,7 @@ class FatReader:
         if self.geo.fat_bits != 32 or not self.geo.fsinfo_sector:
             return None
         info = self.pread(self.geo.offset + self.geo.fsinfo_sector * self.geo.bytes_per_sector, 512)
-        lead, = struct.unpack_from("<I", info, 0)
+        (lead,) = struct.unpack_from("<I", info, 0)
         struct_sig, free, _next = struct.unpack_from("<III", info, 484)
         if lead != 0x41615252 or struct_sig != 0x61417272 or free > self.geo.cluster_count:
             return None
@@ -222,7 +225,7 @@ class FatReader:
         for base, length in extents:
             data = self.pread(base, length)
             for pos in range(0, length - 31, 32):
-                slot = data[pos: pos + 32]
+                slot = data[pos : pos + 32]
                 first = slot[0]
                 if first == 0x00:
                     return
@@ -246,7 +249,7 @@ class FatReader:
                 if lfn and lfn_sum == _lfn_checksum(raw_short) and sorted(lfn) == list(range(1, len(lfn) + 1)):
                     long = "".join(lfn[i] for i in sorted(lfn))
                     name = long.split("\x00", 1)[0]
-                hi, = struct.unpack_from("<H", slot, 20)
+                (hi,) = struct.unpack_from("<H", slot, 20)
                 lo, size = struct.unpack_from("<HI", slot, 26)
                 first_cluster = (hi << 16 | lo) if self.geo.fat_bits == 32 else lo
                 yield DirEntry(name, short, attr, first_cluster, size, tuple(lfn_slots) + (base + pos,))

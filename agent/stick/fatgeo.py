@@ -139,37 +139,58 @@ def parse_boot_sector(sector: bytes, offset: int = 0) -> Geometry:
     ext = 64 if bits == 32 else 36  # offset of BS_DrvNum
     serial = label = None
     if sector[ext + 2] == 0x29:
-        serial, = struct.unpack_from("<I", sector, ext + 3)
-        label = sector[ext + 7: ext + 18].decode("cp850", "replace").rstrip(" \x00") or None
+        (serial,) = struct.unpack_from("<I", sector, ext + 3)
+        label = sector[ext + 7 : ext + 18].decode("cp850", "replace").rstrip(" \x00") or None
         if label == "NO NAME":
             label = None
     mirrored = not (bits == 32 and ext_flags & 0x80)
     dirty = bool(sector[ext + 1] & 0x01) if sector[ext + 2] in (0x28, 0x29) else False
     return Geometry(
-        offset=offset, bytes_per_sector=bps, sectors_per_cluster=spc, reserved_sectors=reserved, num_fats=nfats,
-        root_entries=root_entries, total_sectors=total, fat_sectors=fatsz, fat_bits=bits, cluster_count=clusters,
-        root_cluster=root_cluster if bits == 32 else 0, fsinfo_sector=fsinfo if bits == 32 else 0,
-        active_fat=0 if mirrored else (ext_flags & 0x0F), mirrored=mirrored, serial=serial, boot_label=label,
-        media=media, hidden_sectors=hidden, dirty=dirty,
+        offset=offset,
+        bytes_per_sector=bps,
+        sectors_per_cluster=spc,
+        reserved_sectors=reserved,
+        num_fats=nfats,
+        root_entries=root_entries,
+        total_sectors=total,
+        fat_sectors=fatsz,
+        fat_bits=bits,
+        cluster_count=clusters,
+        root_cluster=root_cluster if bits == 32 else 0,
+        fsinfo_sector=fsinfo if bits == 32 else 0,
+        active_fat=0 if mirrored else (ext_flags & 0x0F),
+        mirrored=mirrored,
+        serial=serial,
+        boot_label=label,
+        media=media,
+        hidden_sectors=hidden,
+        dirty=dirty,
         backup_boot=struct.unpack_from("<H", sector, 50)[0] if bits == 32 else 0,
     )
 
 
 def identify(head: bytes) -> str:
     """Name what a non-FAT volume holds, for error messages (``head``: its first 72 KiB or more)."""
+
     def at(off: int, magic: bytes) -> bool:
-        return head[off: off + len(magic)] == magic
+        return head[off : off + len(magic)] == magic
 
     if len(head) >= 1024 + 58 and at(1024 + 56, b"\x53\xef"):
-        features, = struct.unpack_from("<I", head, 1024 + 0x60)
-        compat, = struct.unpack_from("<I", head, 1024 + 0x5C)
+        (features,) = struct.unpack_from("<I", head, 1024 + 0x60)
+        (compat,) = struct.unpack_from("<I", head, 1024 + 0x5C)
         kind = "ext4" if features & 0x40 or features & 0x200 else "ext3" if compat & 0x4 else "ext2"
         return f"an {kind} filesystem"
-    for off, magic, what in ((3, b"NTFS    ", "an NTFS filesystem"), (3, b"EXFAT   ", "an exFAT filesystem"),
-                             (0, b"LUKS\xba\xbe", "a LUKS encrypted volume"), (0, b"XFSB", "an XFS filesystem"),
-                             (0, b"hsqs", "a squashfs image"), (0x10040, b"_BHRfS_M", "a btrfs filesystem"),
-                             (0x8001, b"CD001", "an ISO 9660 image"), (512, b"EFI PART", "a GPT partition table"),
-                             (0, b"PK\x03\x04", "a ZIP file, not a filesystem")):
+    for off, magic, what in (
+        (3, b"NTFS    ", "an NTFS filesystem"),
+        (3, b"EXFAT   ", "an exFAT filesystem"),
+        (0, b"LUKS\xba\xbe", "a LUKS encrypted volume"),
+        (0, b"XFSB", "an XFS filesystem"),
+        (0, b"hsqs", "a squashfs image"),
+        (0x10040, b"_BHRfS_M", "a btrfs filesystem"),
+        (0x8001, b"CD001", "an ISO 9660 image"),
+        (512, b"EFI PART", "a GPT partition table"),
+        (0, b"PK\x03\x04", "a ZIP file, not a filesystem"),
+    ):
         if at(off, magic):
             return what
     if len(head) >= 512 and at(510, b"\x55\xaa") and head[0] not in (0xEB, 0xE9):
@@ -208,30 +229,40 @@ def layout_problems(geo: Geometry) -> list[str]:
     problems = []
     fat = f"FAT{geo.fat_bits}"
     if geo.cluster_size > MAX_CLUSTER_BYTES:
-        problems.append(f"clusters of {geo.cluster_size // 1024} KiB (at most {MAX_CLUSTER_BYTES // 1024} KiB are "
-                        "read alike by every FAT reader)")
+        problems.append(
+            f"clusters of {geo.cluster_size // 1024} KiB (at most {MAX_CLUSTER_BYTES // 1024} KiB are "
+            "read alike by every FAT reader)"
+        )
     if geo.num_fats not in (1, 2):
         problems.append(f"{geo.num_fats} FAT copies (fsck.fat handles one or two)")
     if geo.fat_bits != 32:
         per_sector = geo.bytes_per_sector // 32
         if geo.root_entries % per_sector:
-            problems.append(f"a root directory of {geo.root_entries} entries, not a whole number of "
-                            f"{geo.bytes_per_sector}-byte sectors (Linux refuses it; mtools and fsck.fat place the "
-                            "data area differently)")
+            problems.append(
+                f"a root directory of {geo.root_entries} entries, not a whole number of "
+                f"{geo.bytes_per_sector}-byte sectors (Linux refuses it; mtools and fsck.fat place the "
+                "data area differently)"
+            )
     if geo.fat_bits == 16 and geo.cluster_count > MAX_FAT16_CLUSTERS:
         problems.append(f"FAT16 with {geo.cluster_count} clusters (at most {MAX_FAT16_CLUSTERS})")
     if geo.cluster_count > MAX_CLUSTERS:
-        problems.append(f"{geo.cluster_count} clusters (at most {MAX_CLUSTERS}: panostage holds the whole FAT in memory "
-                        "to check and journal it; format with larger clusters, or mount it and pass the mount point)")
+        problems.append(
+            f"{geo.cluster_count} clusters (at most {MAX_CLUSTERS}: panostage holds the whole FAT in memory "
+            "to check and journal it; format with larger clusters, or mount it and pass the mount point)"
+        )
     if geo.fat_bits == 32:
         if geo.cluster_count < MIN_FAT32_CLUSTERS:
-            problems.append(f"FAT32 with only {geo.cluster_count} clusters (at least {MIN_FAT32_CLUSTERS}): Linux reads "
-                            "it as FAT32, mtools as FAT16")
+            problems.append(
+                f"FAT32 with only {geo.cluster_count} clusters (at least {MIN_FAT32_CLUSTERS}): Linux reads "
+                "it as FAT32, mtools as FAT16"
+            )
         if not 2 <= geo.root_cluster < geo.cluster_count + 2:
             problems.append(f"a root directory at cluster {geo.root_cluster}, outside the volume")
         if not geo.mirrored:
             problems.append("FAT mirroring switched off (only one FAT copy is kept current)")
         if not 1 <= geo.fsinfo_sector < geo.reserved_sectors or geo.fsinfo_sector == geo.backup_boot:
-            problems.append(f"its FSInfo sector at {geo.fsinfo_sector}, not a sector of the reserved area of its own "
-                            "(mtools writes FSInfo wherever this points: into the data or over the backup boot sector)")
+            problems.append(
+                f"its FSInfo sector at {geo.fsinfo_sector}, not a sector of the reserved area of its own "
+                "(mtools writes FSInfo wherever this points: into the data or over the backup boot sector)"
+            )
     return [f"{fat}: {p}" if not p.startswith(fat) else p for p in problems]

@@ -28,9 +28,19 @@ def entry_of(e: DirEntry) -> Entry:
 class FatHandle:
     """A FAT filesystem reached through an image file or a block device, never mounted."""
 
-    def __init__(self, path: Path, fd: int, *, block: bool, writable: bool, geometry: Geometry,
-                 partition: Partition | None = None, wrap: Wrap | None = None,
-                 runtime_dir: Path | None = None, readback: str = "direct") -> None:
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        *,
+        block: bool,
+        writable: bool,
+        geometry: Geometry,
+        partition: Partition | None = None,
+        wrap: Wrap | None = None,
+        runtime_dir: Path | None = None,
+        readback: str = "direct",
+    ) -> None:
         if readback not in ("direct", "mtools"):
             raise ValueError(f"readback must be 'direct' or 'mtools', not {readback!r}")
         self.path = path
@@ -72,8 +82,13 @@ class FatHandle:
             return self.geo.boot_label
 
     def describe(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"kind": self.kind, "path": str(self.path), "fstype": "vfat",
-                                "fat_bits": self.geo.fat_bits, "size_bytes": self.geo.size_bytes}
+        data: dict[str, Any] = {
+            "kind": self.kind,
+            "path": str(self.path),
+            "fstype": "vfat",
+            "fat_bits": self.geo.fat_bits,
+            "size_bytes": self.geo.size_bytes,
+        }
         if self.geo.offset:
             data["offset"] = self.geo.offset
         if self.partition:
@@ -95,14 +110,23 @@ class FatHandle:
             if free is None:
                 free = self.reader.free_clusters()
                 self.reader.forget()
-            return FsInfo(fs_type="vfat", fat_bits=self.geo.fat_bits, label=self._label(), uuid=self.geo.uuid,
-                          size_bytes=self.geo.cluster_count * self.geo.cluster_size,
-                          free_bytes=free * self.geo.cluster_size, cluster_size=self.geo.cluster_size)
+            return FsInfo(
+                fs_type="vfat",
+                fat_bits=self.geo.fat_bits,
+                label=self._label(),
+                uuid=self.geo.uuid,
+                size_bytes=self.geo.cluster_count * self.geo.cluster_size,
+                free_bytes=free * self.geo.cluster_size,
+                cluster_size=self.geo.cluster_size,
+            )
 
     def require_writable(self) -> None:
         if not self.writable:
-            raise StickRefused(f"{self.path} is read-only", reason="stick-read-only",
-                               hint="flip the write-protect switch or make the image writable")
+            raise StickRefused(
+                f"{self.path} is read-only",
+                reason="stick-read-only",
+                hint="flip the write-protect switch or make the image writable",
+            )
 
     # ------------------------------------------------------------ lifetime
     def close(self) -> None:

@@ -16,31 +16,47 @@ from pathlib import Path
 
 from agent.stick import blockio
 from agent.stick.errors import StickIOError, StickRefused
-from agent.stick.fatgeo import (FAT_PARTITION_TYPES, Geometry, NotFat, Partition, identify, layout_problems,
-                                mbr_partitions, parse_boot_sector)
+from agent.stick.fatgeo import (
+    FAT_PARTITION_TYPES,
+    Geometry,
+    NotFat,
+    Partition,
+    identify,
+    layout_problems,
+    mbr_partitions,
+    parse_boot_sector,
+)
 
 HEAD_BYTES = 72 * 1024
 
 
-def locate(fd: int, path: Path, *, block: bool, offset: int | None, partition: int | None) -> tuple[Geometry, Partition | None]:
+def locate(
+    fd: int, path: Path, *, block: bool, offset: int | None, partition: int | None
+) -> tuple[Geometry, Partition | None]:
     """Find the filesystem and check it is one we write; raise :class:`StickRefused` otherwise."""
     size = blockio.size_of(fd)
     if offset is not None and offset >= size:
-        raise StickRefused(f"{path}@@{offset}: the offset is beyond the end of the {'device' if block else 'image'} "
-                           f"({size} bytes)", reason="stick-bad-offset",
-                           hint="give the byte offset of the FAT partition inside the image (sector x 512)")
+        raise StickRefused(
+            f"{path}@@{offset}: the offset is beyond the end of the {'device' if block else 'image'} ({size} bytes)",
+            reason="stick-bad-offset",
+            hint="give the byte offset of the FAT partition inside the image (sector x 512)",
+        )
     geo, part = find_fat(fd, path, offset=offset, partition=partition)
     problems = layout_problems(geo)
     if problems:
-        raise StickRefused(f"{path}: a FAT layout panostage does not write: {'; '.join(problems)}",
-                           reason="stick-unsupported-layout", details={"problems": problems},
-                           hint="copy off what you need and reformat it: `panostage stick prepare DEVICE` "
-                                "(FAT32, 1 GB or more)")
+        raise StickRefused(
+            f"{path}: a FAT layout panostage does not write: {'; '.join(problems)}",
+            reason="stick-unsupported-layout",
+            details={"problems": problems},
+            hint="copy off what you need and reformat it: `panostage stick prepare DEVICE` (FAT32, 1 GB or more)",
+        )
     if geo.offset + geo.size_bytes > size:
         raise StickRefused(
             f"{path}: the FAT filesystem claims {geo.size_bytes} bytes at offset {geo.offset}, "
             f"but the {'device' if block else 'image'} holds only {size}",
-            reason="stick-truncated", hint="the image is truncated or the partition table is wrong")
+            reason="stick-truncated",
+            hint="the image is truncated or the partition table is wrong",
+        )
     return geo, part
 
 
@@ -80,7 +96,9 @@ def refuse_busy(path: Path, exc: OSError) -> int:
     if exc.errno == errno.EBUSY:
         raise StickRefused(
             f"{path} is busy: mounted (perhaps in another mount namespace) or claimed by another program",
-            reason="stick-busy", hint="unmount it, or pass the mount point instead") from exc
+            reason="stick-busy",
+            hint="unmount it, or pass the mount point instead",
+        ) from exc
     raise StickIOError.from_os("open", f"opening {path}", exc) from exc
 
 
@@ -92,8 +110,11 @@ def find_fat(fd: int, path: Path, *, offset: int | None, partition: int | None) 
             return parse_boot_sector(os.pread(fd, 512, offset), offset), None
         except NotFat as exc:
             found = identify(os.pread(fd, HEAD_BYTES, offset))
-            raise StickRefused(f"{path} at offset {offset} holds {found}, not FAT", reason="stick-not-fat",
-                               details={"found": found, "offset": offset}) from exc
+            raise StickRefused(
+                f"{path} at offset {offset} holds {found}, not FAT",
+                reason="stick-not-fat",
+                details={"found": found, "offset": offset},
+            ) from exc
     if partition is None:
         try:
             return parse_boot_sector(head[:512], 0), None
@@ -102,27 +123,41 @@ def find_fat(fd: int, path: Path, *, offset: int | None, partition: int | None) 
     parts = mbr_partitions(head[:512])
     if not parts:
         found = identify(head)
-        raise StickRefused(f"{path} holds {found}, not a FAT filesystem", reason="stick-not-fat",
-                           hint="the appliance reads FAT32: format the stick as FAT32", details={"found": found})
+        raise StickRefused(
+            f"{path} holds {found}, not a FAT filesystem",
+            reason="stick-not-fat",
+            hint="the appliance reads FAT32: format the stick as FAT32",
+            details={"found": found},
+        )
     if any(p.type == 0xEE for p in parts):
-        raise StickRefused(f"{path} has a GPT partition table", reason="stick-unsupported-layout",
-                           hint="pass the partition's device (/dev/sdX1) or IMAGE@@BYTE_OFFSET")
+        raise StickRefused(
+            f"{path} has a GPT partition table",
+            reason="stick-unsupported-layout",
+            hint="pass the partition's device (/dev/sdX1) or IMAGE@@BYTE_OFFSET",
+        )
     if partition is not None:
         chosen = [p for p in parts if p.index == partition]
     else:
         chosen = [p for p in parts if p.type in FAT_PARTITION_TYPES] or parts
     if len(chosen) != 1:
         listing = ", ".join(f"{p.index}: type 0x{p.type:02x} at {p.start}" for p in parts)
-        raise StickRefused(f"{path}: cannot tell which partition to use ({listing})", reason="stick-unsupported-layout",
-                           hint="name one: IMAGE@@BYTE_OFFSET, or the partition's device")
+        raise StickRefused(
+            f"{path}: cannot tell which partition to use ({listing})",
+            reason="stick-unsupported-layout",
+            hint="name one: IMAGE@@BYTE_OFFSET, or the partition's device",
+        )
     part = chosen[0]
     try:
         geo = parse_boot_sector(os.pread(fd, 512, part.start), part.start)
     except NotFat as exc:
         found = identify(os.pread(fd, HEAD_BYTES, part.start))
-        raise StickRefused(f"{path}: partition {part.index} holds {found}, not FAT", reason="stick-not-fat",
-                           details={"found": found, "partition": part.index}) from exc
+        raise StickRefused(
+            f"{path}: partition {part.index} holds {found}, not FAT",
+            reason="stick-not-fat",
+            details={"found": found, "partition": part.index},
+        ) from exc
     if geo.size_bytes > part.size:
-        raise StickRefused(f"{path}: the filesystem in partition {part.index} is larger than the partition",
-                           reason="stick-truncated")
+        raise StickRefused(
+            f"{path}: the filesystem in partition {part.index} is larger than the partition", reason="stick-truncated"
+        )
     return geo, part

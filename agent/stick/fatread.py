@@ -7,8 +7,8 @@ import os
 
 from agent.stick import blockio
 from agent.stick.errors import StickConflict, StickFileTooLarge, StickIOError
-from agent.stick.fathandle import FatHandle, entry_of
 from agent.stick.fatfs import DirEntry, FatReader, split_rel
+from agent.stick.fathandle import FatHandle, entry_of
 from agent.stick.model import READ_LIMIT, Entry
 from agent.stick.mtools import ADDRESSABLE
 from agent.stick.steps import Stopwatch
@@ -67,8 +67,12 @@ class FatReading(FatHandle):
         with sw.step("read"):
             data = self.mtools.run("mcopy", self._addr(rel), "-", step="read", what=what).stdout
         if len(data) != entry.size:
-            raise StickIOError("read", what, errno=errno.EIO,
-                               detail=f"mcopy returned {len(data)} bytes, the directory says {entry.size}")
+            raise StickIOError(
+                "read",
+                what,
+                errno=errno.EIO,
+                detail=f"mcopy returned {len(data)} bytes, the directory says {entry.size}",
+            )
         self.last_read_mode = "mtools+drop-cache" if bypass_cache else "mtools"
         return data
 
@@ -99,7 +103,6 @@ class FatReading(FatHandle):
             raise StickConflict(f"{rel} on the stick is a directory", reason="stick-not-a-file")
         return data
 
-
     def _addr(self, rel: str) -> str:
         """The mtools path of an existing entry: each part by its long name, else its 8.3 name - the first that
         mtools takes as typed and that finds no other entry of its directory; refused when neither does."""
@@ -111,14 +114,21 @@ class FatReading(FatHandle):
             entry = self.reader.find(cluster, part, entries)
             if entry is None:
                 raise StickIOError("lookup", f"finding {rel} on {self.path}", errno=errno.ENOENT)
-            name = next((n for n in (entry.name, entry.short_name) if ADDRESSABLE.fullmatch(n)
-                         and not any(e is not entry and e.matches(n) for e in entries)), None)
+            name = next(
+                (
+                    n
+                    for n in (entry.name, entry.short_name)
+                    if ADDRESSABLE.fullmatch(n) and not any(e is not entry and e.matches(n) for e in entries)
+                ),
+                None,
+            )
             if name is None:
-                raise StickConflict(f"{entry.name!r} on the stick cannot be named unambiguously to mtools",
-                                    reason="stick-ambiguous-name", hint="rename or remove it with another tool, "
-                                    "or erase the stick (panostage stick prepare)")
+                raise StickConflict(
+                    f"{entry.name!r} on the stick cannot be named unambiguously to mtools",
+                    reason="stick-ambiguous-name",
+                    hint="rename or remove it with another tool, or erase the stick (panostage stick prepare)",
+                )
             out.append(name)
             if i < len(parts) - 1:
                 cluster = self.reader.subdir_cluster(entry)
         return "::/" + "/".join(out)
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from agent.stick import fatcheck, names
 from agent.stick.errors import StickDamaged, StickIOError, StickRefused
@@ -49,12 +49,18 @@ class FatChecks(FatHandle):
         short = room.shortfall(clusters, slots)
         if short == "space":
             free, needed = room.usable_free * cluster, clusters * cluster
-            raise StickRefused(f"{self.path} has {free} bytes free; {name} needs {needed}", reason="stick-full",
-                               exit_code=StickIOError.exit_code, hint="free some space or wipe the stick",
-                               details={"free": free, "needed": needed})
+            raise StickRefused(
+                f"{self.path} has {free} bytes free; {name} needs {needed}",
+                reason="stick-full",
+                exit_code=StickIOError.exit_code,
+                hint="free some space or wipe the stick",
+                details={"free": free, "needed": needed},
+            )
         if short == "root":
             raise StickRefused(
                 f"the root directory of {self.path} is full: {name} needs {slots} free entries in a row, the longest "
                 f"run is {room.root_free_run} (a FAT{self.geo.fat_bits} root holds {self.geo.root_entries} entries)",
-                reason="stick-root-full", hint="delete files from the stick's root, or wipe it (panostage stick wipe)",
-                details={"slots_needed": slots, "longest_free_run": room.root_free_run})
+                reason="stick-root-full",
+                hint="delete files from the stick's root, or wipe it (panostage stick wipe)",
+                details={"slots_needed": slots, "longest_free_run": room.root_free_run},
+            )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from agent.stick import blockio
 from agent.stick.errors import StickConflict, StickIOError, StickNameError
@@ -28,8 +28,7 @@ from agent.stick.steps import Stopwatch
 class FatWriting(FatReading, FatChecks):
     """The writing half of :class:`agent.stick.fat.FatTarget`: checked, journaled, flushed."""
 
-    def _journaled(self, sw: Stopwatch, snap: Snapshot, what: str,
-                   steps: list[tuple[str, Callable[[], None]]]) -> None:
+    def _journaled(self, sw: Stopwatch, snap: Snapshot, what: str, steps: list[tuple[str, Callable[[], None]]]) -> None:
         """Run ``steps`` (name, callable); on any failure restore ``snap``, flush, re-raise."""
         self._changed = True
         try:
@@ -60,8 +59,11 @@ class FatWriting(FatReading, FatChecks):
             root = self.reader.dir_entries(None)
             existing = self.reader.find(None, name, root)
             if existing is not None and existing.is_dir:
-                raise StickConflict(f"{name} on the stick is a directory; it will not be replaced",
-                                    reason="stick-name-is-dir", details={"entry": entry_of(existing).to_dict()})
+                raise StickConflict(
+                    f"{name} on the stick is a directory; it will not be replaced",
+                    reason="stick-name-is-dir",
+                    details={"entry": entry_of(existing).to_dict()},
+                )
             if existing is not None and not replace:
                 raise StickConflict(f"{name} already exists on the stick", reason="stick-name-exists")
             refuse_look_alikes(name, [e.name for e in root])
@@ -77,34 +79,62 @@ class FatWriting(FatReading, FatChecks):
         with sw.step("memfd"):
             source = memory_file(data, runtime_dir=self.runtime_dir)
         try:
+
             def copy() -> None:
                 self.mtools.run("mcopy", "-D", "o", "-", dos_path(tmp), stdin=source, step="copy", what=what)
                 self.reader.forget()
                 written = self.reader.lookup(tmp)
                 if written is None or written.size != len(data):
-                    raise StickIOError("copy", what, errno=errno.EIO,
-                                       detail=f"mcopy left {written.size if written else 'no'} bytes, not {len(data)}")
+                    raise StickIOError(
+                        "copy",
+                        what,
+                        errno=errno.EIO,
+                        detail=f"mcopy left {written.size if written else 'no'} bytes, not {len(data)}",
+                    )
 
             def rename() -> None:
                 done = self.mtools.run("mren", "-D", "o", dos_path(tmp), dos_path(name), step="rename", what=what)
                 self.reader.forget()
                 # mren (4.0.x) exits 0 when its directory write fails (buffer_flush): check it took
                 renamed = self.reader.lookup(name)
-                if self.reader.lookup(tmp) is not None or renamed is None or renamed.name.lower() != name.lower() \
-                        or renamed.size != len(data):
+                if (
+                    self.reader.lookup(tmp) is not None
+                    or renamed is None
+                    or renamed.name.lower() != name.lower()
+                    or renamed.size != len(data)
+                ):
                     said = " ".join(done.stderr.split())
-                    raise StickIOError("rename", what, errno=errno_in(said) or errno.EIO,
-                                       detail=f"mren exited 0 but {name} is not in place: {said or 'no message'}")
+                    raise StickIOError(
+                        "rename",
+                        what,
+                        errno=errno_in(said) or errno.EIO,
+                        detail=f"mren exited 0 but {name} is not in place: {said or 'no message'}",
+                    )
 
-            self._journaled(sw, snap, what, [("copy", copy), ("fsync", lambda: os.fsync(self.fd)),
-                                             ("rename", rename), ("fsync_rename", lambda: os.fsync(self.fd))])
+            self._journaled(
+                sw,
+                snap,
+                what,
+                [
+                    ("copy", copy),
+                    ("fsync", lambda: os.fsync(self.fd)),
+                    ("rename", rename),
+                    ("fsync_rename", lambda: os.fsync(self.fd)),
+                ],
+            )
         finally:
             _close_memory(source)
         if old_clusters:
             with sw.step("scrub_old"):
                 scrubbed += self._zero_free(old_clusters)
-        return WriteReport(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                           replaced=existing is not None, durations_ms=sw.durations_ms, scrubbed_bytes=scrubbed)
+        return WriteReport(
+            name=name,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            replaced=existing is not None,
+            durations_ms=sw.durations_ms,
+            scrubbed_bytes=scrubbed,
+        )
 
     def _zero_free(self, clusters: list[int]) -> int:
         """Overwrite those of ``clusters`` that are free now with zeros (best effort); bytes zeroed.
@@ -153,6 +183,7 @@ class FatWriting(FatReading, FatChecks):
             snap = Snapshot.take(self.reader, self._path_dirs(parts))
         source = memory_file(data, runtime_dir=self.runtime_dir)
         try:
+
             def mkdirs() -> None:
                 for i in range(1, len(parts)):
                     sub = "/".join(parts[:i])
@@ -161,8 +192,9 @@ class FatWriting(FatReading, FatChecks):
                         self.mtools.run("mmd", dos_path(sub), step="mkdir", what=what)
                         self.reader.forget()
                     elif not entry.is_dir:
-                        raise StickConflict(f"{sub} on the stick is a file, not a directory",
-                                            reason="stick-not-a-directory")
+                        raise StickConflict(
+                            f"{sub} on the stick is a file, not a directory", reason="stick-not-a-directory"
+                        )
 
             def copy() -> None:
                 if existing is not None and existing.readonly:

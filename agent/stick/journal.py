@@ -32,7 +32,7 @@ class Snapshot:
     fat: bytes = b""
 
     @classmethod
-    def take(cls, reader: FatReader, dir_clusters: list[int | None]) -> "Snapshot":
+    def take(cls, reader: FatReader, dir_clusters: list[int | None]) -> Snapshot:
         geo = reader.geo
         snap = cls(reader)
         snap.regions.append((geo.offset, reader.pread(geo.offset, geo.reserved_sectors * geo.bytes_per_sector)))
@@ -65,9 +65,9 @@ def _write_differences(reader: FatReader, start: int, wanted: bytes, sector: int
     written = 0
     block = 64 * sector
     for base in range(0, len(wanted), block):
-        if current[base: base + block] == wanted[base: base + block]:
+        if current[base : base + block] == wanted[base : base + block]:
             continue
         for pos in range(base, min(base + block, len(wanted)), sector):
-            if current[pos: pos + sector] != wanted[pos: pos + sector]:
-                written += os.pwrite(reader.fd, wanted[pos: pos + sector], start + pos)
+            if current[pos : pos + sector] != wanted[pos : pos + sector]:
+                written += os.pwrite(reader.fd, wanted[pos : pos + sector], start + pos)
     return written

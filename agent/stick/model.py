@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from agent.stick import names
 
@@ -67,9 +68,12 @@ def refuse_look_alikes(name: str, present: list[str]) -> None:
 
     alike = [p for p in present if names.same(p, name) and p.lower() != name.lower()]
     if alike:
-        raise StickConflict(f"{alike[0]!r} on the stick is a look-alike of {name!r}: FAT readers may take one for "
-                            "the other", reason="stick-look-alike", hint="remove it, or pass --replace",
-                            details={"look_alikes": alike})
+        raise StickConflict(
+            f"{alike[0]!r} on the stick is a look-alike of {name!r}: FAT readers may take one for the other",
+            reason="stick-look-alike",
+            hint="remove it, or pass --replace",
+            details={"look_alikes": alike},
+        )
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,15 @@ class FsInfo:
     cluster_size: int  # allocation unit in bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"fs_type": self.fs_type, "fat_bits": self.fat_bits, "label": self.label, "uuid": self.uuid,
-                "size_bytes": self.size_bytes, "free_bytes": self.free_bytes, "cluster_size": self.cluster_size}
+        return {
+            "fs_type": self.fs_type,
+            "fat_bits": self.fat_bits,
+            "label": self.label,
+            "uuid": self.uuid,
+            "size_bytes": self.size_bytes,
+            "free_bytes": self.free_bytes,
+            "cluster_size": self.cluster_size,
+        }
 
 
 @dataclass(frozen=True)
@@ -119,9 +130,15 @@ class WriteReport:
         return round(sum(self.durations_ms.values()), 3)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size, "sha256": self.sha256, "replaced": self.replaced,
-                "durations_ms": dict(self.durations_ms), "total_ms": self.total_ms,
-                "scrubbed_bytes": self.scrubbed_bytes}
+        return {
+            "name": self.name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "replaced": self.replaced,
+            "durations_ms": dict(self.durations_ms),
+            "total_ms": self.total_ms,
+            "scrubbed_bytes": self.scrubbed_bytes,
+        }
 
 
 @runtime_checkable
@@ -168,6 +185,6 @@ class StickTarget(Protocol):
 
     def close(self) -> None: ...
 
-    def __enter__(self) -> "StickTarget": ...
+    def __enter__(self) -> StickTarget: ...
 
     def __exit__(self, *exc: object) -> None: ...

@@ -28,8 +28,10 @@ class Mount:
 
 def mounts() -> list[Mount]:
     """Every mount, in mount order (later ones hide earlier ones on the same path)."""
-    return [Mount(p.device, Path(p.mountpoint), p.fstype, frozenset(p.opts.split(",")))
-            for p in psutil.disk_partitions(all=True)]
+    return [
+        Mount(p.device, Path(p.mountpoint), p.fstype, frozenset(p.opts.split(",")))
+        for p in psutil.disk_partitions(all=True)
+    ]
 
 
 def mount_of(path: Path) -> Mount | None:

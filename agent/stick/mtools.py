@@ -23,9 +23,9 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from agent.stick.errors import StickIOError, StickNameError
 from agent.stick.fatfs import split_rel
@@ -50,16 +50,24 @@ BASE_ENV = {
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~ -]*|\.[A-Za-z0-9][A-Za-z0-9._+~ -]*")
 #: Names found on a stick that mtools takes as typed (C.UTF-8): no wildcard, separator, drive colon or
 #: control character, no leading or trailing space or dot (mtools would strip them).
-ADDRESSABLE = re.compile(r"(?![ .])[^*?\[\]/\\:\x00-\x1f\x7f]+(?<![ .])|\.[^*?\[\]/\\:\x00-\x1f\x7f.][^*?\[\]/\\:\x00-\x1f\x7f]*(?<![ .])")
+ADDRESSABLE = re.compile(
+    r"(?![ .])[^*?\[\]/\\:\x00-\x1f\x7f]+(?<![ .])|\.[^*?\[\]/\\:\x00-\x1f\x7f.][^*?\[\]/\\:\x00-\x1f\x7f]*(?<![ .])"
+)
 
 #: stderr lines that are only noise (loop devices have no geometry).
 _NOISE = re.compile(r"^(Could not get geometry of device.*|)$")
 
 _ERRNO_TEXT = [
-    ("Disk full", _errno.ENOSPC), ("No space left", _errno.ENOSPC), ("No free cluster", _errno.ENOSPC),
-    ("Input/output error", _errno.EIO), ("Read-only file system", _errno.EROFS),
-    ("Permission denied", _errno.EACCES), ("No such device", _errno.ENODEV),
-    ("No such file", _errno.ENOENT), ("not found", _errno.ENOENT), ("File exists", _errno.EEXIST),
+    ("Disk full", _errno.ENOSPC),
+    ("No space left", _errno.ENOSPC),
+    ("No free cluster", _errno.ENOSPC),
+    ("Input/output error", _errno.EIO),
+    ("Read-only file system", _errno.EROFS),
+    ("Permission denied", _errno.EACCES),
+    ("No such device", _errno.ENODEV),
+    ("No such file", _errno.ENOENT),
+    ("not found", _errno.ENOENT),
+    ("File exists", _errno.EEXIST),
 ]
 
 Wrap = Callable[[str, list[str]], list[str]]
@@ -78,8 +86,9 @@ def missing_tools() -> list[str]:
 def check_name(part: str) -> str:
     """A single name as FAT and mtools take it: at most 255 characters, no wildcards or separators."""
     if len(part) > 255:
-        raise StickNameError(f"{part[:40]}... is {len(part)} characters long; FAT allows 255",
-                             hint="use a shorter device name")
+        raise StickNameError(
+            f"{part[:40]}... is {len(part)} characters long; FAT allows 255", hint="use a shorter device name"
+        )
     if not SAFE_NAME.fullmatch(part):
         raise StickNameError(f"name not allowed on the stick: {part!r} (letters, digits and ._+~- only)")
     return part
@@ -120,21 +129,33 @@ class Mtools:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **BASE_ENV, **self.extra_env}
         try:
             proc = subprocess.run(
-                argv, stdin=subprocess.DEVNULL if stdin is None else stdin, capture_output=True, env=env,
-                pass_fds=(self.fd,), timeout=self.timeout, check=False,
+                argv,
+                stdin=subprocess.DEVNULL if stdin is None else stdin,
+                capture_output=True,
+                env=env,
+                pass_fds=(self.fd,),
+                timeout=self.timeout,
+                check=False,
             )
         except FileNotFoundError as exc:
-            raise StickIOError(step, what, detail=f"{tool} is not installed ({exc})",
-                               hint="install the mtools package") from exc
+            raise StickIOError(
+                step, what, detail=f"{tool} is not installed ({exc})", hint="install the mtools package"
+            ) from exc
         except subprocess.TimeoutExpired as exc:
-            raise StickIOError(step, what, errno=_errno.ETIMEDOUT,
-                               detail=f"{tool} did not finish within {self.timeout:g}s") from exc
+            raise StickIOError(
+                step, what, errno=_errno.ETIMEDOUT, detail=f"{tool} did not finish within {self.timeout:g}s"
+            ) from exc
         stderr = proc.stderr.decode("utf-8", "replace")
         if proc.returncode != 0:
             text = " ".join(line.strip() for line in stderr.splitlines() if not _NOISE.match(line.strip()))
             code = errno_in(text)
-            raise StickIOError(step, what, errno=code, detail=f"{tool} exited {proc.returncode}: {text or 'no message'}",
-                               details={"tool": tool, "stderr": text[-500:]})
+            raise StickIOError(
+                step,
+                what,
+                errno=code,
+                detail=f"{tool} exited {proc.returncode}: {text or 'no message'}",
+                details={"tool": tool, "stderr": text[-500:]},
+            )
         return MtoolsResult(proc.returncode, proc.stdout, stderr)
 
 
@@ -151,17 +172,22 @@ def memory_file(data: bytes, *, runtime_dir: Path | None = None) -> int:
 
         mount = mount_of(runtime_dir) if runtime_dir is not None else None
         if mount is None or mount.fstype not in ("tmpfs", "ramfs"):
-            raise StickIOError("memfd", "holding the archive in memory", errno=_errno.ENOSYS,
-                               detail="no memfd, and no tmpfs runtime directory to fall back to",
-                               hint="set paths.runtime_dir to a directory on tmpfs (e.g. /run/panostage)")
+            raise StickIOError(
+                "memfd",
+                "holding the archive in memory",
+                errno=_errno.ENOSYS,
+                detail="no memfd, and no tmpfs runtime directory to fall back to",
+                hint="set paths.runtime_dir to a directory on tmpfs (e.g. /run/panostage)",
+            ) from None
         fd = os.open(runtime_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         try:
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
-                        fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+            fcntl.fcntl(
+                fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+            )
         except (AttributeError, OSError):
             pass  # O_TMPFILE fallback: no seals, still nameless
         os.lseek(fd, 0, os.SEEK_SET)

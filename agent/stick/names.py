@@ -69,8 +69,11 @@ def slots_for(name: str) -> int:
 def is_archive_name(name: str) -> bool:
     """Could a FAT reader take ``name`` for ``certificates-omni_<something>.zip``?"""
     folded = fold(name)
-    return (folded.startswith(ARCHIVE_PREFIX) and folded.endswith(ARCHIVE_SUFFIX)
-            and len(folded) > len(ARCHIVE_PREFIX) + len(ARCHIVE_SUFFIX))
+    return (
+        folded.startswith(ARCHIVE_PREFIX)
+        and folded.endswith(ARCHIVE_SUFFIX)
+        and len(folded) > len(ARCHIVE_PREFIX) + len(ARCHIVE_SUFFIX)
+    )
 
 
 def temp_of(name: str) -> tuple[str, int] | None:

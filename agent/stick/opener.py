@@ -46,8 +46,15 @@ def loop_devices_of(image: Path) -> list[str]:
     return found
 
 
-def open_target(spec: str | Path, *, allow_non_fat: bool = False, runtime_dir: Path | None = None,
-                partition: int | None = None, wrap: Wrap | None = None, readback: str = "direct") -> StickTarget:
+def open_target(
+    spec: str | Path,
+    *,
+    allow_non_fat: bool = False,
+    runtime_dir: Path | None = None,
+    partition: int | None = None,
+    wrap: Wrap | None = None,
+    readback: str = "direct",
+) -> StickTarget:
     """Open a stick given as a mounted directory, a FAT image (``IMAGE[@@OFFSET]``) or a block device.
 
     * directory: a :class:`DirectoryTarget` (must be the root of a FAT mount unless ``allow_non_fat``);
@@ -69,19 +76,30 @@ def open_target(spec: str | Path, *, allow_non_fat: bool = False, runtime_dir: P
             usable = [m for m in mounted if not m.readonly and os.access(m.mountpoint, os.W_OK)]
             where = ", ".join(f"{m.device} on {m.mountpoint} ({'ro' if m.readonly else 'rw'})" for m in mounted)
             if not usable:
-                raise StickRefused(f"{path} is mounted read-only ({where})", reason="stick-read-only",
-                                   hint="remount it read-write, or unmount it and pass the device")
+                raise StickRefused(
+                    f"{path} is mounted read-only ({where})",
+                    reason="stick-read-only",
+                    hint="remount it read-write, or unmount it and pass the device",
+                )
             if len({device_rdev(m.device) for m in usable}) > 1:
-                raise StickRefused(f"{path} has several mounted partitions ({where})", reason="stick-unsupported-layout",
-                                   hint="pass the mount point you mean")
+                raise StickRefused(
+                    f"{path} has several mounted partitions ({where})",
+                    reason="stick-unsupported-layout",
+                    hint="pass the mount point you mean",
+                )
             return DirectoryTarget(usable[0].mountpoint, allow_non_fat=allow_non_fat)
-        return FatTarget.open(path, offset=offset, partition=partition, runtime_dir=runtime_dir, wrap=wrap,
-                              readback=readback)
+        return FatTarget.open(
+            path, offset=offset, partition=partition, runtime_dir=runtime_dir, wrap=wrap, readback=readback
+        )
     if stat.S_ISREG(st.st_mode):
         loops = loop_devices_of(path)
         if loops:
-            raise StickRefused(f"{path} is attached to {', '.join(loops)}", reason="stick-busy",
-                               hint=f"use {loops[0]} (or detach it): writing the file under a loop device corrupts it")
-        return FatTarget.open(path, offset=offset, partition=partition, runtime_dir=runtime_dir, wrap=wrap,
-                              readback=readback)
+            raise StickRefused(
+                f"{path} is attached to {', '.join(loops)}",
+                reason="stick-busy",
+                hint=f"use {loops[0]} (or detach it): writing the file under a loop device corrupts it",
+            )
+        return FatTarget.open(
+            path, offset=offset, partition=partition, runtime_dir=runtime_dir, wrap=wrap, readback=readback
+        )
     raise StickRefused(f"{path} is not a directory, an image file or a block device", reason="stick-not-fat")

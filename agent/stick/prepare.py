@@ -22,9 +22,10 @@ import re
 import secrets
 import stat
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from agent.errors import ExitCode, PanostageError
 from agent.stick import blockio
@@ -76,8 +77,9 @@ def fat_label(label: str) -> str:
     """A valid FAT volume label (upper-cased), or :class:`LabelError`."""
     text = label.strip().upper()
     if not _LABEL_OK.match(text):
-        raise LabelError(f"{label!r} is not a FAT volume label",
-                         hint="1-11 characters: letters, digits, spaces and !#$%&'()-@^_`{}~")
+        raise LabelError(
+            f"{label!r} is not a FAT volume label", hint="1-11 characters: letters, digits, spaces and !#$%&'()-@^_`{}~"
+        )
     return text
 
 
@@ -104,25 +106,35 @@ def check_device(path: Path, *, force: bool) -> tuple[os.stat_result, bool, list
     except OSError as exc:
         raise StickIOError.from_os("open", f"opening {path}", exc) from exc
     if not stat.S_ISBLK(st.st_mode):
-        raise StickRefused(f"{path} is not a block device", reason="stick-not-block",
-                           hint="pass the stick's device, e.g. /dev/sdb (`lsblk -o NAME,TRAN,RM,SIZE,MODEL`)")
+        raise StickRefused(
+            f"{path} is not a block device",
+            reason="stick-not-block",
+            hint="pass the stick's device, e.g. /dev/sdb (`lsblk -o NAME,TRAN,RM,SIZE,MODEL`)",
+        )
     sys_dir = sysfs_dir(st.st_rdev)
     if (sys_dir / "partition").exists():
         disk = Path(os.path.realpath(sys_dir)).parent.name
-        raise StickRefused(f"{path} is a partition: prepare formats a whole stick", reason="stick-partition",
-                           hint=f"pass the whole device (/dev/{disk})")
+        raise StickRefused(
+            f"{path} is a partition: prepare formats a whole stick",
+            reason="stick-partition",
+            hint=f"pass the whole device (/dev/{disk})",
+        )
     mounted = mounts_of_device(st.st_rdev)
     if mounted:
         where = ", ".join(f"{m.device} on {m.mountpoint}" for m in mounted)
-        raise StickRefused(f"{path} is mounted ({where})", reason="stick-mounted",
-                           hint="unmount it (and every partition of it) first")
+        raise StickRefused(
+            f"{path} is mounted ({where})", reason="stick-mounted", hint="unmount it (and every partition of it) first"
+        )
     removable = _read(sys_dir / "removable") == "1"
     warnings = []
     if not removable:
         if not force:
-            raise StickRefused(f"{path} is not a removable device", reason="stick-not-removable",
-                               hint="check it is the stick you mean (`lsblk -o NAME,TRAN,RM,SIZE,MODEL`); "
-                                    "some USB sticks report fixed media: then add --force")
+            raise StickRefused(
+                f"{path} is not a removable device",
+                reason="stick-not-removable",
+                hint="check it is the stick you mean (`lsblk -o NAME,TRAN,RM,SIZE,MODEL`); "
+                "some USB sticks report fixed media: then add --force",
+            )
         warnings.append(f"{path} is not removable; formatting anyway (--force)")
     return st, removable, warnings
 
@@ -132,17 +144,23 @@ def _open_excl(path: Path) -> int:
         return os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno == errno.EBUSY:
-            raise StickRefused(f"{path} is busy: mounted (perhaps in another mount namespace) or claimed by "
-                               "another program", reason="stick-busy", hint="unmount it, stop what holds it") from exc
+            raise StickRefused(
+                f"{path} is busy: mounted (perhaps in another mount namespace) or claimed by another program",
+                reason="stick-busy",
+                hint="unmount it, stop what holds it",
+            ) from exc
         raise StickIOError.from_os("open", f"opening {path}", exc) from exc
 
 
 def _same(path: Path, fd: int, before: Medium) -> None:
     now = medium_of(fd)
     if os.stat(path).st_rdev != before.rdev or now != before:
-        raise StickRefused(f"{path} changed while it was being prepared (another medium or device)",
-                           reason="stick-replaced", hint="check which stick is plugged in and start again",
-                           details={"before": before.__dict__, "now": now.__dict__})
+        raise StickRefused(
+            f"{path} changed while it was being prepared (another medium or device)",
+            reason="stick-replaced",
+            hint="check which stick is plugged in and start again",
+            details={"before": before.__dict__, "now": now.__dict__},
+        )
 
 
 def _mkfs(argv: list[str]) -> subprocess.CompletedProcess:
@@ -154,8 +172,14 @@ def volume_uuid(volume_id: int) -> str:
     return f"{volume_id >> 16:04X}-{volume_id & 0xFFFF:04X}"
 
 
-def prepare(path: str | Path, *, label: str = DEFAULT_LABEL, force: bool = False, volume_id: int | None = None,
-            before_format: Callable[[str], None] | None = None) -> Prepared:
+def prepare(
+    path: str | Path,
+    *,
+    label: str = DEFAULT_LABEL,
+    force: bool = False,
+    volume_id: int | None = None,
+    before_format: Callable[[str], None] | None = None,
+) -> Prepared:
     """Format the whole device ``path`` as FAT (see the module docstring).
 
     ``before_format(fs_uuid)`` runs once every check has passed, before the first byte is written:
@@ -175,12 +199,15 @@ def prepare(path: str | Path, *, label: str = DEFAULT_LABEL, force: bool = False
             raise StickRefused(f"{path} changed while it was being opened", reason="stick-replaced")
         size = before.size
         if size < MIN_BYTES:
-            raise StickRefused(f"{path} is too small ({size} bytes; at least {MIN_BYTES} needed)",
-                               reason="stick-too-small")
+            raise StickRefused(
+                f"{path} is too small ({size} bytes; at least {MIN_BYTES} needed)", reason="stick-too-small"
+            )
         bits = 32 if size >= FAT32_MIN_BYTES else 16
         if bits == 16:
-            warnings.append(f"{path} is smaller than {FAT32_MIN_BYTES >> 20} MiB: formatted FAT16, not the FAT32 "
-                            "the appliance expects (fine for tests)")
+            warnings.append(
+                f"{path} is smaller than {FAT32_MIN_BYTES >> 20} MiB: formatted FAT16, not the FAT32 "
+                "the appliance expects (fine for tests)"
+            )
         if size < APPLIANCE_MIN_BYTES:
             warnings.append(f"{path} holds {size} bytes; the appliance documentation asks for 1 GB or more")
         if before_format is not None:
@@ -196,15 +223,19 @@ def prepare(path: str | Path, *, label: str = DEFAULT_LABEL, force: bool = False
     try:
         proc = _mkfs(argv)
     except FileNotFoundError as exc:
-        raise StickIOError("mkfs", f"formatting {path}", detail="mkfs.fat not found",
-                           hint="apt-get install dosfstools") from exc
+        raise StickIOError(
+            "mkfs", f"formatting {path}", detail="mkfs.fat not found", hint="apt-get install dosfstools"
+        ) from exc
     if proc.returncode != 0:
         busy = "busy" in proc.stderr.lower() or "exclusively" in proc.stderr.lower()
         if busy:
-            raise StickRefused(f"{path} was claimed by someone else during formatting: {proc.stderr.strip()[-300:]}",
-                               reason="stick-busy")
-        raise StickIOError("mkfs", f"formatting {path}", detail=f"mkfs.fat exited {proc.returncode}: "
-                                                                f"{proc.stderr.strip()[-500:]}")
+            raise StickRefused(
+                f"{path} was claimed by someone else during formatting: {proc.stderr.strip()[-300:]}",
+                reason="stick-busy",
+            )
+        raise StickIOError(
+            "mkfs", f"formatting {path}", detail=f"mkfs.fat exited {proc.returncode}: {proc.stderr.strip()[-500:]}"
+        )
     fd = _open_excl(path)
     try:
         _same(path, fd, before)
@@ -213,9 +244,12 @@ def prepare(path: str | Path, *, label: str = DEFAULT_LABEL, force: bool = False
         except NotFat as exc:
             raise StickIOError("verify", f"formatting {path}", detail=f"no FAT after mkfs.fat: {exc.found}") from exc
         if geo.fat_bits != bits or geo.serial != serial or (bits == 32 and geo.cluster_count < FAT32_MIN_CLUSTERS):
-            raise StickIOError("verify", f"formatting {path}",
-                               detail=f"mkfs.fat made FAT{geo.fat_bits} with {geo.cluster_count} clusters, "
-                                      f"volume id {geo.serial}; wanted FAT{bits}, {serial:08X}")
+            raise StickIOError(
+                "verify",
+                f"formatting {path}",
+                detail=f"mkfs.fat made FAT{geo.fat_bits} with {geo.cluster_count} clusters, "
+                f"volume id {geo.serial}; wanted FAT{bits}, {serial:08X}",
+            )
         os.fsync(fd)
         try:  # drop partitions the kernel still shows from the old table (not for loop devices: EINVAL)
             fcntl.ioctl(fd, BLKRRPART)
@@ -223,5 +257,13 @@ def prepare(path: str | Path, *, label: str = DEFAULT_LABEL, force: bool = False
             pass
     finally:
         os.close(fd)  # closing a read-write descriptor: udev re-probes (udev watch) and sees the new filesystem
-    return Prepared(device=str(path), size_bytes=size, fat_bits=bits, label=label, fs_uuid=geo.uuid or "",
-                    removable=removable, forced=force and not removable, warnings=warnings)
+    return Prepared(
+        device=str(path),
+        size_bytes=size,
+        fat_bits=bits,
+        label=label,
+        fs_uuid=geo.uuid or "",
+        removable=removable,
+        forced=force and not removable,
+        warnings=warnings,
+    )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from agent.stick.errors import StickIOError
 from agent.stick.fatfs import FatCorrupt
@@ -25,5 +25,10 @@ class Stopwatch(StepTimer):
         except OSError as exc:
             raise StickIOError.from_os(name, self.what, exc) from exc
         except FatCorrupt as exc:
-            raise StickIOError(name, self.what, detail=f"the filesystem contradicts itself: {exc}",
-                               reason="stick-corrupt", hint="check the stick with fsck.fat, or use another one") from exc
+            raise StickIOError(
+                name,
+                self.what,
+                detail=f"the filesystem contradicts itself: {exc}",
+                reason="stick-corrupt",
+                hint="check the stick with fsck.fat, or use another one",
+            ) from exc

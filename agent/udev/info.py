@@ -64,8 +64,11 @@ class StickInfo:
     @property
     def blank(self) -> bool:
         """A medium with no filesystem where a stick's would be (not a partitioned disk): worth telling about."""
-        return (not self.has_filesystem and not self.has_partitions
-                and (self.size_bytes is None or self.size_bytes >= MIN_MEDIUM_BYTES))
+        return (
+            not self.has_filesystem
+            and not self.has_partitions
+            and (self.size_bytes is None or self.size_bytes >= MIN_MEDIUM_BYTES)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -74,7 +77,7 @@ class StickInfo:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StickInfo":
+    def from_dict(cls, data: dict[str, Any]) -> StickInfo:
         """The inverse of :meth:`to_dict` (derived keys ignored), e.g. for a snapshot kept in the state DB."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
@@ -175,5 +178,7 @@ def partitions_of(device: pyudev.Device) -> list[pyudev.Device]:
     """The partitions of a disk (none for a partition or a superfloppy)."""
     if device.device_type != "disk":
         return []
-    return sorted((c for c in device.children if c.subsystem == "block" and c.device_type == "partition"),
-                  key=lambda d: d.sys_path)
+    return sorted(
+        (c for c in device.children if c.subsystem == "block" and c.device_type == "partition"),
+        key=lambda d: d.sys_path,
+    )

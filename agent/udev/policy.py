@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from agent.config import StickSettings
 from agent.udev.info import StickInfo
@@ -21,8 +22,14 @@ class Decision:
     info: StickInfo
 
     def to_dict(self) -> dict[str, Any]:
-        return {"admitted": self.admitted, "reason": self.reason, "identity": self.info.identity,
-                "devnode": self.info.devnode, "syspath": self.info.syspath, "info": self.info.to_dict()}
+        return {
+            "admitted": self.admitted,
+            "reason": self.reason,
+            "identity": self.info.identity,
+            "devnode": self.info.devnode,
+            "syspath": self.info.syspath,
+            "info": self.info.to_dict(),
+        }
 
 
 def label_matches(label: str | None, pattern: str) -> bool:

@@ -12,8 +12,9 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 import pyudev
 
@@ -56,9 +57,12 @@ class StickEvent:
         return self.action == "change" and not same_filesystem(self.info, self.known)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "syspath": self.syspath,
-                "info": self.info.to_dict() if self.info else None,
-                "known": self.known.to_dict() if self.known else None}
+        return {
+            "action": self.action,
+            "syspath": self.syspath,
+            "info": self.info.to_dict() if self.info else None,
+            "known": self.known.to_dict() if self.known else None,
+        }
 
 
 def same_filesystem(a: StickInfo | None, b: StickInfo | None) -> bool:
@@ -92,10 +96,15 @@ def udev_monitor(context: pyudev.Context) -> pyudev.Monitor:
 class Watcher:
     """Coldplug + hotplug of block devices that carry a filesystem (or a blank medium), deduplicated by sys path."""
 
-    def __init__(self, *, context_factory: Callable[[], pyudev.Context] = pyudev.Context,
-                 monitor_factory: Callable[[pyudev.Context], pyudev.Monitor] = udev_monitor,
-                 receive_buffer_bytes: int = 128 << 20, log: logging.Logger = LOG,
-                 describe: Callable[[pyudev.Device], StickInfo] = stick_info) -> None:
+    def __init__(
+        self,
+        *,
+        context_factory: Callable[[], pyudev.Context] = pyudev.Context,
+        monitor_factory: Callable[[pyudev.Context], pyudev.Monitor] = udev_monitor,
+        receive_buffer_bytes: int = 128 << 20,
+        log: logging.Logger = LOG,
+        describe: Callable[[pyudev.Device], StickInfo] = stick_info,
+    ) -> None:
         self._context_factory = context_factory
         self._monitor_factory = monitor_factory
         self._receive_buffer_bytes = receive_buffer_bytes
@@ -141,8 +150,13 @@ class Watcher:
             monitor.set_receive_buffer_size(wanted)
         except OSError as exc:
             level = logging.INFO if exc.errno == errno.EPERM else logging.WARNING
-            self._log.log(level, "udev monitor: cannot raise receive buffer to %d bytes (it stays %s): %s",
-                          wanted, current, exc.strerror or exc)
+            self._log.log(
+                level,
+                "udev monitor: cannot raise receive buffer to %d bytes (it stays %s): %s",
+                wanted,
+                current,
+                exc.strerror or exc,
+            )
 
     def fileno(self) -> int:
         """The monitor's socket: readable when :meth:`read` has something to do."""
@@ -156,7 +170,7 @@ class Watcher:
         self._context = None
         self._known.clear()
 
-    def __enter__(self) -> "Watcher":
+    def __enter__(self) -> Watcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -232,8 +246,14 @@ class Watcher:
             info = self._describe(device)
         except Exception as exc:  # noqa: BLE001 - contained
             self.skipped += 1
-            self._log.warning("udev: skipping %s of %s: cannot describe it: %s: %s",
-                              action, syspath, type(exc).__name__, exc, exc_info=self._log.isEnabledFor(logging.DEBUG))
+            self._log.warning(
+                "udev: skipping %s of %s: cannot describe it: %s: %s",
+                action,
+                syspath,
+                type(exc).__name__,
+                exc,
+                exc_info=self._log.isEnabledFor(logging.DEBUG),
+            )
             return None
         known = self._known.get(syspath)
         if not info.has_filesystem and known is not None and known.has_filesystem:

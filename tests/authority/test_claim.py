@@ -11,8 +11,8 @@ from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import serialization
 
 from agent.authority.claim import ClaimRejected, build_claim, post_claim
-from tests.authority_kit import unique
 from tests.authority.test_archive import find_certificates, members, split
+from tests.authority_kit import unique
 
 
 def provision(server, **kwargs) -> tuple[str, bytes, bytes]:
@@ -41,8 +41,10 @@ def status_of(server, device_id: str) -> dict:
 
 def test_claim_succeeds_and_the_device_comes_online(authority_server):
     device, cert, key = provision(authority_server)
-    answer = post_claim(authority_server.endpoint_url, build_claim(device, cert, key, authority_now(authority_server),
-                                                                   serial_number="1234567890"))
+    answer = post_claim(
+        authority_server.endpoint_url,
+        build_claim(device, cert, key, authority_now(authority_server), serial_number="1234567890"),
+    )
     assert answer == {"DeviceId": device, "ProvisioningStatus": "SUCCEEDED", "DeviceConnectionStatus": "ONLINE"}
     described = status_of(authority_server, device)
     assert described["ProvisioningStatus"] == "SUCCEEDED"
@@ -121,7 +123,10 @@ def test_claim_of_unknown_or_deleted_device_and_malformed_claims(authority_serve
     authority_server.client().delete_device(DeviceId=device)
     rejected = refused(authority_server, build_claim(device, cert, key, authority_now(authority_server)))
     assert rejected.status == 409 and "DELETING" in rejected.message
-    for body in ({"DeviceId": device}, {"DeviceId": device, "Certificate": "junk", "Timestamp": 1, "Signature": "AA=="}):
+    for body in (
+        {"DeviceId": device},
+        {"DeviceId": device, "Certificate": "junk", "Timestamp": 1, "Signature": "AA=="},
+    ):
         rejected = refused(authority_server, body)
         assert rejected.status == 400 and rejected.error_type == "ValidationException"
     req = urllib.request.Request(authority_server.endpoint_url + "/_local/claim", data=b"{nope", method="POST")

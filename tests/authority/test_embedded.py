@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import boto3
 import pytest
@@ -20,16 +20,23 @@ from tests.authority_kit import _wire_problems
 
 def client(authority, *, key: str | None = None, secret: str | None = None, region: str = "us-west-2"):
     session = boto3.Session(
-        botocore_session=new_botocore_session(), region_name=region,
-        aws_access_key_id=key or authority.access_key_id, aws_secret_access_key=secret or authority.secret_access_key,
+        botocore_session=new_botocore_session(),
+        region_name=region,
+        aws_access_key_id=key or authority.access_key_id,
+        aws_secret_access_key=secret or authority.secret_access_key,
     )
-    return session.client("panorama", endpoint_url=authority.endpoint_url,
-                          config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    return session.client(
+        "panorama",
+        endpoint_url=authority.endpoint_url,
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+    )
 
 
 def test_embedded_authority_with_an_injected_clock(tmp_path):
-    clock = ManualClock(datetime.now(timezone.utc))
-    authority = start_embedded(AuthoritySettings(job_step_seconds=60), tmp_path / "auth", region="us-west-2", clock=clock)
+    clock = ManualClock(datetime.now(UTC))
+    authority = start_embedded(
+        AuthoritySettings(job_step_seconds=60), tmp_path / "auth", region="us-west-2", clock=clock
+    )
     try:
         assert authority.endpoint_url.startswith("http://127.0.0.1:")
         assert authority.access_key_id.startswith("AKPS") and len(authority.secret_access_key) == 40
@@ -76,8 +83,10 @@ def test_embedded_authority_takes_its_commands_region_and_the_configured_ones(tm
             assert client(authority, region=region).list_devices()["Devices"] == []
         with pytest.raises(ClientError) as exc:
             client(authority, region="ap-south-1").list_devices()
-        assert exc.value.response["Error"] == {"Code": "InvalidSignatureException",
-                                               "Message": "Credential should be scoped to a valid region. "}
+        assert exc.value.response["Error"] == {
+            "Code": "InvalidSignatureException",
+            "Message": "Credential should be scoped to a valid region. ",
+        }
     finally:
         authority.stop()
 

@@ -9,8 +9,8 @@ from botocore.exceptions import ClientError, ConnectionClosedError
 
 from agent.authority.admin import AdminError
 from agent.authority.claim import ClaimRejected, build_claim, post_claim
-from tests.authority_kit import unique
 from tests.authority.test_claim import authority_now, provision
+from tests.authority_kit import unique
 
 
 @pytest.fixture
@@ -131,9 +131,14 @@ def test_claim_faults(authority_server, admin):
 
 
 def test_admin_api_refuses_bad_rules_and_unsigned_calls(authority_server, admin):
-    for op, rule in [("NoSuchOperation", {"error": 500}), ("ProvisionDevice", {"error": 418}),
-                     ("ProvisionDevice", {"bogus": 1}), ("ListDevices", {"archive": "not_zip"}),
-                     ("ProvisionDevice", {"rate": 2}), ("ProvisionDevice", {"after_commit": True})]:
+    for op, rule in [
+        ("NoSuchOperation", {"error": 500}),
+        ("ProvisionDevice", {"error": 418}),
+        ("ProvisionDevice", {"bogus": 1}),
+        ("ListDevices", {"archive": "not_zip"}),
+        ("ProvisionDevice", {"rate": 2}),
+        ("ProvisionDevice", {"after_commit": True}),
+    ]:
         with pytest.raises(AdminError) as exc:
             admin.set_faults({op: rule})
         assert exc.value.details["status"] == 400, (op, rule)

@@ -84,7 +84,8 @@ def test_major_update_needs_permission(server):
     assert pan.describe_device_job(JobId=job)["Status"] == "FAILED"
     assert pan.describe_device(DeviceId=device)["CurrentSoftware"] == "4.3.93"
     job = pan.create_job_for_devices(
-        DeviceIds=[device], JobType="OTA",
+        DeviceIds=[device],
+        JobType="OTA",
         DeviceJobConfig={"OTAJobConfig": {"ImageVersion": "5.0.0", "AllowMajorVersionUpdate": True}},
     )["Jobs"][0]["JobId"]
     step(server, 5)
@@ -126,7 +127,8 @@ def test_list_devices_jobs_pages_and_filters(server):
 def test_package_import_succeeds_after_one_step(server):
     pan = server.client()
     job = pan.create_package_import_job(
-        ClientToken="tok-1", JobType="NODE_PACKAGE_VERSION",
+        ClientToken="tok-1",
+        JobType="NODE_PACKAGE_VERSION",
         InputConfig={"PackageVersionInputConfig": {"S3Location": {"BucketName": "b", "ObjectKey": "k"}}},
         OutputConfig={"PackageVersionOutputConfig": {"PackageName": "counter", "PackageVersion": "2.1"}},
     )["JobId"]
@@ -156,10 +158,18 @@ def test_snow_tasks_are_serialised_per_device(server):
     assert (_states(snow, t1, d1), _states(snow, t2, d1), _states(snow, t2, d2)) == ("QUEUED", "QUEUED", "QUEUED")
     step(server)
     # t1 runs on d1; t2 runs on d2 but waits on d1
-    assert (_states(snow, t1, d1), _states(snow, t2, d1), _states(snow, t2, d2)) == ("IN_PROGRESS", "QUEUED", "IN_PROGRESS")
+    assert (_states(snow, t1, d1), _states(snow, t2, d1), _states(snow, t2, d2)) == (
+        "IN_PROGRESS",
+        "QUEUED",
+        "IN_PROGRESS",
+    )
     assert "startedAt" not in snow.describe_execution(taskId=t2, managedDeviceId=d1)
     step(server)
-    assert (_states(snow, t1, d1), _states(snow, t2, d1), _states(snow, t2, d2)) == ("SUCCEEDED", "IN_PROGRESS", "SUCCEEDED")
+    assert (_states(snow, t1, d1), _states(snow, t2, d1), _states(snow, t2, d2)) == (
+        "SUCCEEDED",
+        "IN_PROGRESS",
+        "SUCCEEDED",
+    )
     assert snow.describe_task(taskId=t1)["state"] == "COMPLETED"
     assert snow.describe_task(taskId=t2)["state"] == "IN_PROGRESS"
     assert [e["managedDeviceId"] for e in snow.list_executions(taskId=t2, state="SUCCEEDED")["executions"]] == [d2]

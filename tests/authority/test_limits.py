@@ -27,8 +27,9 @@ TEN_YEARS = 10 * 365.25 * 86400
 
 def signed(server, method: str, path: str, body: bytes = b"", service: str = "panorama") -> tuple[int, dict, Any]:
     """One SigV4-signed request with a body boto3 would never send; (status, headers, decoded JSON)."""
-    request = AWSRequest(method=method, url=server.endpoint_url + path, data=body,
-                         headers={"Content-Type": "application/json"})
+    request = AWSRequest(
+        method=method, url=server.endpoint_url + path, data=body, headers={"Content-Type": "application/json"}
+    )
     SigV4Auth(Credentials(TEST_KEY, TEST_SECRET), service, REGION).add_auth(request)
     conn = http.client.HTTPConnection(server.endpoint_url.split("//")[1], timeout=10)
     try:
@@ -61,8 +62,9 @@ def test_json_nested_too_deeply_is_refused_before_parsing(authority_server):
 
 @pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-2e308"])
 def test_nan_infinity_and_numbers_out_of_range_are_not_json(authority_server, token):
-    status, headers, body = signed(authority_server, "POST", "/devices",
-                                   b'{"Name": "n", "Tags": {"k": "v"}, "x": ' + token + b"}")
+    status, headers, body = signed(
+        authority_server, "POST", "/devices", b'{"Name": "n", "Tags": {"k": "v"}, "x": ' + token + b"}"
+    )
     assert (status, headers["x-amzn-ErrorType"]) == (400, "SerializationException"), body
 
 
@@ -87,12 +89,14 @@ def test_clock_admin_api_refuses_before_storing(fresh_authority):
     server = fresh_authority()
     admin = server.admin
     pan = server.client()
-    for body, error_type in [(b'{"offset_seconds": NaN}', "SerializationException"),
-                             (b'{"advance_seconds": Infinity}', "SerializationException"),
-                             (b'{"offset_seconds": 1e400}', "SerializationException"),
-                             (b'{"advance_seconds": 1e12}', "ValidationException"),
-                             (b'{"offset_seconds": -315576001}', "ValidationException"),
-                             (b'{"offset_seconds": 1' + b"0" * 400 + b"}", "ValidationException")]:
+    for body, error_type in [
+        (b'{"offset_seconds": NaN}', "SerializationException"),
+        (b'{"advance_seconds": Infinity}', "SerializationException"),
+        (b'{"offset_seconds": 1e400}', "SerializationException"),
+        (b'{"advance_seconds": 1e12}', "ValidationException"),
+        (b'{"offset_seconds": -315576001}', "ValidationException"),
+        (b'{"offset_seconds": 1' + b"0" * 400 + b"}", "ValidationException"),
+    ]:
         status, headers, answer = signed(server, "PUT", "/_local/clock", body, service="panostage")
         assert (status, headers["x-amzn-ErrorType"]) == (400, error_type), (body[:40], answer)
         assert admin.clock()["offset_seconds"] == 0, body[:40]
@@ -110,8 +114,13 @@ def test_clock_command_refuses_before_calling_out(tmp_path, fresh_authority):
     server = fresh_authority()
     aws = {"AWS_ACCESS_KEY_ID": TEST_KEY, "AWS_SECRET_ACCESS_KEY": TEST_SECRET}
     base = ["--endpoint-url", server.endpoint_url, "authority", "clock"]
-    for flag, value in [("--advance", "1e12"), ("--offset", "nan"), ("--offset", "inf"), ("--advance", "-inf"),
-                        ("--offset", "-4e8")]:
+    for flag, value in [
+        ("--advance", "1e12"),
+        ("--offset", "nan"),
+        ("--offset", "inf"),
+        ("--advance", "-inf"),
+        ("--offset", "-4e8"),
+    ]:
         out = run_cli(tmp_path, *base, flag, value, env=aws)
         assert out.returncode == ExitCode.USAGE and "ten years" in out.stderr, (flag, value, out.stderr)
         assert "Traceback" not in out.stderr
@@ -127,14 +136,24 @@ def test_clock_command_refuses_before_calling_out(tmp_path, fresh_authority):
 def test_fault_settings_are_bounded(tmp_path, fresh_authority):
     server = fresh_authority()
     for rule in (b'{"latency_ms": NaN}', b'{"latency_ms": 1e12}', b'{"latency_ms": -1}', b'{"rate": 2}'):
-        status, headers, body = signed(server, "PUT", "/_local/faults", b'{"rules": {"ListDevices": ' + rule + b"}}",
-                                       service="panostage")
+        status, headers, body = signed(
+            server, "PUT", "/_local/faults", b'{"rules": {"ListDevices": ' + rule + b"}}", service="panostage"
+        )
         assert status == 400 and headers["x-amzn-ErrorType"] in ("ValidationException", "SerializationException"), body
     assert server.admin.faults()["rules"] == {}
     aws = {"AWS_ACCESS_KEY_ID": TEST_KEY, "AWS_SECRET_ACCESS_KEY": TEST_SECRET}
     for value in ("nan", "inf", "1e12"):
-        out = run_cli(tmp_path, "--endpoint-url", server.endpoint_url, "authority", "fault", "set", "ListDevices",
-                      f"latency_ms={value}", env=aws)
+        out = run_cli(
+            tmp_path,
+            "--endpoint-url",
+            server.endpoint_url,
+            "authority",
+            "fault",
+            "set",
+            "ListDevices",
+            f"latency_ms={value}",
+            env=aws,
+        )
         assert out.returncode == ExitCode.USAGE and "latency_ms" in out.stderr, out.stderr
     assert server.admin.faults()["rules"] == {}
     server.client().list_devices()
@@ -151,21 +170,32 @@ def raw_exchange(server, data: bytes) -> tuple[int, dict[str, str], bytes]:
         reader = sock.makefile("rb")
         status = int(reader.readline().split()[1])
         headers = {}
-        while (line := reader.readline().decode("latin-1").strip()):
+        while line := reader.readline().decode("latin-1").strip():
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         return status, headers, reader.read(int(headers.get("content-length", 0)))
 
 
-@pytest.mark.parametrize("data, status, error_type", [
-    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, "RequestURITooLongException"),
-    (b"GET /devices HTTP/1.1\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n", 431, "RequestHeaderFieldsTooLargeException"),
-    (b"GET /devices HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(120)) + b"\r\n", 431,
-     "RequestHeaderFieldsTooLargeException"),
-    (b"NONSENSE\r\n\r\n", 400, "BadRequestException"),
-    (b"GET /devices HTTP/7.1\r\n\r\n", 505, "HTTPVersionNotSupportedException"),
-    (b"OPTIONS /devices HTTP/1.1\r\nHost: x\r\n\r\n", 501, "NotImplementedException"),
-], ids=["414", "431-line", "431-count", "400", "505", "501"])
+@pytest.mark.parametrize(
+    "data, status, error_type",
+    [
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, "RequestURITooLongException"),
+        (
+            b"GET /devices HTTP/1.1\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n",
+            431,
+            "RequestHeaderFieldsTooLargeException",
+        ),
+        (
+            b"GET /devices HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(120)) + b"\r\n",
+            431,
+            "RequestHeaderFieldsTooLargeException",
+        ),
+        (b"NONSENSE\r\n\r\n", 400, "BadRequestException"),
+        (b"GET /devices HTTP/7.1\r\n\r\n", 505, "HTTPVersionNotSupportedException"),
+        (b"OPTIONS /devices HTTP/1.1\r\nHost: x\r\n\r\n", 501, "NotImplementedException"),
+    ],
+    ids=["414", "431-line", "431-count", "400", "505", "501"],
+)
 def test_http_layer_refusals_are_json_with_an_error_type(authority_server, data, status, error_type):
     got, headers, body = raw_exchange(authority_server, data)
     assert (got, headers.get("x-amzn-errortype")) == (status, error_type), body[:200]
@@ -188,13 +218,15 @@ def test_a_client_reset_is_one_log_line(fresh_authority):
                 sock.sendall(extra)
 
     reset(b"")  # idle between requests
-    reset(b"POST /devices HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"Name\"")  # half a body
+    reset(b'POST /devices HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"Name"')  # half a body
 
     def lines() -> list[str]:
         return server.stderr_path.read_text().splitlines()
 
-    wait_until(lambda: sum("lost" in line for line in lines()) >= 2 or any("Traceback" in line for line in lines()),
-               what="the authority's log lines for two resets")
+    wait_until(
+        lambda: sum("lost" in line for line in lines()) >= 2 or any("Traceback" in line for line in lines()),
+        what="the authority's log lines for two resets",
+    )
     text = server.stderr_path.read_text()
     assert "Traceback" not in text and "Exception occurred" not in text, text
     assert sum("lost" in line for line in lines()) == 2, text
@@ -236,6 +268,9 @@ def test_open_files_do_not_grow_with_requests(fresh_authority):
     before = len(open_files())
     for _ in range(1000):
         call()
-    wait_until(lambda: idle() and len(open_files()) <= before, timeout=10,
-               what=f"the descriptors back to {before}: {sorted(open_files())}")
+    wait_until(
+        lambda: idle() and len(open_files()) <= before,
+        timeout=10,
+        what=f"the descriptors back to {before}: {sorted(open_files())}",
+    )
     assert len(open_files()) == before

@@ -28,9 +28,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def env_for(home: Path) -> dict[str, str]:
-    return {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PANOSTAGE_SYSTEM_CONFIG": str(home / "none.toml"), "PANOSTAGE_PATHS_STATE_DIR": str(home / "state"),
-            "PANOSTAGE_PATHS_RUNTIME_DIR": str(home / "run")}
+    return {
+        "HOME": str(home),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PANOSTAGE_SYSTEM_CONFIG": str(home / "none.toml"),
+        "PANOSTAGE_PATHS_STATE_DIR": str(home / "state"),
+        "PANOSTAGE_PATHS_RUNTIME_DIR": str(home / "run"),
+    }
 
 
 def backend_in(home: Path) -> Backend:
@@ -128,22 +132,31 @@ def test_a_child_that_cannot_start_raises_its_reason_in_the_parent(tmp_path):
         assert (raised.value.exit_code, raised.value.reason) == (StateError.exit_code, StateError.reason)
     finally:
         backend.close()
-    result = subprocess.run([sys.executable, "-m", "agent", "watch"], cwd=REPO, env=env_for(tmp_path),
-                            capture_output=True, text=True, timeout=60)  # the daemon: it says so at its start
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "watch"],
+        cwd=REPO,
+        env=env_for(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # the daemon: it says so at its start
     assert result.returncode == StateError.exit_code and "schema version 99" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("schema version 99") == 1  # said once
 
 
 def test_the_child_ends_when_its_parent_is_killed(tmp_path):
-    probe = ("import os, sys, time\n"
-             "from agent.aws.backend import open_backend\n"
-             "from agent.config import load\n"
-             "backend = open_backend(load().settings, authority_process=True)\n"
-             "backend.panorama().list_devices()\n"
-             "print(backend.authority.pid, flush=True)\n"
-             "time.sleep(600)\n")
-    parent = subprocess.Popen([sys.executable, "-c", probe], cwd=REPO, env=env_for(tmp_path), stdout=subprocess.PIPE,
-                              text=True)
+    probe = (
+        "import os, sys, time\n"
+        "from agent.aws.backend import open_backend\n"
+        "from agent.config import load\n"
+        "backend = open_backend(load().settings, authority_process=True)\n"
+        "backend.panorama().list_devices()\n"
+        "print(backend.authority.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", probe], cwd=REPO, env=env_for(tmp_path), stdout=subprocess.PIPE, text=True
+    )
     try:
         child = int(parent.stdout.readline())
         assert psutil.Process(child).ppid() == parent.pid

@@ -7,7 +7,7 @@ import io
 import json
 import urllib.request
 import zipfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from botocore.exceptions import ClientError
@@ -18,8 +18,12 @@ from tests.authority_kit import REGION, unique
 NETWORK = {
     "Ethernet0": {
         "ConnectionType": "STATIC_IP",
-        "StaticIpConnectionInfo": {"IpAddress": "192.168.1.20", "Mask": "255.255.255.0",
-                                   "DefaultGateway": "192.168.1.1", "Dns": ["192.168.1.1"]},
+        "StaticIpConnectionInfo": {
+            "IpAddress": "192.168.1.20",
+            "Mask": "255.255.255.0",
+            "DefaultGateway": "192.168.1.1",
+            "Dns": ["192.168.1.1"],
+        },
     },
     "Ethernet1": {"ConnectionType": "DHCP"},
     "Ntp": {"NtpServers": ["time.example.com", "10.0.0.1:123"]},
@@ -34,9 +38,10 @@ def error_of(excinfo: pytest.ExceptionInfo[ClientError]) -> tuple[int, str, dict
 def test_provision_device_answers_every_documented_member(authority_server):
     pan = authority_server.client()
     name = unique()
-    before = datetime.now(timezone.utc)
-    out = pan.provision_device(Name=name, Description="lobby camera", Tags={"site": "lobby"},
-                               NetworkingConfiguration=NETWORK)
+    before = datetime.now(UTC)
+    out = pan.provision_device(
+        Name=name, Description="lobby camera", Tags={"site": "lobby"}, NetworkingConfiguration=NETWORK
+    )
     assert out["Status"] == "AWAITING_PROVISIONING"
     assert out["DeviceId"].startswith("device-") and len(out["DeviceId"]) == len("device-") + 26
     assert out["DeviceId"][7:].isalnum() and out["DeviceId"][7:].lower() == out["DeviceId"][7:]
@@ -58,7 +63,7 @@ def test_provision_device_answers_every_documented_member(authority_server):
     assert described["Arn"] == out["Arn"]
     assert described["Type"] == "PANORAMA_APPLIANCE" and described["Brand"] == "AWS_PANORAMA"
     assert isinstance(described["CreatedTime"], datetime)
-    assert before - timedelta(seconds=5) <= described["CreatedTime"] <= datetime.now(timezone.utc) + timedelta(seconds=5)
+    assert before - timedelta(seconds=5) <= described["CreatedTime"] <= datetime.now(UTC) + timedelta(seconds=5)
 
 
 def test_list_devices_items_carry_created_time_and_filters_work(authority_server):
@@ -74,7 +79,9 @@ def test_list_devices_items_carry_created_time_and_filters_work(authority_server
     by_name_desc = pan.list_devices(NameFilter=prefix, SortBy="NAME", SortOrder="DESCENDING")["Devices"]
     assert [d["Name"] for d in by_name_desc] == [f"{prefix}-2", f"{prefix}-1", f"{prefix}-0"]
     assert pan.list_devices(NameFilter=prefix, DeviceAggregatedStatusFilter="ONLINE")["Devices"] == []
-    assert len(pan.list_devices(NameFilter=prefix, DeviceAggregatedStatusFilter="AWAITING_PROVISIONING")["Devices"]) == 3
+    assert (
+        len(pan.list_devices(NameFilter=prefix, DeviceAggregatedStatusFilter="AWAITING_PROVISIONING")["Devices"]) == 3
+    )
 
 
 def test_list_devices_pages_with_an_opaque_token(authority_server):
@@ -117,12 +124,15 @@ def test_delete_device_then_describe_is_deleting(authority_server):
 def test_package_import_job_and_client_token_idempotency(authority_server):
     pan = authority_server.client()
     token = unique("tok")
-    request = dict(
-        ClientToken=token, JobType="NODE_PACKAGE_VERSION",
-        InputConfig={"PackageVersionInputConfig": {"S3Location": {"BucketName": "b", "ObjectKey": "k/manifest.json"}}},
-        OutputConfig={"PackageVersionOutputConfig": {"PackageName": "people_counter", "PackageVersion": "1.0"}},
-        JobTags=[{"ResourceType": "PACKAGE", "Tags": {"team": "video"}}],
-    )
+    request = {
+        "ClientToken": token,
+        "JobType": "NODE_PACKAGE_VERSION",
+        "InputConfig": {
+            "PackageVersionInputConfig": {"S3Location": {"BucketName": "b", "ObjectKey": "k/manifest.json"}}
+        },
+        "OutputConfig": {"PackageVersionOutputConfig": {"PackageName": "people_counter", "PackageVersion": "1.0"}},
+        "JobTags": [{"ResourceType": "PACKAGE", "Tags": {"team": "video"}}],
+    }
     job = pan.create_package_import_job(**request)["JobId"]
     assert pan.create_package_import_job(**request)["JobId"] == job
     described = pan.describe_package_import_job(JobId=job)
@@ -134,7 +144,9 @@ def test_package_import_job_and_client_token_idempotency(authority_server):
     assert described["JobTags"] == request["JobTags"]
     assert isinstance(described["CreatedTime"], datetime) and isinstance(described["LastUpdatedTime"], datetime)
     assert described["StatusMessage"]
-    changed = dict(request, OutputConfig={"PackageVersionOutputConfig": {"PackageName": "other", "PackageVersion": "1.0"}})
+    changed = dict(
+        request, OutputConfig={"PackageVersionOutputConfig": {"PackageName": "other", "PackageVersion": "1.0"}}
+    )
     with pytest.raises(ClientError) as exc:
         pan.create_package_import_job(**changed)
     status, code, response = error_of(exc)
@@ -191,15 +203,20 @@ def test_validation_error_lists_every_field(authority_server):
     pan = authority_server.client(validate=False)
     with pytest.raises(ClientError) as exc:
         pan.provision_device(
-            Name="no spaces allowed", Description="x" * 256,
+            Name="no spaces allowed",
+            Description="x" * 256,
             NetworkingConfiguration={"Ethernet0": {"ConnectionType": "WIFI"}, "Ntp": {"NtpServers": ["NOT_A_HOST"]}},
         )
     status, code, response = error_of(exc)
     assert (status, code) == (400, "ValidationException")
     assert response["Reason"] == "FIELD_VALIDATION_FAILED"
     names = {f["Name"] for f in response["Fields"]}
-    assert {"Name", "Description", "NetworkingConfiguration.Ethernet0.ConnectionType",
-            "NetworkingConfiguration.Ntp.NtpServers[0]"} <= names
+    assert {
+        "Name",
+        "Description",
+        "NetworkingConfiguration.Ethernet0.ConnectionType",
+        "NetworkingConfiguration.Ntp.NtpServers[0]",
+    } <= names
     assert all(f["Message"] for f in response["Fields"])
 
 
@@ -263,7 +280,11 @@ def test_not_found_errors_carry_resource_fields(authority_server):
         (pan.describe_device_job, {"JobId": "job-doesnotexist"}, "job-doesnotexist"),
         (pan.list_devices_jobs, {"DeviceId": "device-doesnotexist"}, "device-doesnotexist"),
         (pan.describe_package_import_job, {"JobId": "job-doesnotexist"}, "job-doesnotexist"),
-        (pan.create_job_for_devices, {"DeviceIds": ["device-doesnotexist"], "JobType": "REBOOT"}, "device-doesnotexist"),
+        (
+            pan.create_job_for_devices,
+            {"DeviceIds": ["device-doesnotexist"], "JobType": "REBOOT"},
+            "device-doesnotexist",
+        ),
     ]:
         with pytest.raises(ClientError) as exc:
             call(**kwargs)
@@ -324,10 +345,11 @@ def test_unpaired_surrogates_are_refused_but_real_unicode_is_kept(authority_serv
     status, _, body = _raw(authority_server, "POST", "/devices", b'{"Name": "s1", "Description": "\\ud800"}')
     assert status == 400 and body["Reason"] == "CANNOT_PARSE" and "surrogate" in body["message"]
     name = unique("uni")
-    status, _, body = _raw(authority_server, "POST", "/devices",
-                           json.dumps({"Name": name, "Description": "caf\u00e9 \U0001F4F7"}).encode())
+    status, _, body = _raw(
+        authority_server, "POST", "/devices", json.dumps({"Name": name, "Description": "caf\u00e9 \U0001f4f7"}).encode()
+    )
     assert status == 200
-    assert authority_server.client().describe_device(DeviceId=body["DeviceId"])["Description"] == "caf\u00e9 \U0001F4F7"
+    assert authority_server.client().describe_device(DeviceId=body["DeviceId"])["Description"] == "caf\u00e9 \U0001f4f7"
 
 
 def test_concurrent_provisions_of_one_name_make_one_device(authority_server):
@@ -365,8 +387,12 @@ def test_the_waiting_devices_page_from_the_store_in_creation_order(fresh_authori
     def listed(**kwargs):
         seen, token, pages = [], None, 0
         while True:
-            page = pan.list_devices(DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", MaxResults=3, **kwargs,
-                                    **({"NextToken": token} if token else {}))
+            page = pan.list_devices(
+                DeviceAggregatedStatusFilter="AWAITING_PROVISIONING",
+                MaxResults=3,
+                **kwargs,
+                **({"NextToken": token} if token else {}),
+            )
             pages += 1
             assert all(d["DeviceAggregatedStatus"] == "AWAITING_PROVISIONING" for d in page["Devices"])
             seen += [d["DeviceId"] for d in page["Devices"]]
@@ -379,11 +405,21 @@ def test_the_waiting_devices_page_from_the_store_in_creation_order(fresh_authori
     assert listed(NameFilter="wait-")[0] == waiting  # the generic path agrees
     first = pan.list_devices(NameFilter="wait-", DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", MaxResults=3)
     with pytest.raises(ClientError) as exc:  # a token of the generic path is not one of this query
-        pan.list_devices(DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", MaxResults=3, NextToken=first["NextToken"])
+        pan.list_devices(
+            DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", MaxResults=3, NextToken=first["NextToken"]
+        )
     assert error_of(exc)[:2] == (400, "ValidationException")
     scope = ["ListDevices", "CREATED_TIME", "ASCENDING", None, "AWAITING_PROVISIONING"]
-    for last in ("x", [10 ** 30, "x"], [-(10 ** 19), "x"], [0, "\ud800"], [float("nan"), "x"], [float("inf"), "x"],
-                 [True, "x"], [1.5, 7]):
+    for last in (
+        "x",
+        [10**30, "x"],
+        [-(10**19), "x"],
+        [0, "\ud800"],
+        [float("nan"), "x"],
+        [float("inf"), "x"],
+        [True, "x"],
+        [1.5, 7],
+    ):
         forged = base64.b64encode(json.dumps({"k": last, "s": scope}).encode()).decode()
         with pytest.raises(ClientError) as exc:  # a client error, never the server's 500 (which botocore retries)
             pan.list_devices(DeviceAggregatedStatusFilter="AWAITING_PROVISIONING", NextToken=forged)

@@ -20,7 +20,11 @@ from tests.authority_kit import REGION, ROOT, TEST_KEY, TEST_SECRET, _base_env, 
 
 def run_cli(tmp: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args], cwd=ROOT, env=_base_env(tmp, env), capture_output=True, text=True,
+        [sys.executable, "-m", "agent", *args],
+        cwd=ROOT,
+        env=_base_env(tmp, env),
+        capture_output=True,
+        text=True,
         timeout=60,
     )
 
@@ -82,8 +86,14 @@ def test_two_processes_starting_together_make_one_ca(tmp_path):
     )
     read_fd, write_fd = os.pipe()
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(read_fd), str(state)], cwd=ROOT, pass_fds=(read_fd,),
-                         stdout=subprocess.PIPE, text=True, env=_base_env(tmp_path))
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(read_fd), str(state)],
+            cwd=ROOT,
+            pass_fds=(read_fd,),
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_base_env(tmp_path),
+        )
         for _ in range(6)
     ]
     os.close(read_fd)
@@ -126,14 +136,29 @@ def test_fault_and_clock_commands(tmp_path, fresh_authority):
 def test_fault_command_errors(tmp_path, fresh_authority):
     no_endpoint = run_cli(tmp_path, "authority", "fault", "show")
     assert no_endpoint.returncode == 2 and "--endpoint-url" in no_endpoint.stderr
-    bad_rule = run_cli(tmp_path, "--endpoint-url", "http://127.0.0.1:9", "authority", "fault", "set", "ProvisionDevice", "error=418")
+    bad_rule = run_cli(
+        tmp_path, "--endpoint-url", "http://127.0.0.1:9", "authority", "fault", "set", "ProvisionDevice", "error=418"
+    )
     assert bad_rule.returncode == 2 and "418" in bad_rule.stderr
     server = fresh_authority()
-    wrong = run_cli(tmp_path, "--endpoint-url", server.endpoint_url, "authority", "fault", "show",
-                    env={"AWS_ACCESS_KEY_ID": "AKIDNOPE", "AWS_SECRET_ACCESS_KEY": "nope"})
+    wrong = run_cli(
+        tmp_path,
+        "--endpoint-url",
+        server.endpoint_url,
+        "authority",
+        "fault",
+        "show",
+        env={"AWS_ACCESS_KEY_ID": "AKIDNOPE", "AWS_SECRET_ACCESS_KEY": "nope"},
+    )
     assert wrong.returncode == 7 and "UnrecognizedClientException" in wrong.stderr  # ExitCode.ACCESS_DENIED
-    unreachable = run_cli(tmp_path, "--endpoint-url", "http://127.0.0.1:9", "authority", "clock",
-                          env={"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+    unreachable = run_cli(
+        tmp_path,
+        "--endpoint-url",
+        "http://127.0.0.1:9",
+        "authority",
+        "clock",
+        env={"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"},
+    )
     assert unreachable.returncode == 11  # ExitCode.UNREACHABLE
 
 
@@ -144,15 +169,25 @@ def test_serve_refuses_a_busy_port_and_half_credentials(tmp_path):
         port = sock.getsockname()[1]
         busy = run_cli(tmp_path, "authority", "serve", "--port", str(port), "--state-dir", str(tmp_path / "s"))
     assert busy.returncode == 14 and "cannot listen" in busy.stderr
-    half = run_cli(tmp_path, "authority", "serve", "--state-dir", str(tmp_path / "s"),
-                   env={"PANOSTAGE_AUTHORITY_SECRET_ACCESS_KEY": ""})
+    half = run_cli(
+        tmp_path,
+        "authority",
+        "serve",
+        "--state-dir",
+        str(tmp_path / "s"),
+        env={"PANOSTAGE_AUTHORITY_SECRET_ACCESS_KEY": ""},
+    )
     assert half.returncode == 3  # ExitCode.CONFIG
 
 
 def test_command_module_stays_light(tmp_path):
-    code = ("import sys, time; t = time.perf_counter(); import agent.cli.authority_cmd; "
-            "print(sorted(m for m in ('boto3', 'botocore', 'cryptography', 'sqlite3') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_base_env(tmp_path), capture_output=True, text=True)
+    code = (
+        "import sys, time; t = time.perf_counter(); import agent.cli.authority_cmd; "
+        "print(sorted(m for m in ('boto3', 'botocore', 'cryptography', 'sqlite3') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=_base_env(tmp_path), capture_output=True, text=True
+    )
     assert out.stdout.strip() == "[]", out.stderr
     started = time.perf_counter()
     helped = run_cli(tmp_path, "authority", "--help")

@@ -8,7 +8,7 @@ import json
 import re
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from botocore.auth import SigV4Auth
@@ -20,12 +20,25 @@ from agent.authority import sigv4
 from agent.authority.apierror import ApiError
 from tests.authority_kit import REGION, TEST_KEY, TEST_SECRET, unique
 
-MISMATCH = ("The request signature we calculated does not match the signature you provided. Check your AWS Secret "
-            "Access Key and signing method.")
+MISMATCH = (
+    "The request signature we calculated does not match the signature you provided. Check your AWS Secret "
+    "Access Key and signing method."
+)
 
 
-def send(server, method: str, path: str, *, body: bytes = b"", service: str = "panorama", key: str = TEST_KEY,
-         secret: str = TEST_SECRET, sign: bool = True, tamper=None, region: str = REGION):
+def send(
+    server,
+    method: str,
+    path: str,
+    *,
+    body: bytes = b"",
+    service: str = "panorama",
+    key: str = TEST_KEY,
+    secret: str = TEST_SECRET,
+    sign: bool = True,
+    tamper=None,
+    region: str = REGION,
+):
     """Sign (or not) with botocore, optionally change the request afterwards, send it."""
     url = server.endpoint_url + path
     request = AWSRequest(method=method, url=url, data=body, headers={"Content-Type": "application/json"})
@@ -50,15 +63,22 @@ def refusal(exc: pytest.ExceptionInfo) -> tuple[int, str, str]:
 
 def test_unsigned_request_is_refused(authority_server):
     status, body = send(authority_server, "GET", "/devices", sign=False)
-    assert (status, body["type"], body["message"]) == (403, "MissingAuthenticationTokenException",
-                                                       "Missing Authentication Token")
+    assert (status, body["type"], body["message"]) == (
+        403,
+        "MissingAuthenticationTokenException",
+        "Missing Authentication Token",
+    )
 
 
 def test_unknown_access_key_is_refused(authority_server):
     pan = authority_server.client(key="AKIDSOMEONEELSE00000")
     with pytest.raises(ClientError) as exc:
         pan.list_devices()
-    assert refusal(exc) == (403, "UnrecognizedClientException", "The security token included in the request is invalid.")
+    assert refusal(exc) == (
+        403,
+        "UnrecognizedClientException",
+        "The security token included in the request is invalid.",
+    )
 
 
 def test_wrong_secret_is_a_bad_signature(authority_server):
@@ -71,8 +91,11 @@ def test_wrong_secret_is_a_bad_signature(authority_server):
 
 @pytest.mark.parametrize(
     "path, wrong_service, right_service",
-    [("/devices", "snow-device-management", "panorama"), ("/managed-devices", "panorama", "snow-device-management"),
-     ("/devices", "s3", "panorama")],
+    [
+        ("/devices", "snow-device-management", "panorama"),
+        ("/managed-devices", "panorama", "snow-device-management"),
+        ("/devices", "s3", "panorama"),
+    ],
 )
 def test_credential_scope_must_name_the_routes_service(authority_server, path, wrong_service, right_service):
     status, body = send(authority_server, "GET", path, service=wrong_service)
@@ -112,11 +135,19 @@ def test_tampered_body_query_and_path_are_refused(authority_server):
     status, body = send(authority_server, "POST", "/devices", body=b'{"Name": "mine1"}', tamper=body_swap)
     assert (status, body["type"]) == (403, "InvalidSignatureException") and body["message"].startswith(MISMATCH)
 
-    status, body = send(authority_server, "GET", "/devices?MaxResults=2",
-                        tamper=lambda u, b, h: (u.replace("MaxResults=2", "MaxResults=3"), b, h))
+    status, body = send(
+        authority_server,
+        "GET",
+        "/devices?MaxResults=2",
+        tamper=lambda u, b, h: (u.replace("MaxResults=2", "MaxResults=3"), b, h),
+    )
     assert (status, body["type"]) == (403, "InvalidSignatureException")
-    status, body = send(authority_server, "GET", "/devices/device-aaa",
-                        tamper=lambda u, b, h: (u.replace("device-aaa", "device-bbb"), b, h))
+    status, body = send(
+        authority_server,
+        "GET",
+        "/devices/device-aaa",
+        tamper=lambda u, b, h: (u.replace("device-aaa", "device-bbb"), b, h),
+    )
     assert (status, body["type"]) == (403, "InvalidSignatureException")
 
 
@@ -152,7 +183,7 @@ STAMP = r"(\d{8}T\d{6}Z)"
 
 
 def _stamp(text: str) -> datetime:
-    return datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
 def test_stale_date_is_refused_in_aws_words_and_admin_still_works(fresh_authority):
@@ -176,8 +207,9 @@ def test_stale_date_is_refused_in_aws_words_and_admin_still_works(fresh_authorit
     with pytest.raises(ClientError) as exc:
         pan.list_devices()
     status, code, message = refusal(exc)
-    found = re.fullmatch(f"Signature not yet current: {STAMP} is still later than {STAMP} \\({STAMP} \\+ 15 min\\.\\)",
-                         message)
+    found = re.fullmatch(
+        f"Signature not yet current: {STAMP} is still later than {STAMP} \\({STAMP} \\+ 15 min\\.\\)", message
+    )
     assert (status, code) == (403, "InvalidSignatureException") and found, message
     signed, limit, now = (_stamp(found[i]) for i in (1, 2, 3))
     assert limit == now + timedelta(minutes=15) and signed > limit
@@ -214,9 +246,17 @@ def _signed(method: str, url: str, body: bytes = b"", headers: dict | None = Non
 
 
 def _verify(message, path, query, body=b"", method="GET", services=("panorama",), regions=None, now=None):
-    return sigv4.verify(method=method, raw_path=path, query=query, headers=message, body=body,
-                        credentials={TEST_KEY: TEST_SECRET}, now=now or datetime.now(timezone.utc), services=services,
-                        regions=regions)
+    return sigv4.verify(
+        method=method,
+        raw_path=path,
+        query=query,
+        headers=message,
+        body=body,
+        credentials={TEST_KEY: TEST_SECRET},
+        now=now or datetime.now(UTC),
+        services=services,
+        regions=regions,
+    )
 
 
 def _refused(message, path, query, **kwargs) -> ApiError:
@@ -234,22 +274,36 @@ def test_verify_returns_the_caller_region_and_service():
 
 def test_verify_checks_signed_payload_hash():
     body = b'{"Name": "x"}'
-    message, path, query = _signed("POST", "http://127.0.0.1:1/devices", body,
-                                   headers={"X-Amz-Content-SHA256": "0" * 64})
+    message, path, query = _signed(
+        "POST", "http://127.0.0.1:1/devices", body, headers={"X-Amz-Content-SHA256": "0" * 64}
+    )
     error = _refused(message, path, query, body=body, method="POST")
     assert error.error_type == "InvalidSignatureException" and "'x-amz-content-sha256'" in error.message
 
 
-@pytest.mark.parametrize("header, words", [
-    ("AWS4-HMAC-SHA512 Credential=x", "Unsupported AWS 'algorithm': 'AWS4-HMAC-SHA512'."),
-    ("AWS4-HMAC-SHA256 nonsense", "'nonsense' not a valid key=value pair (missing equal-sign) in Authorization header"),
-    ("Bearer abc", "Authorization header requires 'Credential' parameter. Authorization header requires 'Signature' "
-                   "parameter. Authorization header requires 'SignedHeaders' parameter. Authorization=Bearer abc"),
-    ("AWS4-HMAC-SHA256 Credential=AKID/20261130/eu-central-1/panorama/aws4_request, Signature=00",
-     "Authorization header requires 'SignedHeaders' parameter."),
-    ("AWS4-HMAC-SHA256 Credential=AKID/eu-central-1/panorama/aws4_request, SignedHeaders=host, Signature=00",
-     "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got"),
-])
+@pytest.mark.parametrize(
+    "header, words",
+    [
+        ("AWS4-HMAC-SHA512 Credential=x", "Unsupported AWS 'algorithm': 'AWS4-HMAC-SHA512'."),
+        (
+            "AWS4-HMAC-SHA256 nonsense",
+            "'nonsense' not a valid key=value pair (missing equal-sign) in Authorization header",
+        ),
+        (
+            "Bearer abc",
+            "Authorization header requires 'Credential' parameter. Authorization header requires 'Signature' "
+            "parameter. Authorization header requires 'SignedHeaders' parameter. Authorization=Bearer abc",
+        ),
+        (
+            "AWS4-HMAC-SHA256 Credential=AKID/20261130/eu-central-1/panorama/aws4_request, Signature=00",
+            "Authorization header requires 'SignedHeaders' parameter.",
+        ),
+        (
+            "AWS4-HMAC-SHA256 Credential=AKID/eu-central-1/panorama/aws4_request, SignedHeaders=host, Signature=00",
+            "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got",
+        ),
+    ],
+)
 def test_verify_refuses_other_algorithms_and_garbage_as_incomplete(header, words):
     message, path, query = _signed("GET", "http://127.0.0.1:1/devices")
     message.replace_header("Authorization", header)
@@ -282,11 +336,16 @@ def test_verify_checks_the_scopes_terminator_date_region_and_key():
     message.replace_header("Authorization", auth.replace(f"/{stamp[:8]}/", "/19991231/"))
     error = _refused(message, path, query)
     assert error.error_type == "InvalidSignatureException"
-    assert error.message.startswith(f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
-                                    f"from HTTP: '19991231' != '{stamp[:8]}'")
+    assert error.message.startswith(
+        f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
+        f"from HTTP: '19991231' != '{stamp[:8]}'"
+    )
     message.replace_header("Authorization", auth)
     error = _refused(message, path, query, regions=("eu-central-1", "us-east-1"))
-    assert (error.error_type, error.message) == ("InvalidSignatureException", "Credential should be scoped to a valid region. ")
+    assert (error.error_type, error.message) == (
+        "InvalidSignatureException",
+        "Credential should be scoped to a valid region. ",
+    )
     assert _verify(message, path, query, regions=("ap-south-1",)).region == "ap-south-1"
     message.replace_header("Authorization", auth.replace(f"Credential={TEST_KEY}/", "Credential=AKIDUNKNOWN/"))
     error = _refused(message, path, query)
@@ -301,8 +360,11 @@ def test_verify_names_the_window_a_date_missed_in_aws_words():
     assert (error.error_type, error.message) == (
         "InvalidSignatureException",
         f"Signature expired: {s(signed)} is now earlier than {s(signed + timedelta(minutes=15))} "
-        f"({s(signed + timedelta(minutes=30))} - 15 min.)")
+        f"({s(signed + timedelta(minutes=30))} - 15 min.)",
+    )
     error = _refused(message, path, query, now=signed - timedelta(minutes=16))
-    assert error.message == (f"Signature not yet current: {s(signed)} is still later than "
-                             f"{s(signed + timedelta(minutes=-1))} ({s(signed - timedelta(minutes=16))} + 15 min.)")
+    assert error.message == (
+        f"Signature not yet current: {s(signed)} is still later than "
+        f"{s(signed + timedelta(minutes=-1))} ({s(signed - timedelta(minutes=16))} + 15 min.)"
+    )
     assert _verify(message, path, query, now=signed + timedelta(minutes=15)).service == "panorama"  # the edge passes

@@ -13,8 +13,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -32,10 +32,15 @@ class Rig:
     def __init__(self, tmp: Path, **env: str) -> None:
         self.tmp = tmp
         self.state = tmp / "state"
-        self.env = {"PANOSTAGE_PATHS_STATE_DIR": str(self.state), "PANOSTAGE_PATHS_RUNTIME_DIR": str(tmp / "run"),
-                    "PANOSTAGE_STICKS_ALLOW_NON_USB": "true", "PANOSTAGE_DAEMON_POLL_SECONDS": "0.2",
-                    "PANOSTAGE_AUTHORITY_JOB_STEP_SECONDS": "0.1", "PANOSTAGE_DAEMON_SHUTDOWN_GRACE_SECONDS": "20",
-                    **env}
+        self.env = {
+            "PANOSTAGE_PATHS_STATE_DIR": str(self.state),
+            "PANOSTAGE_PATHS_RUNTIME_DIR": str(tmp / "run"),
+            "PANOSTAGE_STICKS_ALLOW_NON_USB": "true",
+            "PANOSTAGE_DAEMON_POLL_SECONDS": "0.2",
+            "PANOSTAGE_AUTHORITY_JOB_STEP_SECONDS": "0.1",
+            "PANOSTAGE_DAEMON_SHUTDOWN_GRACE_SECONDS": "20",
+            **env,
+        }
         self.proc: subprocess.Popen | None = None
         self.notify: Notifications | None = None
         self.starts = 0
@@ -55,11 +60,15 @@ class Rig:
         self.starts += 1
         self.notify = Notifications(self.tmp / f"notify{self.starts}.sock")
         full = clean_env(self.tmp, {**self.env, "NOTIFY_SOCKET": str(self.notify.path), **env})
-        self.log = open(self.tmp / f"daemon{self.starts}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "watch"], cwd=REPO, env=full,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        wait_until(lambda: self.notify.seen("READY=1") or self.proc.poll() is not None, timeout=60,
-                   what="the daemon to be READY")
+        self.log = open(self.tmp / f"daemon{self.starts}.log", "wb")  # noqa: SIM115 - held while the daemon runs, closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "watch"], cwd=REPO, env=full, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        wait_until(
+            lambda: self.notify.seen("READY=1") or self.proc.poll() is not None,
+            timeout=60,
+            what="the daemon to be READY",
+        )
         assert self.proc.poll() is None, self.daemon_log()
 
     def daemon_log(self) -> str:
@@ -119,8 +128,11 @@ def test_plug_in_a_stick_and_get_it_back_provisioned(rig, udevd):  # noqa: F811
     with loop_device(image) as dev:
         stick = rig.wait_stick(dev, ("ready",))
         assert stick["device"] == "e2e-cam-1" and stick["seconds_left"] > 200
-        wait_until(lambda: any("1 ready" in line for line in rig.notify.seen("STATUS=")), timeout=10,
-                   what="STATUS= to report the ready stick")
+        wait_until(
+            lambda: any("1 ready" in line for line in rig.notify.seen("STATUS=")),
+            timeout=10,
+            what="STATUS= to report the ready stick",
+        )
     assert archives_on(image) == ["certificates-omni_e2e-cam-1.zip"]
     fsck(image)
     assert verify_image(rig, image, "e2e-cam-1")["outcome"] == "ok"
@@ -212,8 +224,12 @@ def test_return_trip_then_next_entry_and_post_provision_actions(rig, udevd):  # 
     assert ran["outcome"] == "provisioned"
     wait_until(lambda: rig.cli("plan", "list")[0]["status"] == "done", timeout=60, what="OTA then reboot to finish")
     entry = rig.cli("plan", "list")[0]
-    assert entry["actions"]["progress"] == {"ota_job": entry["actions"]["progress"]["ota_job"], "ota": "COMPLETED",
-                                            "reboot_job": entry["actions"]["progress"]["reboot_job"], "reboot": "COMPLETED"}
+    assert entry["actions"]["progress"] == {
+        "ota_job": entry["actions"]["progress"]["ota_job"],
+        "ota": "COMPLETED",
+        "reboot_job": entry["actions"]["progress"]["reboot_job"],
+        "reboot": "COMPLETED",
+    }
     assert rig.cli("device", "describe", "e2e-ret-1")["CurrentSoftware"] == "4.3.94"
     with loop_device(image) as dev:  # the stick comes back: collect, wipe, stage the next entry
         stick = rig.wait_stick(dev, ("ready",))
@@ -226,16 +242,22 @@ def test_return_trip_then_next_entry_and_post_provision_actions(rig, udevd):  # 
 
 
 def test_expired_archive_comes_back_and_is_restaged(rig, udevd):  # noqa: F811
-    rig.env.update(PANOSTAGE_AUTHORITY_CERT_VALIDITY_SECONDS="3", PANOSTAGE_STAGE_MARGIN_SECONDS="0",
-                   PANOSTAGE_STAGE_SKEW_SECONDS="0")
+    rig.env.update(
+        PANOSTAGE_AUTHORITY_CERT_VALIDITY_SECONDS="3",
+        PANOSTAGE_STAGE_MARGIN_SECONDS="0",
+        PANOSTAGE_STAGE_SKEW_SECONDS="0",
+    )
     rig.cli("plan", "add", "--name", "e2e-exp")
     image = rig.image("exp")
     rig.start()
     with loop_device(image) as dev:
         rig.wait_stick(dev, ("ready",))
     first = rig.live_devices()[0]["DeviceId"]
-    wait_until(lambda: run_cli("verify", str(image), "--margin", "0", env=rig.env, home=rig.tmp).returncode == 21,
-               timeout=20, what="the 3 s certificate to expire")
+    wait_until(
+        lambda: run_cli("verify", str(image), "--margin", "0", env=rig.env, home=rig.tmp).returncode == 21,
+        timeout=20,
+        what="the 3 s certificate to expire",
+    )
     with loop_device(image) as dev:
         rig.wait_stick(dev, ("ready",))
     [again] = rig.live_devices()

@@ -36,11 +36,16 @@ class Ticks:
 
 @pytest.fixture
 def world(tmp_path):
-    settings = load(env={"HOME": str(tmp_path), "PANOSTAGE_SYSTEM_CONFIG": str(tmp_path / "none"),
-                         "PANOSTAGE_PATHS_STATE_DIR": str(tmp_path / "state"),
-                         "PANOSTAGE_AUTHORITY_JOB_STEP_SECONDS": "0",
-                         "PANOSTAGE_DAEMON_POLL_SECONDS": str(BASE),
-                         "PANOSTAGE_DAEMON_POLL_MAX_SECONDS": str(CAP)}).settings
+    settings = load(
+        env={
+            "HOME": str(tmp_path),
+            "PANOSTAGE_SYSTEM_CONFIG": str(tmp_path / "none"),
+            "PANOSTAGE_PATHS_STATE_DIR": str(tmp_path / "state"),
+            "PANOSTAGE_AUTHORITY_JOB_STEP_SECONDS": "0",
+            "PANOSTAGE_DAEMON_POLL_SECONDS": str(BASE),
+            "PANOSTAGE_DAEMON_POLL_MAX_SECONDS": str(CAP),
+        }
+    ).settings
     backend = open_backend(settings)
     state = StateDB(tmp_path / "state")
     calls: Counter[str] = Counter()
@@ -48,8 +53,15 @@ def world(tmp_path):
     client.meta.events.register("before-call.panorama.*", lambda model, **_: calls.update([model.name]))
     ticks = Ticks()
     ctx = SimpleNamespace(settings=settings, state=state, backend=backend, clock=SystemClock())
-    yield SimpleNamespace(ctx=ctx, state=state, client=client, calls=calls, ticks=ticks, backend=backend,
-                          followup=FollowUp(ctx, monotonic=ticks))
+    yield SimpleNamespace(
+        ctx=ctx,
+        state=state,
+        client=client,
+        calls=calls,
+        ticks=ticks,
+        backend=backend,
+        followup=FollowUp(ctx, monotonic=ticks),
+    )
     state.close()
     backend.close()
 
@@ -74,8 +86,10 @@ def come_online(world, device: dict) -> None:
     files = members(device["archive"])
     cert, _ = split(find_certificates(files))
     key = next(d for d in files.values() if b"PRIVATE KEY" in d)
-    post_claim(world.backend.endpoint_url, build_claim(device["device_id"], cert.public_bytes(serialization.Encoding.PEM),
-                                                       key, SystemClock().now()))
+    post_claim(
+        world.backend.endpoint_url,
+        build_claim(device["device_id"], cert.public_bytes(serialization.Encoding.PEM), key, SystemClock().now()),
+    )
 
 
 def test_a_pass_over_many_waiting_devices_lists_them_in_bulk(world):
@@ -170,8 +184,11 @@ class Gate(threading.Event):
 def database_handles() -> int:
     import os
 
-    return sum(os.readlink(f"/proc/self/fd/{fd}").endswith(("panostage.sqlite3", "panostage.sqlite3-wal"))
-               for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
+    return sum(
+        os.readlink(f"/proc/self/fd/{fd}").endswith(("panostage.sqlite3", "panostage.sqlite3-wal"))
+        for fd in os.listdir("/proc/self/fd")
+        if os.path.exists(f"/proc/self/fd/{fd}")
+    )
 
 
 def test_the_thread_runs_passes_on_request_and_closes_its_connection(world, tmp_path):

@@ -17,9 +17,14 @@ from agent.state import StateDB
 
 @pytest.fixture
 def world(tmp_path):
-    settings = load(env={"HOME": str(tmp_path), "PANOSTAGE_SYSTEM_CONFIG": str(tmp_path / "none"),
-                         "PANOSTAGE_PATHS_STATE_DIR": str(tmp_path / "state"),
-                         "PANOSTAGE_AUTHORITY_JOB_STEP_SECONDS": "0"}).settings
+    settings = load(
+        env={
+            "HOME": str(tmp_path),
+            "PANOSTAGE_SYSTEM_CONFIG": str(tmp_path / "none"),
+            "PANOSTAGE_PATHS_STATE_DIR": str(tmp_path / "state"),
+            "PANOSTAGE_AUTHORITY_JOB_STEP_SECONDS": "0",
+        }
+    ).settings
     backend = open_backend(settings)
     state = StateDB(tmp_path / "state")
     log = HandoffLog(tmp_path / "state")
@@ -38,7 +43,9 @@ def crashed(state, backend, name, at_state, *, record_id=True):
     [entry_id] = state.add_entries([(name, {"Name": name}, {})])
     handoff_id = state.new_id()
     assert state.claim_next(handoff_id)["id"] == entry_id
-    state.new_handoff(handoff_id=handoff_id, plan_id=entry_id, device_name=name, stick_identity="fs:1234-ABCD", stick={})
+    state.new_handoff(
+        handoff_id=handoff_id, plan_id=entry_id, device_name=name, stick_identity="fs:1234-ABCD", stick={}
+    )
     device_id = None
     if at_state != "claimed":
         started = SystemClock().now()
@@ -83,7 +90,7 @@ def test_another_stations_device_of_the_name_made_meanwhile_is_never_deleted(wor
     """Station B provisions the name while station A crashed in ProvisionDevice: A's recovery finds a device of
     that name made after its attempt began, and leaves it - the tag says whose it is."""
     backend, state, log = world
-    entry_id, handoff_id, mine = crashed(state, backend, "rec-shared", "provisioning")
+    _entry_id, _handoff_id, mine = crashed(state, backend, "rec-shared", "provisioning")
     backend.panorama().delete_device(DeviceId=mine)  # ours never got made, say; B's did, just now
     theirs = backend.panorama().provision_device(**tagged({"Name": "rec-shared"}, "van", "b-handoff"))["DeviceId"]
     [action] = recover(state, backend, log, SystemClock(), station="t", operator="t", max_attempts=3)

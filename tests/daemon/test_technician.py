@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from agent.daemon.technician import Technician
 
@@ -21,7 +21,7 @@ def test_desktop_notification_when_a_graphical_session_is_there(tmp_path, monkey
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent")
     tech = Technician("auto")
     assert tech.desktop and not tech.bell
-    tech.ready("cam-1", "/dev/sdb1", datetime(2026, 11, 23, 12, 5, tzinfo=timezone.utc))
+    tech.ready("cam-1", "/dev/sdb1", datetime(2026, 11, 23, 12, 5, tzinfo=UTC))
     tech.failed("/dev/sdc", "stick removed")
     lines = calls.read_text().splitlines()
     assert lines[0].startswith("-a|panostage|-u|normal|cam-1 ready|stick /dev/sdb1: plug it into the appliance before ")

@@ -26,8 +26,12 @@ PLANS = {"warehouse": ["cam-1", "cam-2", "cam-3", "cam-4"], "van": ["cam-3", "ca
 @pytest.fixture
 def stations(tmp_path, udevd, fresh_authority):  # noqa: F811
     service = fresh_authority()
-    shared = {"PANOSTAGE_BACKEND_ENDPOINT_URL": service.endpoint_url, "PANOSTAGE_BACKEND_REGION": REGION,
-              "AWS_ACCESS_KEY_ID": TEST_KEY, "AWS_SECRET_ACCESS_KEY": TEST_SECRET}
+    shared = {
+        "PANOSTAGE_BACKEND_ENDPOINT_URL": service.endpoint_url,
+        "PANOSTAGE_BACKEND_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": TEST_KEY,
+        "AWS_SECRET_ACCESS_KEY": TEST_SECRET,
+    }
     rigs = {name: Rig(tmp_path / name, PANOSTAGE_STAGE_STATION=name, **shared) for name in PLANS}
     yield service, rigs
     for rig in rigs.values():
@@ -67,10 +71,14 @@ def test_two_stations_on_one_service_never_lose_a_device(stations):
             assert any(r["archive"]["sha256"] == report["archives"][0]["sha256"] for _, r in ready.values())
         else:
             assert archives_on(image) == [], f"a failed stick holds an archive: {final[dev]}"
-    live = {d["DeviceId"]: d for d in service.client().list_devices(MaxResults=25)["Devices"]
-            if d["ProvisioningStatus"] != "DELETING"}
-    assert set(live) == set(ready), "the service's devices and the two logs disagree (a device without its archive, " \
-                                    "or a live one deleted)"
+    live = {
+        d["DeviceId"]: d
+        for d in service.client().list_devices(MaxResults=25)["Devices"]
+        if d["ProvisioningStatus"] != "DELETING"
+    }
+    assert set(live) == set(ready), (
+        "the service's devices and the two logs disagree (a device without its archive, or a live one deleted)"
+    )
     names = [record["device"]["name"] for _, record in ready.values()]
     assert len(names) == len(set(names)), f"a name is ready twice: {names}"
     assert {"cam-1", "cam-2", "cam-5", "cam-6"} <= set(names) and {"cam-3", "cam-4"} <= set(names)
@@ -79,5 +87,5 @@ def test_two_stations_on_one_service_never_lose_a_device(stations):
     assert {r["error"]["reason"] for r in failed} <= {"device-live", "conflict"}, failed  # refused, never deleted
     deleted = {r["device"]["id"] for rig in rigs.values() for r in rig.log_records("device-deleted")}
     assert not deleted & set(ready), "a station deleted a device whose archive is on a stick"
-    for name, rig in rigs.items():
+    for rig in rigs.values():
         assert rig.stop() == 0

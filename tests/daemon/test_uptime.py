@@ -17,8 +17,8 @@ import pytest
 
 from tests.daemon.test_daemon_e2e import Rig
 from tests.fat_kit import make_image, run
-from tests.proc_kit import resources
 from tests.helpers import wait_until
+from tests.proc_kit import resources
 from tests.udev_kit import udevd  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (udevd, loop devices)")
@@ -30,8 +30,13 @@ BURST = 4
 @pytest.fixture
 def rig(tmp_path, udevd):  # noqa: F811
     label = f"UP{os.getpid() % 100000:05d}"
-    rig = Rig(tmp_path, PANOSTAGE_STICKS_REQUIRE_ENROLLMENT="false", PANOSTAGE_STICKS_LABEL=label,
-              PANOSTAGE_DAEMON_POLL_SECONDS="0.2", PANOSTAGE_DAEMON_POLL_MAX_SECONDS="0.8")
+    rig = Rig(
+        tmp_path,
+        PANOSTAGE_STICKS_REQUIRE_ENROLLMENT="false",
+        PANOSTAGE_STICKS_LABEL=label,
+        PANOSTAGE_DAEMON_POLL_SECONDS="0.2",
+        PANOSTAGE_DAEMON_POLL_MAX_SECONDS="0.8",
+    )
     rig.label = label
     yield rig
     if rig.proc is not None:
@@ -41,8 +46,10 @@ def rig(tmp_path, udevd):  # noqa: F811
 
 def images(rig: Rig, prefix: str, count: int) -> list[Path]:
     base = 0x7A000000 + (os.getpid() % 4096) * 4096
-    return [make_image(rig.tmp / f"{prefix}{n}.img", 12, size="1M", volid=f"{base + n:08X}", label=rig.label)
-            for n in range(count)]
+    return [
+        make_image(rig.tmp / f"{prefix}{n}.img", 12, size="1M", volid=f"{base + n:08X}", label=rig.label)
+        for n in range(count)
+    ]
 
 
 def attach(image: Path) -> str:
@@ -79,7 +86,7 @@ def test_hundreds_of_handoffs_and_idle_passes_leave_the_daemon_as_it_was(rig):
     wait_until(lambda: resources(pid)["wal"] >= 2, timeout=30, what="the follow-up thread's first pass")
     baseline = resources(pid)
     for start in range(warm, HANDOFFS + warm, BURST):
-        burst(rig, sticks[start:start + BURST])
+        burst(rig, sticks[start : start + BURST])
 
     def flat() -> bool:
         now = resources(pid)
@@ -90,9 +97,14 @@ def test_hundreds_of_handoffs_and_idle_passes_leave_the_daemon_as_it_was(rig):
     except AssertionError:
         os.kill(pid, 10)  # SIGUSR1: the daemon writes every thread's stack to its log
         wait_until(lambda: "Thread 0x" in rig.daemon_log(), timeout=10, what="the stacks")
-        kinds = Counter(re.sub(r"\[\d+\]|\d+", "N", os.readlink(f"/proc/{pid}/fd/{fd}"))
-                        for fd in os.listdir(f"/proc/{pid}/fd") if os.path.lexists(f"/proc/{pid}/fd/{fd}"))
-        raise AssertionError(f"baseline {baseline}, now {resources(pid)}, {kinds}\n{rig.daemon_log()[-6000:]}") from None
+        kinds = Counter(
+            re.sub(r"\[\d+\]|\d+", "N", os.readlink(f"/proc/{pid}/fd/{fd}"))
+            for fd in os.listdir(f"/proc/{pid}/fd")
+            if os.path.lexists(f"/proc/{pid}/fd/{fd}")
+        )
+        raise AssertionError(
+            f"baseline {baseline}, now {resources(pid)}, {kinds}\n{rig.daemon_log()[-6000:]}"
+        ) from None
     # botocore's pool: max_pool_connections (10) per client; the daemon has two Panorama clients (ProvisionDevice
     # without retries, the rest), which its own-process authority now serves at once
     assert resources(pid)["http_connections"] <= 2 * 10
@@ -113,7 +125,9 @@ def test_a_stick_pulled_while_handled_is_a_departure_said_once(rig):
         with open(dev, "r+b") as node:
             node.write(b"\0" * (1 << 20))
         wait_until(lambda: "departed" in rig.daemon_log(), timeout=30, what="the departure")
-        wait_until(lambda: rig.cli("plan", "list")[0]["status"] == "pending", timeout=30, what="the entry back in the plan")
+        wait_until(
+            lambda: rig.cli("plan", "list")[0]["status"] == "pending", timeout=30, what="the entry back in the plan"
+        )
     finally:
         detach(rig, [dev])
     log = rig.daemon_log()

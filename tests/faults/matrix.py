@@ -134,10 +134,14 @@ class Station:
         self.tmpdir = self.home / "tmp"
         self.tmpdir.mkdir(parents=True, exist_ok=True)
         self.env = {
-            "AWS_ACCESS_KEY_ID": TEST_KEY, "AWS_SECRET_ACCESS_KEY": TEST_SECRET,
-            "PANOSTAGE_BACKEND_ENDPOINT_URL": self.kit.relay.endpoint_url, "PANOSTAGE_BACKEND_REGION": REGION,
-            "PANOSTAGE_PATHS_STATE_DIR": str(self.state), "PANOSTAGE_PATHS_RUNTIME_DIR": str(self.runtime),
-            "TMPDIR": str(self.tmpdir), **self.env,
+            "AWS_ACCESS_KEY_ID": TEST_KEY,
+            "AWS_SECRET_ACCESS_KEY": TEST_SECRET,
+            "PANOSTAGE_BACKEND_ENDPOINT_URL": self.kit.relay.endpoint_url,
+            "PANOSTAGE_BACKEND_REGION": REGION,
+            "PANOSTAGE_PATHS_STATE_DIR": str(self.state),
+            "PANOSTAGE_PATHS_RUNTIME_DIR": str(self.runtime),
+            "TMPDIR": str(self.tmpdir),
+            **self.env,
         }
 
     def argv(self, args: Sequence[str], prefix: Sequence[str] = ()) -> list[str]:
@@ -149,14 +153,22 @@ class Station:
             extra["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SHIM), str(REPO), os.environ.get("PYTHONPATH")]))
         return clean_env(self.home, {**self.env, **extra})
 
-    def run(self, *args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = (),
-            timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(args, prefix), env=self.full_env(env), cwd=REPO, capture_output=True,
-                              text=True, timeout=timeout)
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = (), timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.argv(args, prefix), env=self.full_env(env), cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
 
     def popen(self, *args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(args, prefix), env=self.full_env(env), cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            self.argv(args, prefix),
+            env=self.full_env(env),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def records(self) -> list[dict[str, Any]]:
         path = self.state / "handoff.jsonl"
@@ -226,13 +238,19 @@ class Stick:
         paths = []
         for line in out.splitlines():
             if line.startswith("Checking file "):
-                paths.append(re.sub(r" \([^()]*\)$", "", line[len("Checking file "):]))
+                paths.append(re.sub(r" \([^()]*\)$", "", line[len("Checking file ") :]))
         return paths
 
     def digest(self) -> str:
         if self.how == "dir":
-            return hashlib.sha256(repr([(p.name, p.is_symlink(), p.read_bytes() if p.is_file() and not p.is_symlink() else b"")
-                                        for p in sorted(self.image.iterdir())]).encode()).hexdigest()
+            return hashlib.sha256(
+                repr(
+                    [
+                        (p.name, p.is_symlink(), p.read_bytes() if p.is_file() and not p.is_symlink() else b"")
+                        for p in sorted(self.image.iterdir())
+                    ]
+                ).encode()
+            ).hexdigest()
         return hashlib.sha256(self.image.read_bytes()).hexdigest()
 
 
@@ -243,8 +261,9 @@ def _fusefat(image: Path, where: Path) -> Iterator[Path]:
     if shutil.which("fusefat") is None or not os.path.exists("/dev/fuse"):
         pytest.skip("needs fusefat and /dev/fuse for a mounted FAT stick")
     where.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["fusefat", "-f", "-o", "rw+", str(image), str(where)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["fusefat", "-f", "-o", "rw+", str(image), str(where)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         wait_until(lambda: os.path.ismount(where) or proc.poll() is not None, timeout=30, what="the fusefat mount")
         if proc.poll() is not None:
@@ -335,11 +354,29 @@ class Case:
         self.started = self.started or time.time()  # the scan covers every hand-off of the case
 
     def stage_args(self, *extra: str) -> list[str]:
-        return ["stage", "--name", self.name, "--eth0", "dhcp", "--ntp", "pool.ntp.org", "--to", self.stick.spec,
-                "--json", *(["--allow-non-fat"] if self.stick.how == "dir" else []), *extra]
+        return [
+            "stage",
+            "--name",
+            self.name,
+            "--eth0",
+            "dhcp",
+            "--ntp",
+            "pool.ntp.org",
+            "--to",
+            self.stick.spec,
+            "--json",
+            *(["--allow-non-fat"] if self.stick.how == "dir" else []),
+            *extra,
+        ]
 
-    def stage(self, *extra: str, env: dict[str, str] | None = None, prefix: Sequence[str] = (),
-              faults: dict[str, dict[str, Any]] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    def stage(
+        self,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+        faults: dict[str, dict[str, Any]] | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess:
         """``panostage stage`` of this case's device onto its stick, under the given faults."""
         with self.kit.faults(faults), self.stick.plugged():
             self.result = self.station.run(*self.stage_args(*extra), env=env, prefix=prefix, timeout=timeout)
@@ -375,22 +412,31 @@ def assert_invariants(case: Case, expect: Expect, ended: Ended) -> dict[str, Any
         assert ended.exit == 0 and ended.device_id, f"{where} expected success:\n{ended.stderr}"
         spec = str(stick.image)
         verdict = station.run("verify", spec, "--device", name, "--margin", "0", "--json")
-        assert verdict.returncode == 0, f"{where} panostage verify {spec}: exit {verdict.returncode}\n{verdict.stdout}{verdict.stderr}"
+        assert verdict.returncode == 0, (
+            f"{where} panostage verify {spec}: exit {verdict.returncode}\n{verdict.stdout}{verdict.stderr}"
+        )
         report = json.loads(verdict.stdout)
         assert report["outcome"] == "ok" and len(report["archives"]) == 1, report
-        assert report["archives"][0]["manifest"]["device_id"] == ended.device_id, "the stick holds another device's archive"
+        assert report["archives"][0]["manifest"]["device_id"] == ended.device_id, (
+            "the stick holds another device's archive"
+        )
         if ended.sha256:
             assert report["archives"][0]["sha256"] == ended.sha256
         learnt["device_id"] = ended.device_id
     else:
         assert ended.exit == expect.exit, (
-            f"{where} expected exit {int(expect.exit)} ({expect.exit.name}), got {ended.exit}:\n{ended.stderr}")
+            f"{where} expected exit {int(expect.exit)} ({expect.exit.name}), got {ended.exit}:\n{ended.stderr}"
+        )
         assert ended.exit in DOCUMENTED
         error = ended.error or {}
         for needle in expect.cause:
-            assert needle.lower() in error.get("message", "").lower(), f"{where} the message does not name {needle!r}: {error}"
+            assert needle.lower() in error.get("message", "").lower(), (
+                f"{where} the message does not name {needle!r}: {error}"
+            )
         for needle in expect.hint:
-            assert needle.lower() in (error.get("hint") or "").lower(), f"{where} the hint does not say {needle!r}: {error}"
+            assert needle.lower() in (error.get("hint") or "").lower(), (
+                f"{where} the hint does not say {needle!r}: {error}"
+            )
         learnt["error"] = error
 
     # (b) the stick is consistent: fsck clean, nothing partial or temporary in the root
@@ -402,14 +448,19 @@ def assert_invariants(case: Case, expect: Expect, ended: Ended) -> dict[str, Any
     assert not gone & set(root), f"{where} still on the stick: {sorted(gone & set(root))}"
     if expect.ok:
         assert sorted(set(root) - {archive} - set(allowed)) == sorted(set(case.before_root) - {archive} - gone), (
-            f"{where} the root holds {root}, it held {case.before_root}")
+            f"{where} the root holds {root}, it held {case.before_root}"
+        )
         assert archive in root
     else:
         left = sorted(set(root) - set(case.before_root) - set(allowed))
         assert left == [], f"{where} left on the stick: {left} (root now {root})"
-        assert sorted(set(case.before_root) - set(root) - gone) == [], f"{where} removed from the stick: {root} was {case.before_root}"
+        assert sorted(set(case.before_root) - set(root) - gone) == [], (
+            f"{where} removed from the stick: {root} was {case.before_root}"
+        )
     if expect.untouched:
-        assert stick.digest() == case.before_digest, f"{where} the stick was written to although the case was refused before any write"
+        assert stick.digest() == case.before_digest, (
+            f"{where} the stick was written to although the case was refused before any write"
+        )
 
     # (c) no orphan device
     live = case.kit.live(name)
@@ -424,7 +475,9 @@ def assert_invariants(case: Case, expect: Expect, ended: Ended) -> dict[str, Any
     # (e) the hand-off log: chain intact, the outcome recorded
     chain = station.run("log", "verify", "--json")
     assert chain.returncode == 0, f"{where} log verify: exit {chain.returncode}\n{chain.stdout}{chain.stderr}"
-    handoffs = [r for r in station.records() if r.get("kind") == "handoff" and (r.get("device") or {}).get("name") == name]
+    handoffs = [
+        r for r in station.records() if r.get("kind") == "handoff" and (r.get("device") or {}).get("name") == name
+    ]
     assert handoffs, f"{where} no hand-off record for {name}: {station.records()}"
     last = handoffs[-1]
     if expect.ok:
@@ -433,7 +486,9 @@ def assert_invariants(case: Case, expect: Expect, ended: Ended) -> dict[str, Any
         assert last["outcome"] == "failed", last
         assert last["error"]["message"], last
         if expect.reason is not None:
-            assert last["error"]["reason"] == expect.reason, f"{where} logged reason {last['error']['reason']!r}: {last}"
+            assert last["error"]["reason"] == expect.reason, (
+                f"{where} logged reason {last['error']['reason']!r}: {last}"
+            )
     learnt["record"] = last
     return learnt
 
@@ -470,10 +525,13 @@ def secret_needles(archive: bytes) -> dict[str, bytes]:
             except (ValueError, TypeError):
                 needles[f"key PEM in {member}"] = pem
                 continue
-            der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+            der = key.private_bytes(
+                serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
             scalar = key.private_numbers().private_value.to_bytes(32, "big")  # type: ignore[union-attr]
-            needles.update({f"key PEM in {member}": pem, f"key DER in {member}": der, f"key scalar in {member}": scalar})
+            needles.update(
+                {f"key PEM in {member}": pem, f"key DER in {member}": der, f"key scalar in {member}": scalar}
+            )
     return needles
 
 
@@ -506,8 +564,9 @@ def _files(root: Path, *, since: float | None, skip: set[Path]) -> Iterator[tupl
             yield Path(entry.path), data
 
 
-def assert_no_leak(case: Case, archives: list[bytes], *, skip: set[Path] = frozenset(),
-                   extra_station_dirs: Sequence[Path] = ()) -> None:
+def assert_no_leak(
+    case: Case, archives: list[bytes], *, skip: set[Path] = frozenset(), extra_station_dirs: Sequence[Path] = ()
+) -> None:
     """(d): the archives of this case are nowhere on the workstation's disk but the stick."""
     station = case.station
     needles: dict[str, bytes] = {}
@@ -516,8 +575,10 @@ def assert_no_leak(case: Case, archives: list[bytes], *, skip: set[Path] = froze
     station_dirs = [station.state, station.runtime, station.tmpdir, *extra_station_dirs]
     skip = set(skip)
     since = case.started - 2
-    for root, changed_since in [*((d, None) for d in station_dirs),
-                                *((Path(d), since) for d in ("/tmp", "/var/tmp", "/dev/shm"))]:
+    for root, changed_since in [
+        *((d, None) for d in station_dirs),
+        *((Path(d), since) for d in ("/tmp", "/var/tmp", "/dev/shm")),
+    ]:
         for path, data in _files(root, since=changed_since, skip=skip):
             for label, needle in needles.items():
                 assert needle not in data, f"{label} found in {path}"
@@ -567,8 +628,12 @@ def vanish_at(call: str, at: int) -> dict[str, str]:
 
 def terminate_when(proc: subprocess.Popen, marker: Path, *, timeout: float = 60) -> subprocess.CompletedProcess:
     """SIGTERM ``proc`` once ``marker`` exists (the write is held there); its result."""
-    wait_until(lambda: marker.exists() or proc.poll() is not None, timeout=timeout, interval=0.02,
-               what=f"the CLI to reach {marker.name}")
+    wait_until(
+        lambda: marker.exists() or proc.poll() is not None,
+        timeout=timeout,
+        interval=0.02,
+        what=f"the CLI to reach {marker.name}",
+    )
     assert proc.poll() is None, f"the CLI ended before it was held: {proc.communicate()}"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)

@@ -27,16 +27,28 @@ def _run(kit, station, tmp_path, faults, expect: Expect, *, env=None, prefix="au
 REFUSING = [
     # (id, fault rules, exit code, words the message must hold)
     ("500", {"ProvisionDevice": {"error": 500}}, ExitCode.SERVICE, ("InternalServerException",)),
-    ("500-after-commit", {"ProvisionDevice": {"error": 500, "after_commit": True}}, ExitCode.SERVICE,
-     ("InternalServerException",)),
+    (
+        "500-after-commit",
+        {"ProvisionDevice": {"error": 500, "after_commit": True}},
+        ExitCode.SERVICE,
+        ("InternalServerException",),
+    ),
     ("429", {"ProvisionDevice": {"error": 429}}, ExitCode.THROTTLED, ("Throttling",)),
     ("409", {"ProvisionDevice": {"error": 409}}, ExitCode.CONFLICT, ("Conflict",)),
     ("402", {"ProvisionDevice": {"error": 402}}, ExitCode.QUOTA, ("Quota",)),
     ("403", {"ProvisionDevice": {"error": 403}}, ExitCode.ACCESS_DENIED, ("AccessDenied",)),
-    ("dropped", {"ProvisionDevice": {"drop_connection": True}}, ExitCode.UNREACHABLE,
-     ("cannot reach the service", "connection was closed")),
-    ("dropped-after-commit", {"ProvisionDevice": {"drop_connection": True, "after_commit": True}},
-     ExitCode.UNREACHABLE, ("cannot reach the service", "connection was closed")),
+    (
+        "dropped",
+        {"ProvisionDevice": {"drop_connection": True}},
+        ExitCode.UNREACHABLE,
+        ("cannot reach the service", "connection was closed"),
+    ),
+    (
+        "dropped-after-commit",
+        {"ProvisionDevice": {"drop_connection": True, "after_commit": True}},
+        ExitCode.UNREACHABLE,
+        ("cannot reach the service", "connection was closed"),
+    ),
     ("list-500", {"ListDevices": {"error": 500}}, ExitCode.SERVICE, ("InternalServerException",)),
 ]
 
@@ -70,23 +82,40 @@ LATE = 2500
 def test_one_answer_slower_than_the_read_timeout(kit, station, tmp_path):
     """The first answer comes after the read timeout (the device is made all the same): the station
     waits for that device to show up, deletes it, tries again; one device is left - the one on the stick."""
-    _run(kit, station, tmp_path, {"ProvisionDevice": {"latency_ms": LATE, "count": 1}}, Expect(),
-         env={**SLOW, "PANOSTAGE_BACKEND_MAX_ATTEMPTS": "3"})
+    _run(
+        kit,
+        station,
+        tmp_path,
+        {"ProvisionDevice": {"latency_ms": LATE, "count": 1}},
+        Expect(),
+        env={**SLOW, "PANOSTAGE_BACKEND_MAX_ATTEMPTS": "3"},
+    )
 
 
 def test_every_answer_slower_than_the_read_timeout(kit, station, tmp_path):
     """Every answer comes after the read timeout: the hand-off gives up, and the devices the
     service made after the station stopped waiting are deleted too (also the last attempt's)."""
-    _run(kit, station, tmp_path, {"ProvisionDevice": {"latency_ms": LATE}},
-         Expect(ExitCode.UNREACHABLE, cause=("timeout",), untouched=True), env=SLOW)
+    _run(
+        kit,
+        station,
+        tmp_path,
+        {"ProvisionDevice": {"latency_ms": LATE}},
+        Expect(ExitCode.UNREACHABLE, cause=("timeout",), untouched=True),
+        env=SLOW,
+    )
 
 
 #: what each malformed archive is refused as (the verification outcome is the exit code)
 DEFECT_EXIT = {
-    "not_zip": ExitCode.VERIFY_CORRUPT, "bad_crc": ExitCode.VERIFY_CORRUPT, "path_traversal": ExitCode.VERIFY_CORRUPT,
-    "zip_bomb": ExitCode.VERIFY_CORRUPT, "no_certificate": ExitCode.VERIFY_UNVERIFIABLE,
-    "duplicate_member": ExitCode.VERIFY_CORRUPT, "expired_cert": ExitCode.VERIFY_EXPIRED,
-    "key_mismatch": ExitCode.VERIFY_CORRUPT, "wrong_ca": ExitCode.VERIFY_CORRUPT,
+    "not_zip": ExitCode.VERIFY_CORRUPT,
+    "bad_crc": ExitCode.VERIFY_CORRUPT,
+    "path_traversal": ExitCode.VERIFY_CORRUPT,
+    "zip_bomb": ExitCode.VERIFY_CORRUPT,
+    "no_certificate": ExitCode.VERIFY_UNVERIFIABLE,
+    "duplicate_member": ExitCode.VERIFY_CORRUPT,
+    "expired_cert": ExitCode.VERIFY_EXPIRED,
+    "key_mismatch": ExitCode.VERIFY_CORRUPT,
+    "wrong_ca": ExitCode.VERIFY_CORRUPT,
 }
 
 
@@ -96,8 +125,17 @@ def test_every_defect_is_in_the_matrix():
 
 @pytest.mark.parametrize("defect", sorted(DEFECT_EXIT))
 def test_malformed_archive_is_refused_before_the_stick(kit, station, tmp_path, defect):
-    _, learnt = _run(kit, station, tmp_path, {"ProvisionDevice": {"archive": defect}},
-                        Expect(DEFECT_EXIT[defect], cause=("received from the service",), untouched=True,
-                               reason=f"archive-{DEFECT_EXIT[defect].name.removeprefix('VERIFY_').lower()}"),
-                        prefix=f"bad-{defect.replace('_', '-')}")
+    _, learnt = _run(
+        kit,
+        station,
+        tmp_path,
+        {"ProvisionDevice": {"archive": defect}},
+        Expect(
+            DEFECT_EXIT[defect],
+            cause=("received from the service",),
+            untouched=True,
+            reason=f"archive-{DEFECT_EXIT[defect].name.removeprefix('VERIFY_').lower()}",
+        ),
+        prefix=f"bad-{defect.replace('_', '-')}",
+    )
     assert learnt["archives"], "the relay saw no archive"

@@ -43,8 +43,9 @@ class DaemonCase:
         return "".join(p.read_text(errors="replace") for p in sorted(self.rig.tmp.glob("daemon*.log")))
 
     def held(self, state: str) -> None:
-        wait_until(lambda: (self.rig.state / f"held-at-{state}").exists(), timeout=60,
-                   what=f"the daemon to hold at {state}")
+        wait_until(
+            lambda: (self.rig.state / f"held-at-{state}").exists(), timeout=60, what=f"the daemon to hold at {state}"
+        )
 
     def ready(self) -> Ended:
         """The daemon staged the plan entry: the device the plan records as staged."""

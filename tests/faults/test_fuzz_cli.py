@@ -20,7 +20,7 @@ import random
 import struct
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -32,18 +32,36 @@ from tests import archive_factory as af
 from tests.helpers import PEM_KEY_HEADER, REPO, clean_env
 
 SCALE = max(1, int(os.environ.get("FAULTS_FUZZ_SCALE", "1")))
-CLI_FUZZ = settings(max_examples=30 * SCALE, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                           HealthCheck.large_base_example, HealthCheck.data_too_large])
-VERIFY_CODES = {ExitCode.OK, ExitCode.VERIFY_EXPIRING, ExitCode.VERIFY_EXPIRED, ExitCode.VERIFY_CORRUPT,
-                ExitCode.VERIFY_UNVERIFIABLE}
+CLI_FUZZ = settings(
+    max_examples=30 * SCALE,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.large_base_example,
+        HealthCheck.data_too_large,
+    ],
+)
+VERIFY_CODES = {
+    ExitCode.OK,
+    ExitCode.VERIFY_EXPIRING,
+    ExitCode.VERIFY_EXPIRED,
+    ExitCode.VERIFY_CORRUPT,
+    ExitCode.VERIFY_UNVERIFIABLE,
+}
 DEADLINE = 60.0  # seconds: a hang fails the example instead of stalling the run
 
 
 def cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run([sys.executable, "-m", "agent", *args], env=clean_env(home, env), cwd=REPO,
-                              capture_output=True, timeout=DEADLINE)
+        return subprocess.run(
+            [sys.executable, "-m", "agent", *args],
+            env=clean_env(home, env),
+            cwd=REPO,
+            capture_output=True,
+            timeout=DEADLINE,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"panostage {' '.join(args)} still running after {DEADLINE}s (a hang)")
 
@@ -57,23 +75,36 @@ def no_traceback(result: subprocess.CompletedProcess) -> None:
 
 
 def _archives() -> list[bytes]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     valid = af.Pki.make(issued=now - timedelta(seconds=5))
     return [
-        af.build(valid),                                            # ok until a mutation breaks it
+        af.build(valid),  # ok until a mutation breaks it
         af.build(af.Pki.make(issued=now - timedelta(seconds=270))),  # expiring inside the margin
-        af.build(),                                                 # long expired (2026-03-01)
+        af.build(),  # long expired (2026-03-01)
         af.write_zip(af.standard_members(valid), zip64=True),
     ]
 
 
 BASES = _archives()
 ZIP_FIELDS = [  # (signature, struct offset of a field, struct format) in local headers, directory, end record
-    (b"PK\x03\x04", 6, "<H"), (b"PK\x03\x04", 8, "<H"), (b"PK\x03\x04", 14, "<I"), (b"PK\x03\x04", 18, "<I"),
-    (b"PK\x03\x04", 22, "<I"), (b"PK\x03\x04", 26, "<H"), (b"PK\x03\x04", 28, "<H"),
-    (b"PK\x01\x02", 10, "<H"), (b"PK\x01\x02", 20, "<I"), (b"PK\x01\x02", 24, "<I"), (b"PK\x01\x02", 28, "<H"),
-    (b"PK\x01\x02", 30, "<H"), (b"PK\x01\x02", 38, "<I"), (b"PK\x01\x02", 42, "<I"),
-    (b"PK\x05\x06", 8, "<H"), (b"PK\x05\x06", 10, "<H"), (b"PK\x05\x06", 12, "<I"), (b"PK\x05\x06", 16, "<I"),
+    (b"PK\x03\x04", 6, "<H"),
+    (b"PK\x03\x04", 8, "<H"),
+    (b"PK\x03\x04", 14, "<I"),
+    (b"PK\x03\x04", 18, "<I"),
+    (b"PK\x03\x04", 22, "<I"),
+    (b"PK\x03\x04", 26, "<H"),
+    (b"PK\x03\x04", 28, "<H"),
+    (b"PK\x01\x02", 10, "<H"),
+    (b"PK\x01\x02", 20, "<I"),
+    (b"PK\x01\x02", 24, "<I"),
+    (b"PK\x01\x02", 28, "<H"),
+    (b"PK\x01\x02", 30, "<H"),
+    (b"PK\x01\x02", 38, "<I"),
+    (b"PK\x01\x02", 42, "<I"),
+    (b"PK\x05\x06", 8, "<H"),
+    (b"PK\x05\x06", 10, "<H"),
+    (b"PK\x05\x06", 12, "<I"),
+    (b"PK\x05\x06", 16, "<I"),
     (b"PK\x05\x06", 20, "<H"),
 ]
 EDGES = [0, 1, 0x7F, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF]
@@ -96,7 +127,7 @@ def mutate(data: bytes, rng: random.Random, steps: int) -> bytes:
             end = min(len(out), pos + rng.randrange(1, 256))
             out[pos:pos] = out[pos:end] * rng.randrange(1, 4)
         elif kind == 4:  # delete a slice
-            del out[pos:pos + rng.randrange(1, 128)]
+            del out[pos : pos + rng.randrange(1, 128)]
         else:  # a header field to an edge value
             signature, offset, fmt = rng.choice(ZIP_FIELDS)
             spots = [i for i in range(len(out)) if out.startswith(signature, i)]
@@ -105,7 +136,7 @@ def mutate(data: bytes, rng: random.Random, steps: int) -> bytes:
                 size = struct.calcsize(fmt)
                 if at + size <= len(out):
                     value = rng.choice(EDGES) & ((1 << (8 * size)) - 1)
-                    out[at:at + size] = struct.pack(fmt, value)
+                    out[at : at + size] = struct.pack(fmt, value)
     return bytes(out)
 
 
@@ -140,7 +171,9 @@ def test_mutated_archive_through_verify(home, case):
     assert result.returncode in VERIFY_CODES, (result.returncode, result.stderr.decode("utf-8", "replace"))
     report = json.loads(result.stdout)  # --json always prints the report
     assert report["outcome"] in ("ok", "expiring", "expired", "corrupt", "unverifiable")
-    assert {"ok": 0, "expiring": 20, "expired": 21, "corrupt": 22, "unverifiable": 23}[report["outcome"]] == result.returncode
+    assert {"ok": 0, "expiring": 20, "expired": 21, "corrupt": 22, "unverifiable": 23}[
+        report["outcome"]
+    ] == result.returncode
 
 
 # ---------------------------------------------------------------------------- configuration files
@@ -173,13 +206,34 @@ allow_non_fat = false
 max_members = 64
 max_ratio = 200
 """
-SWAPS = ['"x"', "-1", "0", "1e999", "nan", "inf", "true", "[]", "{}", '"""', "'", "1979-05-27T07:32:00Z", "0x10",
-         '"\\u0000"', "[[1]]", "= 1", "", "99999999999999999999999"]
-ENV = [("PANOSTAGE_BACKEND_MAX_ATTEMPTS", ["0", "3", "x", "1e3", ""]),
-       ("PANOSTAGE_STAGE_MARGIN_SECONDS", ["-5", "nan", "12.5", "inf"]),
-       ("PANOSTAGE_NO_SUCH_KEY", ["1"]), ("PANOSTAGE_VERIFY_MAX_RATIO", ["0", "500", "many"]),
-       ("PANOSTAGE_BACKEND_ENDPOINT_URL", ["notaurl", "http://", "ftp://h", "http://127.0.0.1:1", "https://[::1"]),
-       ("PANOSTAGE_STAGE_OPERATOR", [PEM_KEY_HEADER, "a\nb", "x" * 200, "lab"])]
+SWAPS = [
+    '"x"',
+    "-1",
+    "0",
+    "1e999",
+    "nan",
+    "inf",
+    "true",
+    "[]",
+    "{}",
+    '"""',
+    "'",
+    "1979-05-27T07:32:00Z",
+    "0x10",
+    '"\\u0000"',
+    "[[1]]",
+    "= 1",
+    "",
+    "99999999999999999999999",
+]
+ENV = [
+    ("PANOSTAGE_BACKEND_MAX_ATTEMPTS", ["0", "3", "x", "1e3", ""]),
+    ("PANOSTAGE_STAGE_MARGIN_SECONDS", ["-5", "nan", "12.5", "inf"]),
+    ("PANOSTAGE_NO_SUCH_KEY", ["1"]),
+    ("PANOSTAGE_VERIFY_MAX_RATIO", ["0", "500", "many"]),
+    ("PANOSTAGE_BACKEND_ENDPOINT_URL", ["notaurl", "http://", "ftp://h", "http://127.0.0.1:1", "https://[::1"]),
+    ("PANOSTAGE_STAGE_OPERATOR", [PEM_KEY_HEADER, "a\nb", "x" * 200, "lab"]),
+]
 
 
 @st.composite
@@ -198,7 +252,9 @@ def mutated_configs(draw) -> tuple[bytes, dict[str, str]]:
         elif kind == 3:
             lines[i] = lines[i][: rng.randrange(len(lines[i]) + 1)]
         else:
-            lines.insert(i, rng.choice(["[backend", "[[stage]]", "stage.margin_seconds = 1", "[nope]", "x = 1", "\x00"]))
+            lines.insert(
+                i, rng.choice(["[backend", "[[stage]]", "stage.margin_seconds = 1", "[nope]", "x = 1", "\x00"])
+            )
     raw = bytearray("\n".join(lines).encode())
     for _ in range(draw(st.integers(0, 2))):
         if raw:
@@ -215,7 +271,10 @@ def test_mutated_config_through_the_cli(home, case):
     path.write_bytes(raw)
     result = cli(home, "--config", str(path), "config", "show", "--json", env=env)
     no_traceback(result)
-    assert result.returncode in (ExitCode.OK, ExitCode.CONFIG), (result.returncode, result.stderr.decode("utf-8", "replace"))
+    assert result.returncode in (ExitCode.OK, ExitCode.CONFIG), (
+        result.returncode,
+        result.stderr.decode("utf-8", "replace"),
+    )
     if result.returncode == ExitCode.OK:
         json.loads(result.stdout)
     else:
@@ -227,8 +286,26 @@ def test_mutated_config_through_the_cli(home, case):
 # ---------------------------------------------------------------------------- crafted stick paths
 
 
-SPEC_PARTS = ["", "@@", "@@0", "@@512", "@@-1", "@@99999999999999999999999", "@@1e3", "@@@@4", "/", "/.", "/..",
-              "\x00", "%", "*", "?", "[", " ", "\u017f"]
+SPEC_PARTS = [
+    "",
+    "@@",
+    "@@0",
+    "@@512",
+    "@@-1",
+    "@@99999999999999999999999",
+    "@@1e3",
+    "@@@@4",
+    "/",
+    "/.",
+    "/..",
+    "\x00",
+    "%",
+    "*",
+    "?",
+    "[",
+    " ",
+    "\u017f",
+]
 
 
 @st.composite
@@ -255,12 +332,22 @@ def test_crafted_stick_paths_through_the_cli(home, case):
         (where / "symlink-loop").symlink_to(where / "symlink-loop")
         (where / "ext4-ish").write_bytes(bytes(1024) + bytes(56) + b"\x53\xef" + bytes(2048))
     target = str(where / spec) if "\x00" not in spec else str(where) + "/" + spec
-    args = {"stage": ["stage", "--name", "cam-x", "--to", target], "verify": ["verify", target],
-            "wipe": ["stick", "wipe", target], "collect": ["stick", "collect", target]}[command]
+    args = {
+        "stage": ["stage", "--name", "cam-x", "--to", target],
+        "verify": ["verify", target],
+        "wipe": ["stick", "wipe", target],
+        "collect": ["stick", "collect", target],
+    }[command]
     try:
         result = cli(home, *args)
     except ValueError:  # a NUL byte cannot even be passed to a process: nothing to test
         return
     no_traceback(result)
-    allowed = {ExitCode.USAGE, ExitCode.VALIDATION, ExitCode.CONFLICT, ExitCode.IO, ExitCode.STICK_REFUSED} | VERIFY_CODES
+    allowed = {
+        ExitCode.USAGE,
+        ExitCode.VALIDATION,
+        ExitCode.CONFLICT,
+        ExitCode.IO,
+        ExitCode.STICK_REFUSED,
+    } | VERIFY_CODES
     assert result.returncode in allowed, (result.returncode, result.stderr.decode("utf-8", "replace"))

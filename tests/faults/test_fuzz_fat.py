@@ -55,15 +55,31 @@ if any(shutil.which(t) is None for t in TOOLS):
     pytest.skip("mtools/dosfstools missing (apt-get install mtools dosfstools)", allow_module_level=True)
 
 SCALE = max(1, int(os.environ.get("FAULTS_FUZZ_SCALE", "1")))
-FAT_FUZZ = settings(max_examples=40 * SCALE, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                           HealthCheck.filter_too_much, HealthCheck.data_too_large])
+FAT_FUZZ = settings(
+    max_examples=40 * SCALE,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
+)
 DEADLINE = 60.0  # seconds per CLI run: a hang fails the example instead of stalling the run
 DOCUMENTED = {int(code) for code in ExitCode} - {int(ExitCode.ERROR)}
 #: Refusals that must come before any byte is written (14 only with reason stick-full).
 REFUSALS = {int(ExitCode.STICK_REFUSED), int(ExitCode.CONFLICT), int(ExitCode.VALIDATION)}
-MT_ENV = {**os.environ, "MTOOLSRC": "/dev/null", "HOME": "/nonexistent", "MTOOLS_SKIP_CHECK": "1",
-          "MTOOLS_LOWER_CASE": "0", "MTOOLS_NO_VFAT": "0", "MTOOLS_NAME_NUMERIC_TAIL": "1", "LC_ALL": "C.UTF-8"}
+MT_ENV = {
+    **os.environ,
+    "MTOOLSRC": "/dev/null",
+    "HOME": "/nonexistent",
+    "MTOOLS_SKIP_CHECK": "1",
+    "MTOOLS_LOWER_CASE": "0",
+    "MTOOLS_NO_VFAT": "0",
+    "MTOOLS_NAME_NUMERIC_TAIL": "1",
+    "LC_ALL": "C.UTF-8",
+}
 ARCHIVE_PREFIX, ARCHIVE_SUFFIX = "certificates-omni_", ".zip"
 LOOK_ALIKES = ["certificate\u017f-omni_cam.zip", "CERTIFICATES-OMNI_CAM.ZIP", "Certificates-Omni_cam.zip"]
 
@@ -73,11 +89,13 @@ LOOK_ALIKES = ["certificate\u017f-omni_cam.zip", "CERTIFICATES-OMNI_CAM.ZIP", "C
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     """``panostage ARGS`` as a process, its state (and the embedded authority's) under ``home``."""
-    env = clean_env(home, {"PANOSTAGE_PATHS_STATE_DIR": str(home / "state"),
-                           "PANOSTAGE_PATHS_RUNTIME_DIR": str(home / "run")})
+    env = clean_env(
+        home, {"PANOSTAGE_PATHS_STATE_DIR": str(home / "state"), "PANOSTAGE_PATHS_RUNTIME_DIR": str(home / "run")}
+    )
     try:
-        return subprocess.run([sys.executable, "-m", "agent", *args], env=env, cwd=REPO, capture_output=True,
-                              timeout=DEADLINE)
+        return subprocess.run(
+            [sys.executable, "-m", "agent", *args], env=env, cwd=REPO, capture_output=True, timeout=DEADLINE
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"panostage {' '.join(args)} still running after {DEADLINE}s (a hang)")
 
@@ -176,9 +194,7 @@ def ours(rel: str) -> bool:
     if len(parts) == 1:
         if low.startswith(ARCHIVE_PREFIX) and low.endswith(ARCHIVE_SUFFIX):
             return True
-        if re.fullmatch(r"\..+\.[0-9]+\.tmp", low) and low[1:].startswith(ARCHIVE_PREFIX):
-            return True
-        return False
+        return bool(re.fullmatch(r"\..+\.[0-9]+\.tmp", low)) and low[1:].startswith(ARCHIVE_PREFIX)
     return len(parts) == 2 and fold(parts[0]) == "panorama" and low.endswith(".log")
 
 
@@ -247,13 +263,12 @@ class Geo:
 def geo_of(data: bytes) -> Geo:
     bps, spc, reserved, nfats, root_entries, tot16, _media, fat16 = struct.unpack_from("<HBHBHHBH", data, 11)
     tot32, fat32 = struct.unpack_from("<II", data, 32)
-    root_cluster, = struct.unpack_from("<I", data, 44)
+    (root_cluster,) = struct.unpack_from("<I", data, 44)
     total, fatsz = tot16 or tot32, fat16 or fat32
     data_sectors = total - reserved - nfats * fatsz - -(-root_entries * 32 // bps)
     clusters = data_sectors // spc
     bits = 32 if fat16 == 0 else 12 if clusters < 4085 else 16
-    return Geo(bps, spc, reserved, nfats, root_entries, total, fatsz, bits, clusters,
-               root_cluster if bits == 32 else 0)
+    return Geo(bps, spc, reserved, nfats, root_entries, total, fatsz, bits, clusters, root_cluster if bits == 32 else 0)
 
 
 @dataclass
@@ -292,7 +307,7 @@ class Fat:
             return struct.unpack_from("<I", self.data, base + 4 * cluster)[0] & 0x0FFFFFFF
         if g.bits == 16:
             return struct.unpack_from("<H", self.data, base + 2 * cluster)[0]
-        value, = struct.unpack_from("<H", self.data, base + cluster + cluster // 2)
+        (value,) = struct.unpack_from("<H", self.data, base + cluster + cluster // 2)
         return value >> 4 if cluster & 1 else value & 0xFFF
 
     def set(self, cluster: int, value: int, copies: list[int] | None = None) -> None:
@@ -300,13 +315,13 @@ class Fat:
         for copy in range(g.nfats) if copies is None else copies:
             base = g.fat_off(copy)
             if g.bits == 32:
-                old, = struct.unpack_from("<I", self.data, base + 4 * cluster)
+                (old,) = struct.unpack_from("<I", self.data, base + 4 * cluster)
                 struct.pack_into("<I", self.data, base + 4 * cluster, (old & 0xF0000000) | (value & 0x0FFFFFFF))
             elif g.bits == 16:
                 struct.pack_into("<H", self.data, base + 2 * cluster, value & 0xFFFF)
             else:
                 pos = base + cluster + cluster // 2
-                old, = struct.unpack_from("<H", self.data, pos)
+                (old,) = struct.unpack_from("<H", self.data, pos)
                 new = (old & 0x000F) | ((value & 0xFFF) << 4) if cluster & 1 else (old & 0xF000) | (value & 0xFFF)
                 struct.pack_into("<H", self.data, pos, new)
 
@@ -344,7 +359,7 @@ class Fat:
         lfn_sum, lfn_slots = -1, []
         for base, length in extents:
             for pos in range(base, base + length, 32):
-                slot = bytes(self.data[pos: pos + 32])
+                slot = bytes(self.data[pos : pos + 32])
                 if len(slot) < 32:
                     return out
                 if slot[0] == 0x00:
@@ -371,7 +386,7 @@ class Fat:
                 name = short
                 if lfn and lfn_sum == _lfn_sum(slot[:11]) and sorted(lfn) == list(range(1, len(lfn) + 1)):
                     name = "".join(lfn[i] for i in sorted(lfn)).split("\x00", 1)[0]
-                hi, = struct.unpack_from("<H", slot, 20)
+                (hi,) = struct.unpack_from("<H", slot, 20)
                 lo, size = struct.unpack_from("<HI", slot, 26)
                 first_cluster = (hi << 16 | lo) if self.geo.bits == 32 else lo
                 if not (attr & 0x08 and not attr & 0x10) and short not in (".", ".."):
@@ -424,9 +439,23 @@ class Stick:
     notes: list[str] = field(default_factory=list)
 
 
-NAMES = ["notes.txt", "README", "Photo 2024.JPG", "MixedCase.Txt", "a-very-long-file-name-for-slots.data",
-         "x.bin", "UPPER.DOC", "data.tar.gz", "cam.zip", "certificates.zip", "omni_cam.zip", "~lock.tmp",
-         ".hidden", "keep.log", "occ (1).log"]
+NAMES = [
+    "notes.txt",
+    "README",
+    "Photo 2024.JPG",
+    "MixedCase.Txt",
+    "a-very-long-file-name-for-slots.data",
+    "x.bin",
+    "UPPER.DOC",
+    "data.tar.gz",
+    "cam.zip",
+    "certificates.zip",
+    "omni_cam.zip",
+    "~lock.tmp",
+    ".hidden",
+    "keep.log",
+    "occ (1).log",
+]
 SUBDIRS = ["docs", "Sub Dir", "docs/deeper"]
 SIZES = {12: [2048, 4096], 16: [16384, 24576], 32: [34816, 40960]}
 
@@ -493,24 +522,28 @@ EDGE32 = [0, 1, 2, 0xFFFF, 0x10000, 0x7FFFFFFF, 0xFFFFFFFF]
 
 def mutate_bpb(stick: Stick, rng: random.Random) -> str:
     fat, g = stick.fat, stick.fat.geo
-    fields = [(11, "<H", [0, 256, 512, 1024, 2048, 4096, 8192, g.bps]),        # bytes per sector
-              (13, "B", [0, 1, 2, 3, 64, 128, 255, g.spc * 2, max(1, g.spc // 2)]),  # sectors per cluster
-              (14, "<H", [0, 1, g.reserved - 1, g.reserved + 1, g.reserved + g.fatsz, 0xFFFF]),
-              (16, "B", [0, 1, 2, 3, 4, 5, 255]),                                # FAT copies
-              (17, "<H", [0, 1, 15, 16, 17, 32, 520, g.root_entries + 1, g.root_entries - 16, 0xFFFF]),
-              (19, "<H", [0, 1, g.total & 0xFFFF, (g.total + 1) & 0xFFFF, (g.total - 1) & 0xFFFF, 0xFFFF]),
-              (21, "B", [0, 0x12, 0xF0, 0xF8, 0xF9, 0xFF]),                     # media
-              (22, "<H", [0, 1, g.fatsz - 1, g.fatsz + 1, 0xFFFF] if g.bits != 32 else [0, 1, 0xFFFF]),
-              (28, "<I", EDGE32),                                                # hidden sectors
-              (32, "<I", [0, g.total - 1, g.total + 1, g.total * 2, 0xFFFFFFFF])]
+    fields = [
+        (11, "<H", [0, 256, 512, 1024, 2048, 4096, 8192, g.bps]),  # bytes per sector
+        (13, "B", [0, 1, 2, 3, 64, 128, 255, g.spc * 2, max(1, g.spc // 2)]),  # sectors per cluster
+        (14, "<H", [0, 1, g.reserved - 1, g.reserved + 1, g.reserved + g.fatsz, 0xFFFF]),
+        (16, "B", [0, 1, 2, 3, 4, 5, 255]),  # FAT copies
+        (17, "<H", [0, 1, 15, 16, 17, 32, 520, g.root_entries + 1, g.root_entries - 16, 0xFFFF]),
+        (19, "<H", [0, 1, g.total & 0xFFFF, (g.total + 1) & 0xFFFF, (g.total - 1) & 0xFFFF, 0xFFFF]),
+        (21, "B", [0, 0x12, 0xF0, 0xF8, 0xF9, 0xFF]),  # media
+        (22, "<H", [0, 1, g.fatsz - 1, g.fatsz + 1, 0xFFFF] if g.bits != 32 else [0, 1, 0xFFFF]),
+        (28, "<I", EDGE32),  # hidden sectors
+        (32, "<I", [0, g.total - 1, g.total + 1, g.total * 2, 0xFFFFFFFF]),
+    ]
     if g.bits == 32:
-        fields += [(36, "<I", [0, 1, g.fatsz - 1, g.fatsz + 1, 0xFFFFFFFF]),  # FAT size
-                   (40, "<H", [0, 0x80, 0x81, 0x0F, 0xFFFF]),                   # mirroring flags
-                   (42, "<H", [0, 1, 0xFFFF]),                                  # version
-                   (44, "<I", [0, 1, 2, 3, g.clusters + 1, g.clusters + 2, 0x0FFFFFFF, 0xFFFFFFFF]),  # root
-                   (48, "<H", [0, 1, 2, 6, g.reserved, 0xFFFF]),                # FSInfo sector
-                   (50, "<H", [0, 1, 6, 0xFFFF]),                               # backup boot sector
-                   (66, "B", [0x00, 0x28, 0x29, 0xFF])]                         # extended signature
+        fields += [
+            (36, "<I", [0, 1, g.fatsz - 1, g.fatsz + 1, 0xFFFFFFFF]),  # FAT size
+            (40, "<H", [0, 0x80, 0x81, 0x0F, 0xFFFF]),  # mirroring flags
+            (42, "<H", [0, 1, 0xFFFF]),  # version
+            (44, "<I", [0, 1, 2, 3, g.clusters + 1, g.clusters + 2, 0x0FFFFFFF, 0xFFFFFFFF]),  # root
+            (48, "<H", [0, 1, 2, 6, g.reserved, 0xFFFF]),  # FSInfo sector
+            (50, "<H", [0, 1, 6, 0xFFFF]),  # backup boot sector
+            (66, "B", [0x00, 0x28, 0x29, 0xFF]),
+        ]  # extended signature
     else:
         fields += [(38, "B", [0x00, 0x28, 0x29, 0xFF])]
     offset, fmt, values = rng.choice(fields)
@@ -590,7 +623,7 @@ def mutate_entry(stick: Stick, rng: random.Random) -> str:
         if what == "char":
             pos = rng.choice([1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30])
             char = rng.choice(["s", "S", "\u017f", "K", "\u212a", "_", ".", "/", "\\", "\x00"])
-            fat.data[slot + pos: slot + pos + 2] = char.encode("utf-16-le")
+            fat.data[slot + pos : slot + pos + 2] = char.encode("utf-16-le")
         elif what == "checksum":
             fat.data[slot + 13] ^= 0xFF
         else:
@@ -625,9 +658,13 @@ COMMANDS = ["stage", "stage --replace", "stick wipe", "stick collect", "verify"]
 
 
 @FAT_FUZZ
-@given(bits=st.sampled_from([12, 16, 32]), command=st.sampled_from(COMMANDS),
-       prestage=st.sampled_from([None, None, "cam", "old"]), steps=st.sampled_from([1, 1, 2, 2, 3, 0]),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    bits=st.sampled_from([12, 16, 32]),
+    command=st.sampled_from(COMMANDS),
+    prestage=st.sampled_from([None, None, "cam", "old"]),
+    steps=st.sampled_from([1, 1, 2, 2, 3, 0]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_crafted_stick_through_the_cli(tmp_path_factory, bits, command, prestage, steps, seed):
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(dir=tmp_path_factory.getbasetemp()) as scratch:
@@ -667,15 +704,18 @@ def check_command(stick: Stick, command: str, done: list[str]) -> None:
     if raw_after != raw_before:
         for rel, data in users_before.items():
             now = mget(img, rel)
-            assert now == data, (f"{what}: exit {code}; the user's file {rel} "
-                                 f"{'is gone' if now is None else 'changed'}\n{err_text(result)[-1500:]}")
+            assert now == data, (
+                f"{what}: exit {code}; the user's file {rel} "
+                f"{'is gone' if now is None else 'changed'}\n{err_text(result)[-1500:]}"
+            )
         rc_before, lines_before = fsck_before
         rc_after, lines_after = fsck_lines(img)
         if rc_before == 0:
             assert rc_after == 0, f"{what}: exit {code}; fsck.fat was clean before, now: {sorted(lines_after)}"
         else:
-            assert lines_after <= lines_before, (f"{what}: exit {code}; fsck.fat finds more than before: "
-                                                 f"{sorted(lines_after - lines_before)}")
+            assert lines_after <= lines_before, (
+                f"{what}: exit {code}; fsck.fat finds more than before: {sorted(lines_after - lines_before)}"
+            )
     if args[0] == "stage":
         check_devices(stick, result, what, bpb_intact)
     if args[:2] == ["stick", "collect"]:
@@ -709,8 +749,9 @@ def check_devices(stick: Stick, result: subprocess.CompletedProcess, what: str, 
     assert cams == [staged["device"]["id"]], f"{what}: devices named cam: {cams}"
     assert now - before == {staged["device"]["id"]}, f"{what}: devices {now}, before {before}"
     on_stick = mget(stick.img, staged["archive"]["file"])
-    assert on_stick is not None and hashlib.sha256(on_stick).hexdigest() == staged["archive"]["sha256"], \
+    assert on_stick is not None and hashlib.sha256(on_stick).hexdigest() == staged["archive"]["sha256"], (
         f"{what}: mtools does not read back the archive that was reported"
+    )
     if bpb_intact:  # what the appliance's Linux would meet at the root (it reads on past a 0x00 slot)
         root = sorted(p for p, _ in Fat(stick.img.read_bytes()).walk(past_end=True) if "/" not in p and ours(p))
         assert root == [staged["archive"]["file"]], f"{what}: the stick holds {root}, not exactly our archive"
@@ -745,8 +786,9 @@ def refused_untouched(home: Path, img: Path, args: list[str], reason: str | None
     return error
 
 
-@pytest.mark.parametrize("command", [["stick", "wipe"], ["stage", "--name", "cam", "--to"],
-                                     ["stage", "--name", "cam", "--replace", "--to"]])
+@pytest.mark.parametrize(
+    "command", [["stick", "wipe"], ["stage", "--name", "cam", "--to"], ["stage", "--name", "cam", "--replace", "--to"]]
+)
 def test_archive_cross_linked_with_a_user_file(tmp_path: Path, command: list[str]) -> None:
     img, home = fresh(tmp_path, 16, 16384)
     keep = os.urandom(3 * geo_of(img.read_bytes()).cluster_size)
@@ -819,8 +861,8 @@ def test_a_long_name_with_a_slash_is_not_a_path(tmp_path: Path) -> None:
     fat = Fat(img.read_bytes())
     crafted = fat.find("panorama/keepXnotes.log")
     slot = crafted.lfn_slots[-1]  # order 1: characters 1-5 at bytes 1-10
-    assert bytes(fat.data[slot + 1: slot + 11]).decode("utf-16-le") == "keepX"
-    fat.data[slot + 9: slot + 11] = "/".encode("utf-16-le")
+    assert bytes(fat.data[slot + 1 : slot + 11]).decode("utf-16-le") == "keepX"
+    fat.data[slot + 9 : slot + 11] = "/".encode("utf-16-le")
     fat.save(img)
     assert "panorama/keep/notes.log" in [p for p, _ in Fat(img.read_bytes()).walk()]
     result = cli(home, "stick", "collect", str(img), "--json")
@@ -850,7 +892,7 @@ def test_entries_after_an_end_marker(tmp_path: Path) -> None:
     assert [p for p, _ in Fat(img.read_bytes()).walk()] == ["A.TXT"]  # mtools' view
     linux = [p for p, _ in Fat(img.read_bytes()).walk(past_end=True)]
     assert "certificates-omni_evil.zip" in linux  # fsck.fat's and Linux's view
-    rc_before, lines_before = fsck_lines(img)
+    _rc_before, lines_before = fsck_lines(img)
     before = img.read_bytes()
     result = cli(home, "stage", "--name", "cam", "--to", str(img), "--json")
     documented(result, "stage")
@@ -974,7 +1016,7 @@ def test_fsinfo_sector_where_mtools_must_not_write(tmp_path: Path, fsinfo: int) 
     data = bytearray(img.read_bytes())
     struct.pack_into("<H", data, 48, fsinfo)
     img.write_bytes(bytes(data))
-    backup = bytes(data[6 * 512: 8 * 512])
+    backup = bytes(data[6 * 512 : 8 * 512])
     before = img.read_bytes()
     source.unlink()
     try:
@@ -984,7 +1026,7 @@ def test_fsinfo_sector_where_mtools_must_not_write(tmp_path: Path, fsinfo: int) 
             assert result.returncode == ExitCode.STICK_REFUSED and img.read_bytes() == before, err_text(result)
             return
         assert mget(img, "big.bin") == big, "the user's file changed"
-        assert img.read_bytes()[6 * 512: 8 * 512] == backup, "the backup boot sector changed"
+        assert img.read_bytes()[6 * 512 : 8 * 512] == backup, "the backup boot sector changed"
     finally:
         img.unlink()  # 34 MB
 
@@ -1020,8 +1062,9 @@ def test_format_at_an_unaligned_offset(tmp_path: Path) -> None:
     result = cli(home, "stick", "wipe", "--format", f"{img}@@1000", "--json")
     documented(result, "stick wipe --format")
     after = img.read_bytes()
-    assert after[:1000] == outside and after[1000 + (4 << 20):] == before[1000 + (4 << 20):], \
+    assert after[:1000] == outside and after[1000 + (4 << 20) :] == before[1000 + (4 << 20) :], (
         "bytes outside the filesystem changed"
+    )
     if result.returncode == 0:
         assert mget(Path(f"{img}@@1000"), "a.txt") is None
     else:

@@ -27,8 +27,11 @@ def test_sigterm_while_provisioning(kit, station, tmp_path):
     case = Case(kit, station, Stick.fat(tmp_path / "stick.img"), unique("term-prov"))
     with kit.faults({"ProvisionDevice": {"latency_ms": 1500, "count": 1}}), case.stick.plugged():
         proc = station.popen(*case.stage_args())
-        wait_until(lambda: kit.relay.requested(b"POST /devices ") or proc.poll() is not None, timeout=60,
-                   what="ProvisionDevice to be sent")
+        wait_until(
+            lambda: kit.relay.requested(b"POST /devices ") or proc.poll() is not None,
+            timeout=60,
+            what="ProvisionDevice to be sent",
+        )
         assert proc.poll() is None
         proc.terminate()
         out, err = proc.communicate(timeout=120)
@@ -43,8 +46,7 @@ def test_sigterm_while_an_mtools_child_writes(kit, station, tmp_path, tool):
         proc = station.popen(*case.stage_args(), env=blocked_tool(tool, marker))
         result = terminate_when(proc, marker)
     # with mren held, the temporary file was on the stick: the undo journal took it back
-    case.check(TERMINATED if tool == "mcopy" else Expect(**{**TERMINATED.__dict__, "untouched": False}),
-               result)
+    case.check(TERMINATED if tool == "mcopy" else Expect(**{**TERMINATED.__dict__, "untouched": False}), result)
 
 
 @needs_root

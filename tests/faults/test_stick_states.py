@@ -60,7 +60,9 @@ def test_symlink_at_the_name_is_never_followed(kit, station, tmp_path):
     (stick.image / f"certificates-omni_{case.name}.zip").symlink_to(precious)
     case.begin()
     case.stage()
-    case.check(Expect(ExitCode.CONFLICT, cause=("a symlink", "never followed"), reason="stick-occupied", untouched=True))
+    case.check(
+        Expect(ExitCode.CONFLICT, cause=("a symlink", "never followed"), reason="stick-occupied", untouched=True)
+    )
     assert precious.read_bytes() == b"keep me"
 
 
@@ -78,9 +80,11 @@ def test_something_else_at_the_name(kit, station, tmp_path, what):
             mtools("mcopy", "-i", str(stick.image), "-", f"{at}/keep.txt", stdin=b"someone's file")
     case.begin()
     case.stage()
-    cause, reason = {"empty-dir": ("is a directory", "stick-occupied"),
-                     "dir-with-files": ("a directory with files in it", "stick-name-is-dir"),
-                     "read-only-file": ("a read-only file", "stick-occupied")}[what]
+    cause, reason = {
+        "empty-dir": ("is a directory", "stick-occupied"),
+        "dir-with-files": ("a directory with files in it", "stick-name-is-dir"),
+        "read-only-file": ("a read-only file", "stick-occupied"),
+    }[what]
     case.check(Expect(ExitCode.CONFLICT, cause=(cause,), reason=reason, untouched=True))
 
 
@@ -100,8 +104,14 @@ def test_not_fat(kit, station, tmp_path, what):
     case = Case(kit, station, stick, unique("nofat"))
     with case.kit.faults(None):
         case.result = station.run(*[a for a in case.stage_args() if a != "--allow-non-fat"])
-    case.check(Expect(REFUSED, cause=("not fat",) if what == "plain-directory" else ("not a fat",),
-                      reason="stick-not-fat", untouched=True))
+    case.check(
+        Expect(
+            REFUSED,
+            cause=("not fat",) if what == "plain-directory" else ("not a fat",),
+            reason="stick-not-fat",
+            untouched=True,
+        )
+    )
 
 
 # ---------------------------------------------------------------------------- 3. the stick goes away
@@ -114,8 +124,9 @@ def test_stick_gone_as_the_write_begins(kit, station, tmp_path):
     stick = Stick.fat(tmp_path / "stick.img", "block")
     case = _case(kit, station, stick, "gone-early")
     case.stage(env=vanish_at("memfd_create", 1))
-    case.check(Expect(ExitCode.IO, cause=("step 'copy' failed",), hint=("pulled out",), reason="stick-io",
-                      untouched=True))
+    case.check(
+        Expect(ExitCode.IO, cause=("step 'copy' failed",), hint=("pulled out",), reason="stick-io", untouched=True)
+    )
 
 
 @needs_root
@@ -128,8 +139,15 @@ def test_stick_gone_after_the_temporary_file_reached_it(kit, station, tmp_path):
     case = _case(kit, station, stick, "gone-late")
     case.stage(env=vanish_at("fsync", 1))
     temp = rf"\.certificates-omni_{case.name}\.zip\.[0-9]+\.tmp"
-    learnt = case.check(Expect(ExitCode.IO, cause=("step 'fsync' failed", "EIO"), hint=("pulled out",),
-                               reason="stick-io", allow_left=(temp,)))
+    learnt = case.check(
+        Expect(
+            ExitCode.IO,
+            cause=("step 'fsync' failed", "EIO"),
+            hint=("pulled out",),
+            reason="stick-io",
+            allow_left=(temp,),
+        )
+    )
     [left] = learnt["left"]
     old = learnt["archives"]
     assert len(old) == 1 and mtools("mtype", "-i", str(stick.image), f"::/{left}").stdout == old[0]

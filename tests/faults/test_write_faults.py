@@ -48,7 +48,9 @@ CHILDREN = [
 ]
 
 
-@pytest.mark.parametrize("tool, point, err, step", CHILDREN, ids=[f"{t}-{p.rsplit('/', 1)[1]}-{e}" for t, p, e, _ in CHILDREN])
+@pytest.mark.parametrize(
+    "tool, point, err, step", CHILDREN, ids=[f"{t}-{p.rsplit('/', 1)[1]}-{e}" for t, p, e, _ in CHILDREN]
+)
 def test_mtools_child_fails_on_an_image(kit, station, tmp_path, tool, point, err, step):
     case = Case(kit, station, Stick.fat(tmp_path / "stick.img"), unique(f"w-{tool}"))
     case.stage(env=mtools_fault(tool, point, err))
@@ -69,8 +71,9 @@ OWN_ON_IMAGE = [
 ]
 
 
-@pytest.mark.parametrize("point, at, err, step", OWN_ON_IMAGE,
-                         ids=[f"{p.rsplit('/', 1)[1]}{a}-{e}" for p, a, e, _ in OWN_ON_IMAGE])
+@pytest.mark.parametrize(
+    "point, at, err, step", OWN_ON_IMAGE, ids=[f"{p.rsplit('/', 1)[1]}{a}-{e}" for p, a, e, _ in OWN_ON_IMAGE]
+)
 def test_own_call_fails_on_an_image(kit, station, tmp_path, point, at, err, step):
     case = Case(kit, station, Stick.fat(tmp_path / "stick.img"), unique("w-own"))
     env, prefix = own_fault(point, at, err, site="write_atomic" if point.endswith("close") else None)
@@ -91,8 +94,9 @@ OWN_ON_MOUNT = [
 
 
 @needs_root
-@pytest.mark.parametrize("point, at, err, step", OWN_ON_MOUNT,
-                         ids=[f"{p.rsplit('/', 1)[1]}{a}-{e}" for p, a, e, _ in OWN_ON_MOUNT])
+@pytest.mark.parametrize(
+    "point, at, err, step", OWN_ON_MOUNT, ids=[f"{p.rsplit('/', 1)[1]}{a}-{e}" for p, a, e, _ in OWN_ON_MOUNT]
+)
 def test_own_call_fails_on_a_mounted_stick(kit, station, tmp_path, point, at, err, step):
     case = Case(kit, station, Stick.fat(tmp_path / "stick.img", "mount"), unique("w-mnt"))
     env, prefix = own_fault(point, at, err, site="write_atomic" if point.endswith("close") else None)

@@ -15,9 +15,9 @@ import secrets
 import shutil
 import stat
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -53,9 +53,23 @@ def panostage_account() -> Iterator[Account]:
         except KeyError:
             group_args = ["--user-group"]
             created_group = True
-        subprocess.run(["useradd", "--system", *group_args, "--no-create-home", "--home-dir", "/nonexistent",
-                        "--shell", "/usr/sbin/nologin", "--comment", "panostage test account", ACCOUNT],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                *group_args,
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--comment",
+                "panostage test account",
+                ACCOUNT,
+            ],
+            check=True,
+            capture_output=True,
+        )
         created_user = True
     try:
         entry = pwd.getpwnam(ACCOUNT)
@@ -94,9 +108,11 @@ class RuntimeRules:
     def fake_usb(self, match: str) -> Path:
         """A test-only rule sorted before 85 that marks the device(s) matching ``match`` as USB mass
         storage, as the usb_id builtin does for a real stick (ID_USB_DRIVER=usb-storage)."""
-        return self.install(f"84-panostage-test-{self.token}.rules",
-                            f'# test only (tests/install): pretend this device is a USB stick\n'
-                            f'ACTION!="remove", SUBSYSTEM=="block", {match}, ENV{{ID_USB_DRIVER}}="usb-storage"\n')
+        return self.install(
+            f"84-panostage-test-{self.token}.rules",
+            f"# test only (tests/install): pretend this device is a USB stick\n"
+            f'ACTION!="remove", SUBSYSTEM=="block", {match}, ENV{{ID_USB_DRIVER}}="usb-storage"\n',
+        )
 
     @staticmethod
     def reload() -> None:
@@ -152,16 +168,25 @@ class Installed:
 
     def panostage(self, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         """The installed command, run from the staging root (its shebang names the final path)."""
-        return subprocess.run([str(self.python), str(self.path(PREFIX) / "bin" / "panostage"), *args],
-                              capture_output=True, text=True, timeout=timeout, env=env, check=False)
+        return subprocess.run(
+            [str(self.python), str(self.path(PREFIX) / "bin" / "panostage"), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
 
 
 def run_install(root: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     full = {**os.environ, "DESTDIR": str(root), "PYTHON": "/usr/bin/python3", **(env or {})}
-    proc = subprocess.run(["bash", str(INSTALL), *args], capture_output=True, text=True, env=full, timeout=600,
-                          check=False)
+    proc = subprocess.run(
+        ["bash", str(INSTALL), *args], capture_output=True, text=True, env=full, timeout=600, check=False
+    )
     if check:
-        assert proc.returncode == 0, f"scripts/install {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        assert proc.returncode == 0, (
+            f"scripts/install {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -173,8 +198,11 @@ def installed(tmp_path_factory) -> Installed:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
     python = "/usr/bin/python3"  # the system's: never the caller's $PYTHON (a pyenv one lives under /root)
-    probe = subprocess.run([python, "-c", "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))"],
-                           capture_output=True, check=False)
+    probe = subprocess.run(
+        [python, "-c", "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))"],
+        capture_output=True,
+        check=False,
+    )
     if probe.returncode != 0:
         pytest.skip(f"{python} is not a Python 3.11+ that can make a venv with pip (apt-get install python3-venv)")
     root = tmp_path_factory.mktemp("destdir")

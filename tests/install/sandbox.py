@@ -37,11 +37,19 @@ from pathlib import Path
 DEVICES_CGROUP = Path("/sys/fs/cgroup/devices")
 
 # What DevicePolicy=closed always allows (systemd's cgroup.c), as cgroup-v1 entries.
-CLOSED_DEFAULTS = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:2 rwm",
-                   "c 136:* rw"]
+CLOSED_DEFAULTS = [
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:2 rwm",
+    "c 136:* rw",
+]
 
 # The seccomp program, run by the installed interpreter right before exec'ing the service.
-SECCOMP_LAUNCHER = r'''
+SECCOMP_LAUNCHER = r"""
 import ctypes, json, os, sys
 spec = json.loads(sys.argv[1])
 argv = sys.argv[2:]
@@ -92,7 +100,7 @@ if spec["namespaces"]:  # RestrictNamespaces=yes
 # not on the list
 load(ERRNO(spec["errno"]), [(ALLOW, name, []) for name in spec["allow"]])
 os.execv(argv[0], argv)
-'''
+"""
 
 
 def unit_settings(path: Path) -> dict[str, list[str]]:
@@ -201,9 +209,17 @@ class Sandbox:
 
     def __post_init__(self) -> None:
         self.settings = unit_settings(self.unit)
-        for key, want in (("User", "panostage"), ("ProtectSystem", "strict"), ("NoNewPrivileges", "yes"),
-                          ("CapabilityBoundingSet", ""), ("ProcSubset", "pid"), ("ProtectProc", "invisible")):
-            assert self.settings[key] == [want], f"the sandbox emulates {key}={want}; the unit says {self.settings[key]}"
+        for key, want in (
+            ("User", "panostage"),
+            ("ProtectSystem", "strict"),
+            ("NoNewPrivileges", "yes"),
+            ("CapabilityBoundingSet", ""),
+            ("ProcSubset", "pid"),
+            ("ProtectProc", "invisible"),
+        ):
+            assert self.settings[key] == [want], (
+                f"the sandbox emulates {key}={want}; the unit says {self.settings[key]}"
+            )
 
     def prepare(self) -> None:
         """Mount points at the service's real paths (made on the host if missing, removed afterwards)
@@ -231,32 +247,67 @@ class Sandbox:
                 pass
 
     def environment(self, extra: dict[str, str]) -> dict[str, str]:
-        return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-                "HOME": "/", "USER": "panostage", "LOGNAME": "panostage", "SHELL": "/usr/sbin/nologin",
-                "INVOCATION_ID": secrets.token_hex(16), "STATE_DIRECTORY": str(self.STATE_DIR),
-                "RUNTIME_DIRECTORY": str(self.RUNTIME_DIR), "LOGS_DIRECTORY": str(self.LOGS_DIR), **extra}
+        return {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": "/",
+            "USER": "panostage",
+            "LOGNAME": "panostage",
+            "SHELL": "/usr/sbin/nologin",
+            "INVOCATION_ID": secrets.token_hex(16),
+            "STATE_DIRECTORY": str(self.STATE_DIR),
+            "RUNTIME_DIRECTORY": str(self.RUNTIME_DIR),
+            "LOGS_DIRECTORY": str(self.LOGS_DIR),
+            **extra,
+        }
 
     def seccomp_spec(self) -> dict:
         errno_name = self.settings.get("SystemCallErrorNumber", ["EPERM"])[0]
         import errno as errno_mod
 
-        return {"allow": syscall_allow_list(self.settings), "errno": getattr(errno_mod, errno_name),
-                "mdwe": self.settings.get("MemoryDenyWriteExecute") == ["yes"],
-                "families": address_families(self.settings) if "RestrictAddressFamilies" in self.settings else None,
-                "namespaces": self.settings.get("RestrictNamespaces") == ["yes"]}
+        return {
+            "allow": syscall_allow_list(self.settings),
+            "errno": getattr(errno_mod, errno_name),
+            "mdwe": self.settings.get("MemoryDenyWriteExecute") == ["yes"],
+            "families": address_families(self.settings) if "RestrictAddressFamilies" in self.settings else None,
+            "namespaces": self.settings.get("RestrictNamespaces") == ["yes"],
+        }
 
     def command(self, argv: list[str], env: dict[str, str]) -> list[str]:
         """The whole chain: unshare (mount namespace) -> sh (mounts, cgroup) -> setpriv -> seccomp -> argv."""
         python = f"{self.prefix}/bin/python"
         env_args = [f"{k}={v}" for k, v in self.environment(env).items()]
-        final = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--inh-caps=-all",
-                 "--bounding-set=-all", "--no-new-privs", "--", "env", "-i", *env_args,
-                 python, "-c", SECCOMP_LAUNCHER, json.dumps(self.seccomp_spec()), *argv]
-        rw = [str(self.STATE_DIR), str(self.RUNTIME_DIR), str(self.LOGS_DIR), "/tmp", "/var/tmp", "/dev", "/proc",
-              "/sys"]
+        final = [
+            "setpriv",
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+            "env",
+            "-i",
+            *env_args,
+            python,
+            "-c",
+            SECCOMP_LAUNCHER,
+            json.dumps(self.seccomp_spec()),
+            *argv,
+        ]
+        rw = [
+            str(self.STATE_DIR),
+            str(self.RUNTIME_DIR),
+            str(self.LOGS_DIR),
+            "/tmp",
+            "/var/tmp",
+            "/dev",
+            "/proc",
+            "/sys",
+        ]
         script = f"""
 set -e
-echo $$ > {shlex.quote(str(self.cgroup / 'cgroup.procs'))}
+echo $$ > {shlex.quote(str(self.cgroup / "cgroup.procs"))}
 mount --make-rprivate /
 mount -t tmpfs -o mode=0755 tmpfs /opt
 mkdir /opt/panostage
@@ -272,7 +323,7 @@ mount -t proc -o subset=pid,hidepid=invisible proc /proc
 awk '{{print $5}}' /proc/self/mountinfo | sort -u | while read -r mp; do
     mp=$(printf '%b' "$mp")
     case "$mp" in
-        {'|'.join(p + '|' + p + '/*' for p in rw)}) continue ;;
+        {"|".join(p + "|" + p + "/*" for p in rw)}) continue ;;
     esac
     mount -o remount,bind,ro "$mp" 2>/dev/null || true
 done
@@ -280,6 +331,6 @@ done
 mount -o remount,bind,ro /sys 2>/dev/null || true
 for mp in $(awk '$5 ~ "^/sys/" {{print $5}}' /proc/self/mountinfo); do mount -o remount,bind,ro "$mp" 2>/dev/null || true; done
 umask {self.settings.get("UMask", ["0022"])[0]}
-exec {' '.join(shlex.quote(a) for a in final)}
+exec {" ".join(shlex.quote(a) for a in final)}
 """
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]

@@ -70,9 +70,13 @@ def test_every_installed_file_and_mode(installed: Installed) -> None:
 
     # the artefacts are the repository's, the units with the default prefix unchanged
     for name in ("panostage.service", "panostage-authority.service"):
-        assert installed.path(f"/usr/local/lib/systemd/system/{name}").read_text() == (REPO / "systemd" / name).read_text()
-    assert installed.path("/etc/udev/rules.d/85-panostage.rules").read_bytes() == (
-        REPO / "udev-rules" / "85-panostage.rules").read_bytes()
+        assert (
+            installed.path(f"/usr/local/lib/systemd/system/{name}").read_text() == (REPO / "systemd" / name).read_text()
+        )
+    assert (
+        installed.path("/etc/udev/rules.d/85-panostage.rules").read_bytes()
+        == (REPO / "udev-rules" / "85-panostage.rules").read_bytes()
+    )
     sysusers = installed.path("/usr/local/lib/sysusers.d/panostage.conf").read_text()
     modules = installed.path("/usr/local/lib/modules-load.d/panostage.conf").read_text()
     assert [line for line in modules.splitlines() if not line.startswith("#")] == ["sd_mod"]
@@ -89,7 +93,9 @@ def test_the_venv(installed: Installed) -> None:
             assert mode in (0o644, 0o755), (rel, oct(mode))  # readable by the service, writable by root only
     assert (venv / ".panostage-install").read_text().strip()
     assert (venv / "share/doc/panostage/README.md").read_bytes() == (REPO / "README.md").read_bytes()
-    assert (venv / "share/panostage-config.toml.default").read_bytes() == installed.path("/etc/panostage/config.toml").read_bytes()
+    assert (venv / "share/panostage-config.toml.default").read_bytes() == installed.path(
+        "/etc/panostage/config.toml"
+    ).read_bytes()
     assert os.readlink(venv / "bin" / "python3").startswith("/")  # the system interpreter, not one under /root
     assert not os.readlink(venv / "bin" / "python3").startswith(("/root/", "/home/"))
     cfg = (venv / "pyvenv.cfg").read_text()
@@ -125,13 +131,14 @@ def test_the_installed_command_runs_from_its_final_path(installed: Installed, tm
 set -e
 mount --make-rprivate /
 mount -t tmpfs tmpfs /opt && mkdir /opt/panostage && mount --bind '{installed.path(PREFIX)}' /opt/panostage
-mkdir -p /etc/panostage && mount --bind '{installed.path('/etc/panostage')}' /etc/panostage
+mkdir -p /etc/panostage && mount --bind '{installed.path("/etc/panostage")}' /etc/panostage
 /opt/panostage/bin/panostage --help >/dev/null
 exec /opt/panostage/bin/panostage config show --json
 """
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
-    proc = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, env=env,
-                          timeout=120, check=False)
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     if proc.returncode != 0 and "unshare failed" in proc.stderr:
         pytest.skip(f"no mount namespace here: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr
@@ -173,11 +180,19 @@ def test_bash_completion_completes_st(installed: Installed, tmp_path: Path) -> N
     completion = installed.path("/usr/local/share/bash-completion/completions/panostage")
 
     def complete(*words: str) -> list[str]:
-        script = (f'source "{completion}"\n'
-                  f'COMP_WORDS=({" ".join(words)}); COMP_CWORD={len(words) - 1}; COMPREPLY=()\n'
-                  '_panostage_completion panostage\nprintf "%s\\n" "${COMPREPLY[@]}"\n')
-        proc = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], capture_output=True, text=True,
-                              env={"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=60, check=False)
+        script = (
+            f'source "{completion}"\n'
+            f"COMP_WORDS=({' '.join(words)}); COMP_CWORD={len(words) - 1}; COMPREPLY=()\n"
+            '_panostage_completion panostage\nprintf "%s\\n" "${COMPREPLY[@]}"\n'
+        )
+        proc = subprocess.run(
+            ["bash", "--norc", "--noprofile", "-c", script],
+            capture_output=True,
+            text=True,
+            env={"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path)},
+            timeout=60,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
         return sorted(line for line in proc.stdout.splitlines() if line)
 
@@ -190,8 +205,10 @@ def test_zsh_and_fish_completion(installed: Installed) -> None:
     fish = installed.path("/usr/local/share/fish/vendor_completions.d/panostage.fish").read_text()
     assert zsh.startswith("#compdef panostage") and "_PANOSTAGE_COMPLETE=zsh_complete" in zsh
     assert "complete --no-files --command panostage" in fish and "_PANOSTAGE_COMPLETE=fish_complete" in fish
-    for shell, path in (("zsh", "/usr/local/share/zsh/site-functions/_panostage"),
-                        ("fish", "/usr/local/share/fish/vendor_completions.d/panostage.fish")):
+    for shell, path in (
+        ("zsh", "/usr/local/share/zsh/site-functions/_panostage"),
+        ("fish", "/usr/local/share/fish/vendor_completions.d/panostage.fish"),
+    ):
         if shutil.which(shell):
             proc = subprocess.run([shell, "-n", str(installed.path(path))], capture_output=True, text=True, check=False)
             assert proc.returncode == 0, proc.stderr
@@ -212,15 +229,20 @@ def test_a_second_run_changes_nothing(installed: Installed) -> None:
 def test_an_existing_config_is_never_overwritten(installed: Installed, tmp_path: Path) -> None:
     root = copy_of(installed, tmp_path)
     config = root / "etc/panostage/config.toml"
-    config.write_text("[backend]\nregion = \"eu-west-1\"\n")
+    config.write_text('[backend]\nregion = "eu-west-1"\n')
     run_install(root)
-    assert config.read_text() == "[backend]\nregion = \"eu-west-1\"\n"
+    assert config.read_text() == '[backend]\nregion = "eu-west-1"\n'
 
 
-def test_uninstall_keeps_state_and_an_edited_config_purge_removes_everything(installed: Installed, tmp_path: Path) -> None:
+def test_uninstall_keeps_state_and_an_edited_config_purge_removes_everything(
+    installed: Installed, tmp_path: Path
+) -> None:
     root = copy_of(installed, tmp_path)
-    state = {"/var/lib/panostage/handoff.jsonl": b'{"seq": 1}\n', "/var/lib/panostage/state.db": b"db",
-             "/var/log/panostage/collected.log": b"log\n"}
+    state = {
+        "/var/lib/panostage/handoff.jsonl": b'{"seq": 1}\n',
+        "/var/lib/panostage/state.db": b"db",
+        "/var/log/panostage/collected.log": b"log\n",
+    }
     for final, data in state.items():
         (root / final.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         (root / final.lstrip("/")).write_bytes(data)
@@ -266,8 +288,13 @@ def test_the_sysusers_entry_makes_the_account(installed: Installed, tmp_path: Pa
         pytest.skip("systemd-sysusers is not installed")
     (tmp_path / "etc").mkdir()
     conf = installed.path("/usr/local/lib/sysusers.d/panostage.conf")
-    proc = subprocess.run(["systemd-sysusers", f"--root={tmp_path}", "--dry-run", str(conf)], capture_output=True,
-                          text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        ["systemd-sysusers", f"--root={tmp_path}", "--dry-run", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     said = proc.stdout + proc.stderr
     assert "Creating group 'panostage'" in said and "Creating user 'panostage' (panostage staging daemon)" in said

@@ -19,8 +19,8 @@ import secrets
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -67,8 +67,15 @@ def make_sandbox(installed: Installed, account, state: Path, logs: Path, extra: 
     reason = _usable()
     if reason:
         pytest.skip(reason)
-    box = Sandbox(unit=installed.path(UNIT), prefix_tree=installed.path(PREFIX), state=state, logs=logs,
-                  uid=account.uid, gid=account.gid, extra_devices=extra)
+    box = Sandbox(
+        unit=installed.path(UNIT),
+        prefix_tree=installed.path(PREFIX),
+        state=state,
+        logs=logs,
+        uid=account.uid,
+        gid=account.gid,
+        extra_devices=extra,
+    )
     try:
         box.prepare()
     except OSError as exc:
@@ -77,7 +84,7 @@ def make_sandbox(installed: Installed, account, state: Path, logs: Path, extra: 
     return box
 
 
-PROBE = r'''
+PROBE = r"""
 import errno, json, mmap, os, socket, subprocess, sys
 dev = sys.argv[1]
 out = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups()}
@@ -110,12 +117,17 @@ import ctypes, ctypes.util  # what the daemon's release_memory() does, under Mem
 ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
 out["ctypes"] = "ok"
 print(json.dumps(out))
-'''
+"""
 
 
 def run_probe(box: Sandbox, dev: str) -> dict:
-    proc = subprocess.run(box.command([f"{PREFIX}/bin/python", "-c", PROBE, dev], {}), capture_output=True,
-                          text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        box.command([f"{PREFIX}/bin/python", "-c", PROBE, dev], {}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout.splitlines()[-1])
 
@@ -128,8 +140,9 @@ def fat_stick(tmp_path: Path, runtime_rules, udevd) -> tuple[Path, str]:
     return image, uuid
 
 
-def test_the_confinement_holds_and_leaves_the_stick_usable(installed, panostage_account, runtime_rules, udevd,
-                                                          service_dirs, tmp_path: Path) -> None:  # noqa: F811
+def test_the_confinement_holds_and_leaves_the_stick_usable(
+    installed, panostage_account, runtime_rules, udevd, service_dirs, tmp_path: Path
+) -> None:
     state, logs, _run = service_dirs
     os.chown(state, panostage_account.uid, panostage_account.gid)
     image, uuid = fat_stick(tmp_path, runtime_rules, udevd)
@@ -163,7 +176,8 @@ def test_the_confinement_holds_and_leaves_the_stick_usable(installed, panostage_
 
 
 def test_the_installed_daemon_stages_a_stick_under_the_units_confinement(
-        installed, panostage_account, runtime_rules, udevd, service_dirs, tmp_path: Path) -> None:  # noqa: F811
+    installed, panostage_account, runtime_rules, udevd, service_dirs, tmp_path: Path
+) -> None:
     state, logs, run = service_dirs
     home = tmp_path / "home"
     home.mkdir()
@@ -192,15 +206,19 @@ def test_the_installed_daemon_stages_a_stick_under_the_units_confinement(
             udevd.trigger(dev, "change")
             udevd.wait_properties(dev, lambda p: p.get("PANOSTAGE_STICK") == "1")
             env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"}
-            proc = subprocess.Popen(box.command([f"{PREFIX}/bin/panostage", "watch"], env), stdout=log,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                box.command([f"{PREFIX}/bin/panostage", "watch"], env), stdout=log, stderr=subprocess.STDOUT
+            )
 
             def daemon_log() -> str:
                 return log_path.read_text(errors="replace")
 
             try:
-                wait_until(lambda: notify.seen("READY=1") or proc.poll() is not None, timeout=60,
-                           what="READY=1 from the confined daemon")
+                wait_until(
+                    lambda: notify.seen("READY=1") or proc.poll() is not None,
+                    timeout=60,
+                    what="READY=1 from the confined daemon",
+                )
                 assert proc.poll() is None, daemon_log()
 
                 def ready() -> dict | None:

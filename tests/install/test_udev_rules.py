@@ -12,9 +12,9 @@ ran), and the device node itself (group, mode) as the kernel reports it.
 from __future__ import annotations
 
 import grp
-import shutil
 import os
 import secrets
+import shutil
 import stat
 import struct
 import subprocess
@@ -40,8 +40,9 @@ def fat_uuid(tmp: Path, name: str, bits: int = 16) -> tuple[Path, str]:
 def settled_props(udevd, dev: str, want: dict[str, str]) -> dict[str, str]:
     """Re-announce ``dev`` (so the reloaded rules run on it) and wait for udev to have ``want``."""
     udevd.trigger(dev, "change")
-    return udevd.wait_properties(dev, lambda p: all(p.get(k) == v for k, v in want.items()),
-                                 what=f"udev to describe {dev} as {want}")
+    return udevd.wait_properties(
+        dev, lambda p: all(p.get(k) == v for k, v in want.items()), what=f"udev to describe {dev} as {want}"
+    )
 
 
 def node(dev: str) -> tuple[int, int]:
@@ -62,10 +63,13 @@ def udevadm_test(dev: str) -> tuple[dict[str, str], list[str]]:
     """``udevadm test`` on the device: the properties it ends with (stdout) and the lines our rules
     file logged (stderr: GROUP/MODE assignments are named with file and line)."""
     sys_path = os.path.realpath(f"/sys/class/block/{Path(dev).name}")
-    proc = subprocess.run(["udevadm", "test", "--action=change", sys_path], capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        ["udevadm", "test", "--action=change", sys_path], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    props = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line and " " not in line.split("=")[0])
+    props = dict(
+        line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line and " " not in line.split("=")[0]
+    )
     ours = [line for line in proc.stderr.splitlines() if f"{RULES_SRC.name}:" in line and "Reading rules" not in line]
     return props, ours
 
@@ -94,7 +98,9 @@ def assert_untouched(dev: str, panostage_gid: int) -> None:
     assert ours == [], ours
 
 
-def test_usb_fat_whole_disk_is_claimed_and_plain_fat_is_not(udevd, runtime_rules, panostage_account, tmp_path: Path) -> None:
+def test_usb_fat_whole_disk_is_claimed_and_plain_fat_is_not(
+    udevd, runtime_rules, panostage_account, tmp_path: Path
+) -> None:
     usb_image, usb_uuid = fat_uuid(tmp_path, "usb")
     plain_image, plain_uuid = fat_uuid(tmp_path, "plain")
     runtime_rules.fake_usb(f'ENV{{ID_FS_UUID}}=="{usb_uuid}"')
@@ -109,9 +115,21 @@ def test_usb_fat_whole_disk_is_claimed_and_plain_fat_is_not(udevd, runtime_rules
         assert_untouched(plain, panostage_account.gid)
 
         # the group can open it read-write, others cannot: the panostage account, no capabilities
-        probe = ["setpriv", "--reuid", "panostage", "--regid", "panostage", "--clear-groups",
-                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
-                 "/usr/bin/python3", "-c", "import os,sys; os.close(os.open(sys.argv[1], os.O_RDWR | os.O_EXCL))"]
+        probe = [
+            "setpriv",
+            "--reuid",
+            "panostage",
+            "--regid",
+            "panostage",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            "import os,sys; os.close(os.open(sys.argv[1], os.O_RDWR | os.O_EXCL))",
+        ]
         ok = subprocess.run([*probe, usb], capture_output=True, text=True, timeout=30)
         assert ok.returncode == 0, ok.stderr
         refused = subprocess.run([*probe, plain], capture_output=True, text=True, timeout=30)
@@ -208,20 +226,30 @@ def test_rules_file_is_sorted_after_udisks() -> None:
 # test writes the udev database and /dev/disk links as it goes, and umockdev does not redirect
 # those: it runs in a private mount namespace with tmpfs over them, so the host is left untouched.
 
+
 def umockdev_test(tmp_path: Path, record: str, syspath: str) -> tuple[dict[str, str], list[str]]:
     if shutil.which("umockdev-run") is None or shutil.which("unshare") is None:
         pytest.skip("umockdev-run / unshare not installed (apt-get install umockdev util-linux)")
     rec = tmp_path / f"tree-{secrets.token_hex(3)}.umockdev"
     rec.write_text(record)
     private = " ".join(["/run/udev/data", "/run/udev/links", "/run/udev/tags", "/dev/disk", "/dev/block"])
-    script = (f"for d in {private}; do [ -d $d ] && mount -t tmpfs tmpfs $d; done; "
-              f"exec umockdev-run -d '{rec}' -- udevadm test --action=change '{syspath}'")
-    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                          capture_output=True, text=True, timeout=120, check=False)
+    script = (
+        f"for d in {private}; do [ -d $d ] && mount -t tmpfs tmpfs $d; done; "
+        f"exec umockdev-run -d '{rec}' -- udevadm test --action=change '{syspath}'"
+    )
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if proc.returncode != 0 and ("unshare failed" in proc.stderr or "umockdev" in proc.stderr.splitlines()[0:1]):
         pytest.skip(f"umockdev does not work here: {proc.stderr.strip()[:300]}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    props = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line and " " not in line.split("=")[0])
+    props = dict(
+        line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line and " " not in line.split("=")[0]
+    )
     ours = [line for line in proc.stderr.splitlines() if f"{RULES_SRC.name}:" in line and "Reading rules" not in line]
     return props, ours
 
@@ -264,15 +292,17 @@ def test_uas_without_usb_parent_is_claimed(runtime_rules, panostage_account, tmp
     assert props["ID_USB_DRIVER"] == "uas" and claimed(props, ours)
 
 
-def test_sata_fat_with_a_spoofed_id_bus_and_usb_ext4_are_not_claimed(runtime_rules, panostage_account,
-                                                                     tmp_path: Path) -> None:
+def test_sata_fat_with_a_spoofed_id_bus_and_usb_ext4_are_not_claimed(
+    runtime_rules, panostage_account, tmp_path: Path
+) -> None:
     from tests.udev.trees import sata_disk, usb_stick
 
     record, paths = sata_disk(spoof_bus=True)
     props, ours = umockdev_test(tmp_path, record, paths["part"])
     assert props["ID_BUS"] == "usb" and props["ID_FS_TYPE"] == "vfat"  # ID_BUS says usb: not trusted
     assert not claimed(props, ours)
-    record, paths = usb_stick("sdd", partitioned=False, fs_type="ext4", uuid="0f0e0d0c-0000-4000-8000-000000000001",
-                              minor=48)
+    record, paths = usb_stick(
+        "sdd", partitioned=False, fs_type="ext4", uuid="0f0e0d0c-0000-4000-8000-000000000001", minor=48
+    )
     props, ours = umockdev_test(tmp_path, record, paths["disk"])
     assert props["ID_FS_TYPE"] == "ext4" and not claimed(props, ours)

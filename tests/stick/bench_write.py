@@ -23,12 +23,15 @@ NAME = "certificates-omni_bench-device.zip"
 
 
 def median_ms(samples: list[float]) -> str:
-    return f"{statistics.median(samples) * 1000:7.2f} ms (p10 {sorted(samples)[len(samples) // 10] * 1000:.2f}, " \
-           f"p90 {sorted(samples)[len(samples) * 9 // 10] * 1000:.2f})"
+    return (
+        f"{statistics.median(samples) * 1000:7.2f} ms (p10 {sorted(samples)[len(samples) // 10] * 1000:.2f}, "
+        f"p90 {sorted(samples)[len(samples) * 9 // 10] * 1000:.2f})"
+    )
 
 
-def bench_ours(spec: str, data: bytes, runs: int, readback: str = "direct"
-               ) -> tuple[list[float], list[float], list[float], dict[str, float]]:
+def bench_ours(
+    spec: str, data: bytes, runs: int, readback: str = "direct"
+) -> tuple[list[float], list[float], list[float], dict[str, float]]:
     total, write, read = [], [], []
     steps: dict[str, list[float]] = {}
     with open_target(spec, readback=readback) as target:
@@ -78,11 +81,14 @@ def main() -> None:
         source = Path(tmp) / "archive.zip"  # the baseline needs a file on disk (which we never write)
         source.write_bytes(data)
         print(f"mcopy + sync                        {median_ms(bench_mcopy(image, source, args.runs, ['sync']))}")
-        print(f"mcopy + sync IMAGE (fsync the file) "
-              f"{median_ms(bench_mcopy(image, source, args.runs, ['sync', str(image)]))}")
+        print(
+            f"mcopy + sync IMAGE (fsync the file) "
+            f"{median_ms(bench_mcopy(image, source, args.runs, ['sync', str(image)]))}"
+        )
         if os.geteuid() == 0:
-            dev = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True,
-                                 check=True).stdout.strip()
+            dev = subprocess.run(
+                ["losetup", "-f", "--show", str(image)], capture_output=True, text=True, check=True
+            ).stdout.strip()
             try:
                 total, write, read, _ = bench_ours(dev, data, args.runs)
                 print(f"panostage loop   write_atomic+read  {median_ms(total)}")

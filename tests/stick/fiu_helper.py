@@ -16,8 +16,13 @@ import sys
 from agent.errors import PanostageError
 from agent.stick import open_target
 
-CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int),
-                            ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_uint))
+CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.POINTER(ctypes.c_int),
+    ctypes.POINTER(ctypes.c_void_p),
+    ctypes.POINTER(ctypes.c_uint),
+)
 
 
 LIB = ctypes.CDLL("libfiu.so.0")
@@ -28,7 +33,7 @@ def arm(point: str, at: int, err: int) -> list[int]:
     lib.fiu_enable_external.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, CALLBACK]
     calls = [0]
 
-    def decide(name, failnum, failinfo, flags):  # noqa: ANN001 - C callback
+    def decide(name, failnum, failinfo, flags):
         calls[0] += 1
         return 1 if calls[0] == at else 0
 
@@ -55,15 +60,19 @@ def main() -> int:
     return 0
 
 
-def run_armed(point: str, at: int, err: str, action) -> dict:  # noqa: ANN001 - any callable
+def run_armed(point: str, at: int, err: str, action) -> dict:
     """Run ``action`` with the ``at``-th call of ``point`` failing with ``err``: its outcome as a dict."""
     result: dict = {"ok": True}
     calls = arm(point, at, getattr(errno, err))
     try:
         action()
     except PanostageError as exc:
-        result = {"ok": False, "error": exc.to_dict(), "step": getattr(exc, "step", None),
-                  "errno": getattr(exc, "errno", None)}
+        result = {
+            "ok": False,
+            "error": exc.to_dict(),
+            "step": getattr(exc, "step", None),
+            "errno": getattr(exc, "errno", None),
+        }
     finally:
         LIB.fiu_disable(point.encode())
     result["calls"] = calls[0]

@@ -22,7 +22,10 @@ def test_round_trip_on_a_loop_device(image: Path) -> None:
         with open_target(dev) as target:
             assert isinstance(target, FatTarget) and target.kind == "block"
             desc = target.describe()
-            assert desc["fs_uuid"] == "1234-ABCD" and desc["rdev"] == f"{os.major(os.stat(dev).st_rdev)}:{os.minor(os.stat(dev).st_rdev)}"
+            assert (
+                desc["fs_uuid"] == "1234-ABCD"
+                and desc["rdev"] == f"{os.major(os.stat(dev).st_rdev)}:{os.minor(os.stat(dev).st_rdev)}"
+            )
             target.write_atomic(NAME, data)
             assert target.read(NAME) == data  # BLKFLSBUF + DONTNEED first: from the device
             target.write("panorama/occ.log", b"log\n")
@@ -86,12 +89,11 @@ def test_read_only_mounted_device_is_refused(tmp_path: Path) -> None:
 def test_read_only_device(image: Path) -> None:
     with open_target(image) as target:
         target.write_atomic(NAME, b"kept")
-    with loop_device(image, readonly=True) as dev:
-        with open_target(dev) as target:
-            assert target.writable is False and target.read(NAME) == b"kept"
-            with pytest.raises(StickRefused) as err:
-                target.write_atomic(NAME, b"x")
-            assert err.value.reason == "stick-read-only"
+    with loop_device(image, readonly=True) as dev, open_target(dev) as target:
+        assert target.writable is False and target.read(NAME) == b"kept"
+        with pytest.raises(StickRefused) as err:
+            target.write_atomic(NAME, b"x")
+        assert err.value.reason == "stick-read-only"
 
 
 def test_image_attached_to_a_loop_device_is_refused(image: Path) -> None:

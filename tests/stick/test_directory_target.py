@@ -11,8 +11,16 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ExitCode
-from agent.stick import (DirectoryTarget, StickConflict, StickIOError, StickRefused, leftovers, name_state,
-                         open_target, preflight)
+from agent.stick import (
+    DirectoryTarget,
+    StickConflict,
+    StickIOError,
+    StickRefused,
+    leftovers,
+    name_state,
+    open_target,
+    preflight,
+)
 from agent.stick.model import temp_name
 from tests.fat_kit import IS_ROOT, fsck, make_image, mounted, needs_root, run, wait_for
 
@@ -110,21 +118,25 @@ def test_read_only_directory_by_permissions(stick: DirectoryTarget) -> None:
 
 @needs_root
 def test_read_only_mount(tmp_path: Path) -> None:
-    with mounted("tmpfs", tmp_path / "ro", "-t", "tmpfs", "-o", "ro,size=1m") as where:
-        with open_target(where, allow_non_fat=True) as target:
-            with pytest.raises(StickRefused) as err:
-                target.write_atomic(NAME, b"x")
-            assert "read-only" in err.value.message
+    with (
+        mounted("tmpfs", tmp_path / "ro", "-t", "tmpfs", "-o", "ro,size=1m") as where,
+        open_target(where, allow_non_fat=True) as target,
+    ):
+        with pytest.raises(StickRefused) as err:
+            target.write_atomic(NAME, b"x")
+        assert "read-only" in err.value.message
 
 
 @needs_root
 def test_full_filesystem_fails_cleanly(tmp_path: Path) -> None:
-    with mounted("tmpfs", tmp_path / "small", "-t", "tmpfs", "-o", "size=64k") as where:
-        with open_target(where, allow_non_fat=True) as target:
-            with pytest.raises(StickIOError) as err:
-                target.write_atomic(NAME, os.urandom(256 * 1024))
-            assert (err.value.step, err.value.errno, err.value.exit_code) == ("write", errno.ENOSPC, ExitCode.IO)
-            assert os.listdir(where) == []
+    with (
+        mounted("tmpfs", tmp_path / "small", "-t", "tmpfs", "-o", "size=64k") as where,
+        open_target(where, allow_non_fat=True) as target,
+    ):
+        with pytest.raises(StickIOError) as err:
+            target.write_atomic(NAME, os.urandom(256 * 1024))
+        assert (err.value.step, err.value.errno, err.value.exit_code) == ("write", errno.ENOSPC, ExitCode.IO)
+        assert os.listdir(where) == []
 
 
 def test_failure_at_rename_removes_the_temp(stick: DirectoryTarget, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,12 +9,23 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ExitCode
-from agent.stick import (FatTarget, StickConflict, StickIOError, StickRefused, archives, check_space, leftovers,
-                         name_state, open_target, preflight, require)
+from agent.stick import (
+    FatTarget,
+    StickConflict,
+    StickIOError,
+    StickRefused,
+    archives,
+    check_space,
+    leftovers,
+    name_state,
+    open_target,
+    preflight,
+    require,
+)
 from agent.stick.blockio import drop_cache
 from agent.stick.model import temp_name
 from agent.stick.mtools import memory_file
-from tests.fat_kit import (ext4_image, fsck, make_image, make_mbr_image, mkfs_at, mtools, raw_contains, run)
+from tests.fat_kit import ext4_image, fsck, make_image, make_mbr_image, mkfs_at, mtools, raw_contains, run
 
 NAME = "certificates-omni_lab-device-1.zip"
 
@@ -143,8 +154,12 @@ def test_read_only_image_file(image: Path) -> None:
             with pytest.raises(StickRefused) as err:
                 target.write_atomic(NAME, b"new")
             assert (err.value.reason, err.value.exit_code) == ("stick-read-only", ExitCode.STICK_REFUSED)
-            for call in (lambda: target.wipe(NAME), lambda: target.write("panorama/x.log", b"x"),
-                         lambda: target.remove(NAME), lambda: target.format()):
+            for call in (
+                lambda: target.wipe(NAME),
+                lambda: target.write("panorama/x.log", b"x"),
+                lambda: target.remove(NAME),
+                lambda: target.format(),
+            ):
                 with pytest.raises(StickRefused):
                     call()
     finally:
@@ -227,7 +242,7 @@ def test_wipe_leaves_no_archive_bytes(image: Path) -> None:
         assert target.wipe(NAME, missing_ok=True) == 0
     raw = image.read_bytes()
     for start in range(0, len(data) - 64, 512):
-        assert data[start: start + 64] not in raw, f"archive bytes at +{start} survived the wipe"
+        assert data[start : start + 64] not in raw, f"archive bytes at +{start} survived the wipe"
     fsck(image)
 
 
@@ -340,7 +355,8 @@ def test_targets_follow_the_protocol(image: Path, tmp_path: Path) -> None:
 
 
 def test_without_memfd_the_bytes_go_to_an_unnamed_tmpfs_file_or_nowhere(
-        image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_memfd(*args, **kwargs):
         raise OSError(38, "Function not implemented")
 

@@ -10,7 +10,6 @@ import pytest
 
 from agent.stick.fatfs import FatReader, split_rel
 from agent.stick.fatgeo import NotFat, identify, mbr_partitions, parse_boot_sector
-
 from tests.fat_kit import SIZES, ext4_image, make_image, make_mbr_image, mtools
 
 
@@ -61,9 +60,14 @@ def test_lookup_by_short_name_and_missing(tmp_path: Path) -> None:
         os.close(reader.fd)
 
 
-@pytest.mark.parametrize("content, found", [
-    ("ext4", "ext4"), ("zeros", "only zeros"), ("random", "unrecognised"),
-])
+@pytest.mark.parametrize(
+    "content, found",
+    [
+        ("ext4", "ext4"),
+        ("zeros", "only zeros"),
+        ("random", "unrecognised"),
+    ],
+)
 def test_non_fat_is_named(tmp_path: Path, content: str, found: str) -> None:
     path = tmp_path / "x.img"
     if content == "ext4":
@@ -80,7 +84,9 @@ def test_mbr_partitions(tmp_path: Path) -> None:
     img = make_mbr_image(tmp_path / "p.img", [(0x0C, 2048, 40960), (0x83, 43008, 8192)])
     parts = mbr_partitions(img.read_bytes()[:512])
     assert [(p.index, p.type, p.start, p.size) for p in parts] == [
-        (1, 0x0C, 2048 * 512, 40960 * 512), (2, 0x83, 43008 * 512, 8192 * 512)]
+        (1, 0x0C, 2048 * 512, 40960 * 512),
+        (2, 0x83, 43008 * 512, 8192 * 512),
+    ]
 
 
 def test_split_rel_refuses_escapes() -> None:

@@ -31,7 +31,8 @@ from tests.fat_kit import fsck, mtools
 
 pytestmark = pytest.mark.skipif(
     shutil.which("fiu-run") is None or not os.path.exists("/usr/lib/fiu/fiu_posix_preload.so"),
-    reason="libfiu (fiu-utils) not installed")
+    reason="libfiu (fiu-utils) not installed",
+)
 
 NAME = "certificates-omni_lab-device-1.zip"
 OLD = b"previous archive " * 40
@@ -103,18 +104,38 @@ def test_mcopy_stopping_half_way_is_undone(image: Path) -> None:
 
 
 def run_helper(spec: Path, point: str, at: int, err: str, *, size: int = 5000, allow_non_fat: bool = False) -> dict:
-    argv = ["fiu-run", "-x", "-f", "", sys.executable, str(HELPER), str(spec), "--name", NAME, "--size", str(size),
-            "--point", point, "--at", str(at), "--errno", err] + (["--allow-non-fat"] if allow_non_fat else [])
+    argv = [
+        "fiu-run",
+        "-x",
+        "-f",
+        "",
+        sys.executable,
+        str(HELPER),
+        str(spec),
+        "--name",
+        NAME,
+        "--size",
+        str(size),
+        "--point",
+        point,
+        "--at",
+        str(at),
+        "--errno",
+        err,
+    ] + (["--allow-non-fat"] if allow_non_fat else [])
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
-@pytest.mark.parametrize("point, at, err, step", [
-    ("posix/io/rw/write", 1, "ENOSPC", "memfd"),      # the archive cannot even reach memory
-    ("posix/io/sync/fsync", 1, "EIO", "fsync"),       # first flush, after mcopy
-    ("posix/io/sync/fsync", 2, "EIO", "fsync_rename"),  # a later flush, after mren
-])
+@pytest.mark.parametrize(
+    "point, at, err, step",
+    [
+        ("posix/io/rw/write", 1, "ENOSPC", "memfd"),  # the archive cannot even reach memory
+        ("posix/io/sync/fsync", 1, "EIO", "fsync"),  # first flush, after mcopy
+        ("posix/io/sync/fsync", 2, "EIO", "fsync_rename"),  # a later flush, after mren
+    ],
+)
 def test_our_own_calls_fail_on_an_image(image: Path, point: str, at: int, err: str, step: str) -> None:
     seeded(image)
     result = run_helper(image, point, at, err)
@@ -123,12 +144,15 @@ def test_our_own_calls_fail_on_an_image(image: Path, point: str, at: int, err: s
     assert_clean(image)
 
 
-@pytest.mark.parametrize("point, at, err, step, size", [
-    ("posix/io/rw/write", 1, "ENOSPC", "write", 5000),            # first write
-    ("posix/io/rw/write", 2, "EIO", "write", 3 * 1024 * 1024),    # a later write (1 MiB chunks)
-    ("posix/io/sync/fsync", 1, "EIO", "fsync", 5000),             # file flush
-    ("posix/io/sync/fsync", 2, "EIO", "fsync_dir", 5000),         # directory flush, after the rename
-])
+@pytest.mark.parametrize(
+    "point, at, err, step, size",
+    [
+        ("posix/io/rw/write", 1, "ENOSPC", "write", 5000),  # first write
+        ("posix/io/rw/write", 2, "EIO", "write", 3 * 1024 * 1024),  # a later write (1 MiB chunks)
+        ("posix/io/sync/fsync", 1, "EIO", "fsync", 5000),  # file flush
+        ("posix/io/sync/fsync", 2, "EIO", "fsync_dir", 5000),  # directory flush, after the rename
+    ],
+)
 def test_directory_target_calls_fail(tmp_path: Path, point: str, at: int, err: str, step: str, size: int) -> None:
     root = tmp_path / "stick"
     root.mkdir()

@@ -40,9 +40,12 @@ from agent.stick.names import fold
 from tests.fat_kit import mtools_env
 
 SCALE = max(1, int(os.environ.get("FAULTS_FUZZ_SCALE", "1")))
-GEO = settings(max_examples=40 * SCALE, deadline=None, database=None,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                      HealthCheck.filter_too_much])
+GEO = settings(
+    max_examples=40 * SCALE,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)
 ENV = {**mtools_env(), "MTOOLSRC": "/dev/null"}
 ARCHIVE = "certificates-omni_geometry-check.zip"
 
@@ -123,8 +126,16 @@ def layouts(draw) -> dict:
     per_sector = sector // 32
     root = 0 if bits == 32 else per_sector * draw(st.integers(1, max(1, 1024 // per_sector)))
     reserved = draw(st.sampled_from([None, None, 1, 2, 4, 8] if bits != 32 else [None, None, 8, 12, 16, 64]))
-    return {"bits": bits, "sector": sector, "spc": spc, "clusters": clusters, "fats": draw(st.sampled_from([1, 2])),
-            "root": root, "reserved": reserved, "seed": draw(st.integers(0, 2**32 - 1))}
+    return {
+        "bits": bits,
+        "sector": sector,
+        "spc": spc,
+        "clusters": clusters,
+        "fats": draw(st.sampled_from([1, 2])),
+        "root": root,
+        "reserved": reserved,
+        "seed": draw(st.integers(0, 2**32 - 1)),
+    }
 
 
 def boot_sector(img: Path) -> bytes:
@@ -143,8 +154,21 @@ def make(path: Path, layout: dict, say=lambda text: None) -> bool:
     path.unlink(missing_ok=True)
     with open(path, "wb") as handle:
         handle.truncate(size)
-    argv = ["mkfs.fat", "-F", str(bits), "-S", str(sector), "-s", str(spc), "-f", str(layout["fats"]),
-            "-i", "5EED0001", "-n", "GEOMETRY"]
+    argv = [
+        "mkfs.fat",
+        "-F",
+        str(bits),
+        "-S",
+        str(sector),
+        "-s",
+        str(spc),
+        "-f",
+        str(layout["fats"]),
+        "-i",
+        "5EED0001",
+        "-n",
+        "GEOMETRY",
+    ]
     if bits != 32:
         argv += ["-r", str(layout["root"])]
     if layout["reserved"]:
@@ -221,8 +245,9 @@ def agree(img: Path, target: FatTarget, files: dict[str, bytes] | None = None) -
     # names compared as FAT compares them: for an 8.3 name with a non-ASCII letter and the lower-case
     # flag, `mdir -b` lowers ASCII only ('É9b01-b9'), we (as Linux and Windows) the whole name ('é9b01-b9');
     # and mdir shows a '?' in an 8.3 name (garbage read as a directory) as '_', though only '?' finds it
-    assert {fold(p).replace("?", "_"): k for p, (k, _) in mine.items()} == {fold(p): k for p, k in theirs.items()}, \
+    assert {fold(p).replace("?", "_"): k for p, (k, _) in mine.items()} == {fold(p): k for p, k in theirs.items()}, (
         f"listings differ:\nours   {sorted(mine)}\nmtools {sorted(theirs)}"
+    )
     for path, (kind, size) in mine.items():
         if kind != "file":
             continue
@@ -256,8 +281,11 @@ def test_every_mkfs_layout_is_read_alike(tmp_path_factory, layout):
         geo = parse_boot_sector(boot_sector(img))
         note(f"geometry: {geo}")
         assert geo.fat_bits == layout["bits"], "mkfs.fat made another FAT type than asked"
-        assert (geo.bytes_per_sector, geo.sectors_per_cluster, geo.num_fats) == \
-            (layout["sector"], layout["spc"], layout["fats"])
+        assert (geo.bytes_per_sector, geo.sectors_per_cluster, geo.num_fats) == (
+            layout["sector"],
+            layout["spc"],
+            layout["fats"],
+        )
         rng = random.Random(layout["seed"])
         files = populate(img, rng, geo.cluster_size, geo.root_entries)
         fsck_clean(img)  # what mtools made is sound
@@ -300,8 +328,8 @@ def test_every_mkfs_layout_is_read_alike(tmp_path_factory, layout):
 def _edit(data: bytearray, rng: random.Random, kind: str, image_size: int) -> str:
     geo = parse_boot_sector(bytes(data[:512]))
     per_sector = geo.bytes_per_sector // 32
-    tot16, = struct.unpack_from("<H", data, 19)
-    fat16, = struct.unpack_from("<H", data, 22)
+    (tot16,) = struct.unpack_from("<H", data, 19)
+    (fat16,) = struct.unpack_from("<H", data, 22)
 
     def set_total(value: int) -> None:
         if tot16 and value <= 0xFFFF:
@@ -362,22 +390,48 @@ def _edit(data: bytearray, rng: random.Random, kind: str, image_size: int) -> st
     return f"media {value:#x}"
 
 
-EDITS = ["root-not-whole-sectors", "fats", "cluster-128k", "fat-too-small", "total-beyond", "total-less",
-         "reserved", "spc", "sector-size", "fat32-root-cluster", "media"]
+EDITS = [
+    "root-not-whole-sectors",
+    "fats",
+    "cluster-128k",
+    "fat-too-small",
+    "total-beyond",
+    "total-less",
+    "reserved",
+    "spc",
+    "sector-size",
+    "fat32-root-cluster",
+    "media",
+]
 
 
 @GEO
-@given(bits=st.sampled_from([12, 16, 32]), sector=st.sampled_from([512, 1024, 2048, 4096]),
-       edit=st.sampled_from(EDITS), seed=st.integers(0, 2**32 - 1))
+@given(
+    bits=st.sampled_from([12, 16, 32]),
+    sector=st.sampled_from([512, 1024, 2048, 4096]),
+    edit=st.sampled_from(EDITS),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_edited_boot_sectors_are_refused_or_read_alike(tmp_path_factory, bits, sector, edit, seed):
     rng = random.Random(seed)
     assume(not (edit == "root-not-whole-sectors" and bits == 32) and not (edit == "fat32-root-cluster" and bits != 32))
     img = tmp_path_factory.mktemp("edit") / "s.img"
     spc = {12: 1, 16: 1, 32: 1}[bits]
-    clusters = {12: rng.randint(200, 4000), 16: rng.randint(5000, 30000),
-                32: MIN_FAT32_CLUSTERS + rng.randint(50, 2000)}[bits]
-    layout = {"bits": bits, "sector": sector, "spc": spc, "clusters": clusters, "fats": 2,
-              "root": 0 if bits == 32 else (sector // 32) * rng.randint(1, 16), "reserved": None, "seed": seed}
+    clusters = {
+        12: rng.randint(200, 4000),
+        16: rng.randint(5000, 30000),
+        32: MIN_FAT32_CLUSTERS + rng.randint(50, 2000),
+    }[bits]
+    layout = {
+        "bits": bits,
+        "sector": sector,
+        "spc": spc,
+        "clusters": clusters,
+        "fats": 2,
+        "root": 0 if bits == 32 else (sector // 32) * rng.randint(1, 16),
+        "reserved": None,
+        "seed": seed,
+    }
     try:
         if not make(img, layout, note):
             assume(False)
@@ -399,7 +453,8 @@ def test_edited_boot_sectors_are_refused_or_read_alike(tmp_path_factory, bits, s
         with target:
             note(f"accepted: {target.geo}")
             assert edit not in ("fats", "total-beyond", "cluster-128k") or (
-                edit == "cluster-128k" and target.geo.cluster_size <= MAX_CLUSTER_BYTES), f"accepted {what}"
+                edit == "cluster-128k" and target.geo.cluster_size <= MAX_CLUSTER_BYTES
+            ), f"accepted {what}"
             assert edit != "root-not-whole-sectors", f"accepted {what}"
             try:
                 target.check_sound()
@@ -446,7 +501,7 @@ def test_a_nul_in_an_8_3_name(tmp_path: Path) -> None:
     run("mcopy", "-i", str(img), "-", "::/AB.TXT", stdin=b"hello\n")
     data = bytearray(img.read_bytes())
     at = data.find(b"AB      TXT")
-    data[at + 2: at + 8] = bytes(6)
+    data[at + 2 : at + 8] = bytes(6)
     img.write_bytes(bytes(data))
     with FatTarget.open(img) as target:
         ours = {fold(p): k for p, (k, _) in our_tree(target).items()}

@@ -31,9 +31,11 @@ def test_spec_with_offset(tmp_path: Path) -> None:
 
 def test_partitions_count_as_mounts_of_their_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     disk, part, other = os.makedev(8, 16), os.makedev(8, 17), os.makedev(8, 32)
-    table = [Mount("/dev/sdb1", Path("/media/stick"), "vfat", frozenset({"rw"})),
-             Mount("/dev/sdc", Path("/media/other"), "vfat", frozenset({"rw"})),
-             Mount("tmpfs", Path("/run"), "tmpfs", frozenset({"rw"}))]
+    table = [
+        Mount("/dev/sdb1", Path("/media/stick"), "vfat", frozenset({"rw"})),
+        Mount("/dev/sdc", Path("/media/other"), "vfat", frozenset({"rw"})),
+        Mount("tmpfs", Path("/run"), "tmpfs", frozenset({"rw"})),
+    ]
     rdevs = {"/dev/sdb1": part, "/dev/sdc": other}
     sysfs = {disk: "/sys/devices/x/block/sdb", part: "/sys/devices/x/block/sdb/sdb1", other: "/sys/devices/y/block/sdc"}
     monkeypatch.setattr(mounts, "mounts", lambda: table)

@@ -40,15 +40,18 @@ def error_of(result) -> dict:
 # ---------------------------------------------------------------- 1. names that are one name on FAT
 
 
-@pytest.mark.parametrize(("a", "b", "equal"), [
-    ("certificates-omni_cam-1.zip", "CERTIFICATES-OMNI_CAM-1.ZIP", True),
-    ("certificates-omni_cam-7.zip", "certificate\u017f-omni_cam-7.zip", True),  # LATIN SMALL LETTER LONG S
-    ("certificates-omni_kiosk.zip", "certificates-omni_\u212aiosk.zip", True),  # KELVIN SIGN
-    ("certificates-omni_pi.zip", "certificates-omni_p\u0131.zip", True),  # dotless i
-    ("certificates-omni_pi.zip", "certificates-omni_p\u0130.zip", True),  # I with dot above
-    ("stra\u00dfe.txt", "strasse.txt", False),  # sharp s stays itself (mtools does not expand it)
-    ("certificates-omni_cam-1.zip", "certificates-omni_cam-l.zip", False),
-])
+@pytest.mark.parametrize(
+    ("a", "b", "equal"),
+    [
+        ("certificates-omni_cam-1.zip", "CERTIFICATES-OMNI_CAM-1.ZIP", True),
+        ("certificates-omni_cam-7.zip", "certificate\u017f-omni_cam-7.zip", True),  # LATIN SMALL LETTER LONG S
+        ("certificates-omni_kiosk.zip", "certificates-omni_\u212aiosk.zip", True),  # KELVIN SIGN
+        ("certificates-omni_pi.zip", "certificates-omni_p\u0131.zip", True),  # dotless i
+        ("certificates-omni_pi.zip", "certificates-omni_p\u0130.zip", True),  # I with dot above
+        ("stra\u00dfe.txt", "strasse.txt", False),  # sharp s stays itself (mtools does not expand it)
+        ("certificates-omni_cam-1.zip", "certificates-omni_cam-l.zip", False),
+    ],
+)
 def test_one_rule_says_when_two_names_are_one_on_fat(a, b, equal):
     assert names.same(a, b) is equal
     if equal:
@@ -173,15 +176,27 @@ def _damage(kind: str, fat: FatImage) -> None:
         fat.set_size("user.bin", 200_000)
 
 
-@pytest.mark.parametrize("kind", ["cross-linked-entry", "cross-linked-fat", "loop", "leaves-the-volume",
-                                  "runs-into-free", "fat-copies-differ", "size-mismatch"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "cross-linked-entry",
+        "cross-linked-fat",
+        "loop",
+        "leaves-the-volume",
+        "runs-into-free",
+        "fat-copies-differ",
+        "size-mismatch",
+    ],
+)
 def test_a_damaged_stick_is_refused_before_anything_is_made_or_zeroed(station, image, kind):
     staged = station.json("stage", "--name", "cam-k", "--to", str(image))
     put(image, "user.bin", os.urandom(20_000))
     _damage(kind, FatImage(image))
     before = digest(image)
-    for args in (("stage", "--name", "cam-k", "--to", str(image), "--replace-device", "--replace"),
-                 ("stick", "wipe", str(image))):
+    for args in (
+        ("stage", "--name", "cam-k", "--to", str(image), "--replace-device", "--replace"),
+        ("stick", "wipe", str(image)),
+    ):
         result = station.run(*args, "--json")
         assert result.returncode == ExitCode.STICK_REFUSED, result.stderr
         error = error_of(result)
@@ -252,6 +267,7 @@ def test_a_log_directory_pointing_at_the_root_is_refused(station, image):
 def _limited(limit_bytes: int):
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
     return apply
 
 
@@ -259,9 +275,14 @@ def test_verify_judges_a_huge_file_by_its_size(tmp_path, station):
     huge = tmp_path / "certificates-omni_x.zip"
     with open(huge, "wb") as handle:
         handle.truncate(3 << 30)  # sparse: costs no disk
-    result = subprocess.run([sys.executable, "-m", "agent", "verify", str(huge), "--json"], cwd=REPO,
-                            env=clean_env(tmp_path, station.env), capture_output=True, timeout=60,
-                            preexec_fn=_limited(1 << 30))
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "verify", str(huge), "--json"],
+        cwd=REPO,
+        env=clean_env(tmp_path, station.env),
+        capture_output=True,
+        timeout=60,
+        preexec_fn=_limited(1 << 30),
+    )
     assert result.returncode == ExitCode.VERIFY_CORRUPT, result.stderr
     [report] = json.loads(result.stdout)["archives"]
     assert report["sha256"] is None and [p["code"] for p in report["problems"]][-1] == "too_large"
@@ -334,8 +355,7 @@ def test_a_temporary_with_an_impossible_pid_is_a_stale_leftover(station, image):
 
 
 def test_an_operator_that_looks_like_a_key_is_refused_before_provisioning(station, image):
-    result = station.run("stage", "--name", "cam-1", "--to", str(image),
-                         PANOSTAGE_STAGE_OPERATOR=PEM_KEY_HEADER)
+    result = station.run("stage", "--name", "cam-1", "--to", str(image), PANOSTAGE_STAGE_OPERATOR=PEM_KEY_HEADER)
     assert result.returncode == ExitCode.CONFIG, result.stderr
     assert "PANOSTAGE_STAGE_OPERATOR" in result.stderr and "could not clean up" not in result.stderr
     assert station.devices() == []

@@ -8,10 +8,24 @@ from agent.config import StickSettings
 from agent.udev.info import StickInfo
 from agent.udev.policy import decide
 
-PARTITION = StickInfo(syspath="/sys/devices/x/block/sdb/sdb1", devnode="/dev/sdb1", devtype="partition", fs_type=None,
-                      fs_usage=None, fs_label=None, fs_uuid=None, usb_serial="S1", usb_driver="usb-storage", is_usb=True,
-                      removable=True, vendor=None, model=None, disk_syspath="/sys/devices/x/block/sdb",
-                      size_bytes=8 << 20, properties={"ID_PART_TABLE_TYPE": "dos", "PARTN": "1"})
+PARTITION = StickInfo(
+    syspath="/sys/devices/x/block/sdb/sdb1",
+    devnode="/dev/sdb1",
+    devtype="partition",
+    fs_type=None,
+    fs_usage=None,
+    fs_label=None,
+    fs_uuid=None,
+    usb_serial="S1",
+    usb_driver="usb-storage",
+    is_usb=True,
+    removable=True,
+    vendor=None,
+    model=None,
+    disk_syspath="/sys/devices/x/block/sdb",
+    size_bytes=8 << 20,
+    properties={"ID_PART_TABLE_TYPE": "dos", "PARTN": "1"},
+)
 
 
 def reason(info: StickInfo) -> str:

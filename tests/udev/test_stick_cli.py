@@ -7,7 +7,6 @@ systemd-udevd (root).
 from __future__ import annotations
 
 import contextlib
-
 import json
 import os
 import secrets
@@ -18,8 +17,19 @@ from typing import Any
 import pytest
 
 from agent.errors import ExitCode
-from tests.fat_kit import (ext4_image, fsck, loop_device, make_image, make_mbr_image, mkfs_at, mounted, needs_root,
-                           raw_contains, run, wait_for)
+from tests.fat_kit import (
+    ext4_image,
+    fsck,
+    loop_device,
+    make_image,
+    make_mbr_image,
+    mkfs_at,
+    mounted,
+    needs_root,
+    raw_contains,
+    run,
+    wait_for,
+)
 from tests.helpers import run_cli
 
 
@@ -34,7 +44,9 @@ class Cli:
     def json(self, *args: str, expect: int = 0, **env: str) -> Any:
         """stdout as JSON (exit ``expect``); for a failure, the error object from stderr."""
         result = self.run(*args, "--json", **env)
-        assert result.returncode == expect, f"exit {result.returncode} (wanted {expect})\n{result.stdout}\n{result.stderr}"
+        assert result.returncode == expect, (
+            f"exit {result.returncode} (wanted {expect})\n{result.stdout}\n{result.stderr}"
+        )
         if result.stdout.strip():
             return json.loads(result.stdout)
         return json.loads(result.stderr.splitlines()[-1])["error"]
@@ -48,7 +60,12 @@ def cli(tmp_path: Path) -> Cli:
 # ------------------------------------------------------------------ enrollment (no root needed)
 def test_enroll_list_revoke_round_trip(cli: Cli) -> None:
     first = cli.json("enroll", "--identity", "fs:12ab-34cd", "--label", "blue-07", "--note", "spare")
-    assert (first["identity"], first["label"], first["note"], first["revoked_at"]) == ("fs:12AB-34CD", "blue-07", "spare", None)
+    assert (first["identity"], first["label"], first["note"], first["revoked_at"]) == (
+        "fs:12AB-34CD",
+        "blue-07",
+        "spare",
+        None,
+    )
     cli.json("enroll", "--identity", "usb:4C530001230101117343")
     assert [r["identity"] for r in cli.json("list")] == ["fs:12AB-34CD", "usb:4C530001230101117343"]
 
@@ -108,7 +125,9 @@ def test_check_says_why_a_loop_device_is_ignored(cli: Cli, fat_loop) -> None:
     other = cli.json("check", dev, expect=ExitCode.STICK_REFUSED, PANOSTAGE_STICKS_LABEL="STICK*", **lab)
     assert other["decisions"][0]["reason"] == "label 'PANOLOOP' does not match 'STICK*'"
     cli.json("revoke", f"fs:{uuid}")
-    assert cli.json("check", dev, expect=ExitCode.STICK_REFUSED, **lab)["decisions"][0]["reason"].startswith("not enrolled")
+    assert cli.json("check", dev, expect=ExitCode.STICK_REFUSED, **lab)["decisions"][0]["reason"].startswith(
+        "not enrolled"
+    )
 
 
 @needs_root
@@ -152,7 +171,9 @@ def test_prepare_refuses_a_mounted_device(cli: Cli, udevd, tmp_path: Path) -> No
 
 
 @needs_root
-def test_prepare_refuses_a_disk_with_a_mounted_partition_and_the_partition_itself(cli: Cli, udevd, tmp_path: Path) -> None:
+def test_prepare_refuses_a_disk_with_a_mounted_partition_and_the_partition_itself(
+    cli: Cli, udevd, tmp_path: Path
+) -> None:
     image = make_mbr_image(tmp_path / "mbr.img", [(0x0C, 2048, 30720)], size_mb=24)
     mkfs_at(image, 2048, 30720, bits=16, label="PART")
     proc = run("losetup", "-f", "--show", "-P", str(image), check=False)
@@ -179,14 +200,20 @@ def test_prepare_formats_fat32_and_enrolls_the_new_uuid(cli: Cli, udevd, blank_l
     with blank_loop("64M") as dev:
         made = cli.json("prepare", dev, "--force", "--label", "pano 01", "--note", "bench stick")
         assert (made["fat_bits"], made["label"], made["is_usb"], made["enrolled"], made["forced"]) == (
-            32, "PANO 01", False, True, True)
+            32,
+            "PANO 01",
+            False,
+            True,
+            True,
+        )
         uuid = made["fs_uuid"]
         assert made["identity"] == f"fs:{uuid}" and made["size_bytes"] == 64 << 20
         assert any("not removable" in w for w in made["warnings"]) and any("1 GB" in w for w in made["warnings"])
         fsck(dev)
         # closing our read-write descriptor made udev re-probe: it knows the new filesystem
-        udevd.wait_properties(dev, lambda p: p.get("ID_FS_UUID") == uuid and p.get("ID_FS_TYPE") == "vfat",
-                              what="the new filesystem")
+        udevd.wait_properties(
+            dev, lambda p: p.get("ID_FS_UUID") == uuid and p.get("ID_FS_TYPE") == "vfat", what="the new filesystem"
+        )
         listed = {r["identity"]: r for r in cli.json("list")}
         assert listed[f"fs:{uuid}"]["label"] == "PANO 01" and listed[f"fs:{uuid}"]["note"] == "bench stick"
         assert cli.json("check", dev, PANOSTAGE_STICKS_ALLOW_NON_USB="1")["admitted"]
@@ -199,8 +226,9 @@ def test_prepare_formats_fat32_and_enrolls_the_new_uuid(cli: Cli, udevd, blank_l
 @needs_root
 def test_prepare_small_device_gets_fat16_and_a_label_matching_the_policy(cli: Cli, blank_loop) -> None:
     with blank_loop("16M") as dev:
-        wrong = cli.json("prepare", dev, "--force", "--label", "OTHER", expect=ExitCode.VALIDATION,
-                         PANOSTAGE_STICKS_LABEL="PANO*")
+        wrong = cli.json(
+            "prepare", dev, "--force", "--label", "OTHER", expect=ExitCode.VALIDATION, PANOSTAGE_STICKS_LABEL="PANO*"
+        )
         assert wrong["reason"] == "stick-label"
         made = cli.json("prepare", dev, "--force", PANOSTAGE_STICKS_LABEL="PANOLAB")
         assert made["fat_bits"] == 16 and made["label"] == "PANOLAB"

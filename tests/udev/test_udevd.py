@@ -10,8 +10,8 @@ import os
 import secrets
 import select
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -22,8 +22,9 @@ from tests.fat_kit import loop_device, make_image, needs_root, run
 pytestmark = [needs_root, pytest.mark.root]
 
 
-def wait_event(watcher: Watcher, match: Callable[[StickEvent], bool], *, timeout: float = 30,
-               seen: list[StickEvent] | None = None) -> StickEvent:
+def wait_event(
+    watcher: Watcher, match: Callable[[StickEvent], bool], *, timeout: float = 30, seen: list[StickEvent] | None = None
+) -> StickEvent:
     """Read the watcher until an event matches (every event read is appended to ``seen``)."""
     deadline = time.monotonic() + timeout
     log = seen if seen is not None else []
@@ -58,12 +59,19 @@ def test_loop_fat_add_own_change_and_remove(udevd, tmp_path: Path) -> None:
         seen: list[StickEvent] = []
         with loop_device(image) as dev:
             syspath = syspath_of(dev)
-            added = wait_event(watcher, lambda e: e.syspath == syspath and e.info is not None
-                               and e.info.fs_uuid == uuid, seen=seen)
+            added = wait_event(
+                watcher, lambda e: e.syspath == syspath and e.info is not None and e.info.fs_uuid == uuid, seen=seen
+            )
             assert added.action == "add" and added.known is None  # attaching is a kernel "change": new fs -> add
             info = added.info
             assert (info.devnode, info.devtype, info.fs_type, info.fs_usage, info.fs_uuid, info.fs_label) == (
-                dev, "disk", "vfat", "filesystem", uuid, "PANOLOOP")
+                dev,
+                "disk",
+                "vfat",
+                "filesystem",
+                uuid,
+                "PANOLOOP",
+            )
             assert not info.is_usb and not info.removable and info.identity == f"fs:{uuid}"
             assert watcher.known()[syspath] == info
 
@@ -79,8 +87,11 @@ def test_loop_fat_add_own_change_and_remove(udevd, tmp_path: Path) -> None:
             seen.extend(watcher.read())
             before = int(Path("/sys/kernel/uevent_seqnum").read_text())
             os.close(os.open(dev, os.O_RDWR))
-            changed = wait_event(watcher, lambda e: e.syspath == syspath
-                                 and int((e.info.properties if e.info else {}).get("SEQNUM", 0)) > before, seen=seen)
+            changed = wait_event(
+                watcher,
+                lambda e: e.syspath == syspath and int((e.info.properties if e.info else {}).get("SEQNUM", 0)) > before,
+                seen=seen,
+            )
             assert changed.action == "change" and not changed.media_changed
             assert changed.info.fs_uuid == changed.known.fs_uuid == uuid
         # detached (a loop device stays; it loses its filesystem): remove, with what was known

@@ -42,10 +42,14 @@ def runs() -> dict[str, dict[str, Any]]:
         pytest.skip(f"umockdev is not usable: {probe.stdout.strip()}")
     assert probe.returncode == 0, f"umockdev probe failed:\n{probe.stdout}{probe.stderr}"
     # a few children (one per CPU), each running its share of the scenarios one after another
-    groups = [SCENARIOS[i::max(1, min(len(SCENARIOS), os.cpu_count() or 1))] for i in range(
-        max(1, min(len(SCENARIOS), os.cpu_count() or 1)))]
-    procs = [(group, subprocess.Popen(_child(*group), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      cwd=REPO)) for group in groups]
+    groups = [
+        SCENARIOS[i :: max(1, min(len(SCENARIOS), os.cpu_count() or 1))]
+        for i in range(max(1, min(len(SCENARIOS), os.cpu_count() or 1)))
+    ]
+    procs = [
+        (group, subprocess.Popen(_child(*group), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO))
+        for group in groups
+    ]
     results: dict[str, dict[str, Any]] = {}
     for group, proc in procs:
         try:
@@ -55,7 +59,11 @@ def runs() -> dict[str, dict[str, Any]]:
             out, err = proc.communicate()
         lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         for name in group:
-            results[name] = {"rc": proc.returncode, "stderr": err, "lines": [l for l in lines if l["scenario"] == name]}
+            results[name] = {
+                "rc": proc.returncode,
+                "stderr": err,
+                "lines": [line for line in lines if line["scenario"] == name],
+            }
     return results
 
 
@@ -63,8 +71,11 @@ def steps(runs: dict[str, dict[str, Any]], scenario: str) -> dict[str, Any]:
     """The scenario's output by step name (a repeated step becomes a list); fails on a crashed child."""
     run = runs[scenario]
     assert run["lines"] and run["lines"][-1]["step"] == "done", (
-        f"scenario {scenario} failed (exit {run['rc']}):\n{run['stderr'][-3000:]}")
-    assert not [line for line in run["lines"] if line["step"] == "timeout"], f"{scenario}: an event never came: {run['lines']}"
+        f"scenario {scenario} failed (exit {run['rc']}):\n{run['stderr'][-3000:]}"
+    )
+    assert not [line for line in run["lines"] if line["step"] == "timeout"], (
+        f"{scenario}: an event never came: {run['lines']}"
+    )
     out: dict[str, Any] = {}
     for line in run["lines"]:
         key = line["step"]
@@ -77,8 +88,15 @@ def steps(runs: dict[str, dict[str, Any]], scenario: str) -> dict[str, Any]:
 
 def brief(events: list[dict[str, Any]]) -> list[tuple[str, str, str | None, str | None]]:
     """(action, device name, info's fs_uuid, known's fs_uuid) per event."""
-    return [(e["action"], e["syspath"].rsplit("/", 1)[1], (e["info"] or {}).get("fs_uuid"),
-             (e["known"] or {}).get("fs_uuid")) for e in events]
+    return [
+        (
+            e["action"],
+            e["syspath"].rsplit("/", 1)[1],
+            (e["info"] or {}).get("fs_uuid"),
+            (e["known"] or {}).get("fs_uuid"),
+        )
+        for e in events
+    ]
 
 
 def without(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -95,9 +113,20 @@ def infos(runs) -> dict[tuple[str, str], StickInfo]:
 def test_usb_stick_partition_is_described_from_itself_and_its_disk(infos) -> None:
     part = infos["usb", "part"]
     assert (part.devtype, part.devnode, part.fs_type, part.fs_usage, part.fs_uuid, part.fs_label) == (
-        "partition", "/dev/sdb1", "vfat", "filesystem", "1234-ABCD", "PANO1")
+        "partition",
+        "/dev/sdb1",
+        "vfat",
+        "filesystem",
+        "1234-ABCD",
+        "PANO1",
+    )
     assert part.is_usb and part.removable  # removable comes from the disk's sysfs attribute
-    assert (part.usb_serial, part.usb_driver, part.vendor, part.model) == ("SER123", "usb-storage", "Kingston", "DataTraveler")
+    assert (part.usb_serial, part.usb_driver, part.vendor, part.model) == (
+        "SER123",
+        "usb-storage",
+        "Kingston",
+        "DataTraveler",
+    )
     assert part.disk_syspath == infos["usb", "disk"].syspath and part.disk_syspath.endswith("/block/sdb")
     assert part.identity == "usb:SER123"
     assert infos["usb", "disk"].identity == "usb:SER123" and not infos["usb", "disk"].has_filesystem
@@ -146,7 +175,14 @@ POLICY = [
     ("usb", "part", {}, set(), False, "not enrolled: usb:SER123"),
     ("usb", "part", {"require_enrollment": False}, set(), True, "admitted"),
     ("usb", "part", {}, {"fs:1234-ABCD"}, False, "not enrolled: usb:SER123"),  # a serial beats the fs UUID
-    ("usb", "disk", {"require_enrollment": False}, set(), False, "no filesystem (partition table dos: use a partition)"),
+    (
+        "usb",
+        "disk",
+        {"require_enrollment": False},
+        set(),
+        False,
+        "no filesystem (partition table dos: use a partition)",
+    ),
     ("superfloppy", "disk", {}, {"usb:SUPER01"}, True, "admitted"),
     ("superfloppy", "disk", {"label": "PANO*"}, {"usb:SUPER01"}, True, "admitted"),
     ("superfloppy", "disk", {"label": "pano ?"}, {"usb:SUPER01"}, True, "admitted"),  # case-insensitive
@@ -157,8 +193,14 @@ POLICY = [
     ("sata", "part", {"require_enrollment": False}, set(), False, "not USB mass storage"),
     ("sata", "part", {"allow_non_usb": True}, {"fs:C0DE-F00D"}, True, "admitted"),
     ("sata", "part", {"allow_non_usb": True}, set(), False, "not enrolled: fs:C0DE-F00D"),
-    ("sata", "part", {"allow_non_usb": True, "label": "PANO*"}, {"fs:C0DE-F00D"}, False,
-     "label 'EFI' does not match 'PANO*'"),
+    (
+        "sata",
+        "part",
+        {"allow_non_usb": True, "label": "PANO*"},
+        {"fs:C0DE-F00D"},
+        False,
+        "label 'EFI' does not match 'PANO*'",
+    ),
     ("reader", "disk", {}, {"usb:READER000042"}, True, "admitted"),
     ("uas", "disk", {}, {"usb:UAS0001"}, True, "admitted"),
     ("noserial", "disk", {}, {"fs:7777-0001"}, True, "admitted"),
@@ -167,8 +209,11 @@ POLICY = [
 ]
 
 
-@pytest.mark.parametrize("tree,node,settings,enrolled,admitted,reason", POLICY,
-                         ids=[f"{t}-{n}-{i}" for i, (t, n, *_rest) in enumerate(POLICY)])
+@pytest.mark.parametrize(
+    "tree,node,settings,enrolled,admitted,reason",
+    POLICY,
+    ids=[f"{t}-{n}-{i}" for i, (t, n, *_rest) in enumerate(POLICY)],
+)
 def test_policy(infos, tree, node, settings, enrolled, admitted, reason) -> None:
     decision = decide(infos[tree, node], StickSettings(**settings), enrolled.__contains__)
     assert (decision.admitted, decision.reason) == (admitted, reason)
@@ -195,7 +240,10 @@ def test_child_reports_default_decisions(runs) -> None:
 def test_coldplug_reports_present_filesystems_once(runs) -> None:
     out = steps(runs, "coldplug")
     assert sorted(brief(out["start"]["events"])) == [
-        ("add", "sda1", "C0DE-F00D", None), ("add", "sdb1", "1234-ABCD", None), ("add", "sdz", "5E47-0000", None)]
+        ("add", "sda1", "C0DE-F00D", None),
+        ("add", "sdb1", "1234-ABCD", None),
+        ("add", "sdz", "5E47-0000", None),
+    ]
     assert out["duplicates"]["events"] == []  # the overlapping hotplug adds of the same devices are dropped
     assert [p.rsplit("/", 1)[1] for p in out["known"]["syspaths"]] == ["sdb1", "sdz", "sda1"]
 
@@ -230,7 +278,10 @@ def test_media_change_in_a_card_reader(runs) -> None:
 
 def test_a_device_that_breaks_stick_info_is_skipped_and_the_watcher_goes_on(runs) -> None:
     out = steps(runs, "broken")
-    assert sorted(brief(out["start"]["events"])) == [("add", "sdb1", "1234-ABCD", None), ("add", "sdz", "5E47-0000", None)]
+    assert sorted(brief(out["start"]["events"])) == [
+        ("add", "sdb1", "1234-ABCD", None),
+        ("add", "sdz", "5E47-0000", None),
+    ]
     assert out["start"]["skipped"] == 1  # sdx, present at start
     hot = out["hotplug"]
     assert brief(hot["events"]) == [("add", "sdg", "AF7E-0001", None)]  # the next stick still comes through
@@ -260,8 +311,10 @@ def test_receive_buffer_raised_where_permitted(runs) -> None:
         kept = by_variant["keep"]
         assert kept["requested"] == [] and kept["rcvbuf"] >= kept["wanted"]  # libudev's own 128 MiB: not shrunk
     refused = by_variant["eperm"]
-    assert any("cannot raise receive buffer" in r["message"] and "Operation not permitted" in r["message"]
-               for r in refused["logs"])
+    assert any(
+        "cannot raise receive buffer" in r["message"] and "Operation not permitted" in r["message"]
+        for r in refused["logs"]
+    )
     for variant in by_variant.values():  # and events flow in every case
         assert [e["syspath"] for e in variant["events"]] == [variant["paths"]["part"]]
 
@@ -271,6 +324,8 @@ def test_overflow_resyncs_from_a_fresh_enumeration(runs) -> None:
     resync = out["resync"]
     assert resync["resyncs"] == 1
     assert sorted(brief(without(resync["events"], "sdz"))) == [
-        ("add", "sdg", "0E40-0001", None), ("change", "sde", "BBBB-0002", "AAAA-0001"),
-        ("remove", "sdb1", None, "1234-ABCD")]
+        ("add", "sdg", "0E40-0001", None),
+        ("change", "sde", "BBBB-0002", "AAAA-0001"),
+        ("remove", "sdb1", None, "1234-ABCD"),
+    ]
     assert any("overflowed" in r["message"] for r in resync["logs"])

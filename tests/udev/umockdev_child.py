@@ -22,15 +22,19 @@ import os
 import select
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-GI_CANDIDATES = [os.environ.get("PANOSTAGE_TEST_GI_DIR", ""), "/usr/lib/python3/dist-packages/gi",
-                 f"/usr/lib/python3.{sys.version_info.minor}/site-packages/gi",
-                 f"/usr/lib64/python3.{sys.version_info.minor}/site-packages/gi"]
+GI_CANDIDATES = [
+    os.environ.get("PANOSTAGE_TEST_GI_DIR", ""),
+    "/usr/lib/python3/dist-packages/gi",
+    f"/usr/lib/python3.{sys.version_info.minor}/site-packages/gi",
+    f"/usr/lib64/python3.{sys.version_info.minor}/site-packages/gi",
+]
 
 
 def load_gi():
@@ -38,7 +42,7 @@ def load_gi():
     site-packages on sys.path: only the ``gi`` package is loaded, and only if its ``_gi`` extension
     was built for this interpreter's ABI."""
     try:
-        import gi  # noqa: PLC0415 - a gi installed in the venv wins
+        import gi
 
         return gi
     except ImportError:
@@ -52,8 +56,10 @@ def load_gi():
         sys.modules["gi"] = module
         spec.loader.exec_module(module)
         return module
-    raise ImportError(f"no PyGObject for Python {sys.version_info.major}.{sys.version_info.minor} "
-                      f"(looked in {', '.join(filter(None, GI_CANDIDATES))}): apt-get install python3-gi")
+    raise ImportError(
+        f"no PyGObject for Python {sys.version_info.major}.{sys.version_info.minor} "
+        f"(looked in {', '.join(filter(None, GI_CANDIDATES))}): apt-get install python3-gi"
+    )
 
 
 def under_preload() -> bool:
@@ -64,7 +70,7 @@ def probe() -> int:
     try:
         gi = load_gi()
         gi.require_version("UMockdev", "1.0")
-        from gi.repository import UMockdev  # noqa: PLC0415
+        from gi.repository import UMockdev
     except (ImportError, ValueError) as exc:
         print(f"umockdev's Python bindings are not usable: {exc} (apt-get install gir1.2-umockdev-1.0 python3-gi)")
         return 77
@@ -80,9 +86,8 @@ if "--probe" in sys.argv:
 
 gi = load_gi()
 gi.require_version("UMockdev", "1.0")
-from gi.repository import UMockdev  # noqa: E402
-
 import pyudev  # noqa: E402
+from gi.repository import UMockdev  # noqa: E402
 
 from agent.config import StickSettings  # noqa: E402
 from agent.udev import StickEvent, Watcher, decide, stick_info  # noqa: E402
@@ -131,8 +136,11 @@ class Bed:
         """Add a tree; umockdev announces each new device itself (an ``add`` uevent, parents first)."""
         record, paths = built
         # umockdev aborts on a device that exists already: shared parents (hubs, PCI) go in once
-        fresh = [para for para in record.split("\n\n") if para.strip()
-                 and not (self.root / "sys" / para.split("\n", 1)[0][3:].lstrip("/") / "uevent").exists()]
+        fresh = [
+            para
+            for para in record.split("\n\n")
+            if para.strip() and not (self.root / "sys" / para.split("\n", 1)[0][3:].lstrip("/") / "uevent").exists()
+        ]
         record = "\n\n".join(fresh) + "\n\n"
         if not self.tb.add_from_string(record):
             raise RuntimeError("umockdev refused a record")
@@ -148,8 +156,13 @@ class Bed:
         lines = self._uevent_file(syspath).read_bytes().decode("utf-8", "surrogateescape").splitlines()
         return dict(line.split("=", 1) for line in lines if "=" in line)
 
-    def set_props(self, syspath: str, set_: dict[str, str] | None = None, drop: tuple[str, ...] = (),
-                  keep_only: tuple[str, ...] | None = None) -> None:
+    def set_props(
+        self,
+        syspath: str,
+        set_: dict[str, str] | None = None,
+        drop: tuple[str, ...] = (),
+        keep_only: tuple[str, ...] | None = None,
+    ) -> None:
         """Rewrite the device's properties (umockdev keeps them in the sysfs uevent file)."""
         props = self.props(syspath)
         if keep_only is not None:
@@ -172,7 +185,9 @@ class Bed:
         self.tb.remove_device(paths["disk"])
 
 
-def wait_events(watcher: Watcher, until: Callable[[list[StickEvent]], bool], timeout: float = DEADLINE) -> list[StickEvent]:
+def wait_events(
+    watcher: Watcher, until: Callable[[list[StickEvent]], bool], timeout: float = DEADLINE
+) -> list[StickEvent]:
     """Read events until ``until(events)`` holds or the deadline passes (the parent then fails)."""
     events: list[StickEvent] = []
     deadline = time.monotonic() + timeout
@@ -195,8 +210,9 @@ def barrier(bed: Bed, watcher: Watcher, sentinel: str) -> list[StickEvent]:
 
 
 def sentinel_tree() -> tuple[str, dict[str, str]]:
-    return trees.usb_stick("sdz", port="2-9", host=30, minor=240, serial="SENTINEL", uuid="5E47-0000",
-                           label="SENTINEL", partitioned=False)
+    return trees.usb_stick(
+        "sdz", port="2-9", host=30, minor=240, serial="SENTINEL", uuid="5E47-0000", label="SENTINEL", partitioned=False
+    )
 
 
 # ------------------------------------------------------------------ scenarios
@@ -205,19 +221,39 @@ def scenario_describe() -> None:
     bed = Bed()
     built = {
         "usb": trees.usb_stick("sdb"),
-        "superfloppy": trees.usb_stick("sdc", port="1-2", host=7, minor=32, serial="SUPER01", uuid="5555-0001",
-                                       label="PANO 7", partitioned=False),
-        "ext4": trees.usb_stick("sdd", port="1-3", host=10, minor=48, serial="EXT4STICK", fs_type="ext4",
-                                uuid="3f0e4a1c-9d3b-4c1e-8a61-2f6f0b6e1d2a", label="data"),
+        "superfloppy": trees.usb_stick(
+            "sdc", port="1-2", host=7, minor=32, serial="SUPER01", uuid="5555-0001", label="PANO 7", partitioned=False
+        ),
+        "ext4": trees.usb_stick(
+            "sdd",
+            port="1-3",
+            host=10,
+            minor=48,
+            serial="EXT4STICK",
+            fs_type="ext4",
+            uuid="3f0e4a1c-9d3b-4c1e-8a61-2f6f0b6e1d2a",
+            label="data",
+        ),
         "sata": trees.sata_disk("sda"),
         "reader": trees.card_reader("sde"),
         "uas": trees.uas_without_usb_parent("sdf"),
-        "noserial": trees.usb_stick("sdg", port="1-5", host=11, minor=96, serial=None, uuid="7777-0001",
-                                    label="PANONS", partitioned=False),
-        "blank": trees.usb_stick("sdh", port="1-6", host=12, minor=112, serial="BLANK01", fs_type=None,
-                                 partitioned=False),
-        "fixed-usb": trees.usb_stick("sdi", port="1-7", host=13, minor=128, serial="USBSSD01", uuid="9999-0001",
-                                     label="PANOSSD", partitioned=False, removable=False),
+        "noserial": trees.usb_stick(
+            "sdg", port="1-5", host=11, minor=96, serial=None, uuid="7777-0001", label="PANONS", partitioned=False
+        ),
+        "blank": trees.usb_stick(
+            "sdh", port="1-6", host=12, minor=112, serial="BLANK01", fs_type=None, partitioned=False
+        ),
+        "fixed-usb": trees.usb_stick(
+            "sdi",
+            port="1-7",
+            host=13,
+            minor=128,
+            serial="USBSSD01",
+            uuid="9999-0001",
+            label="PANOSSD",
+            partitioned=False,
+            removable=False,
+        ),
     }
     context = pyudev.Context()
     for name, (record, _) in built.items():
@@ -271,20 +307,46 @@ def scenario_media() -> None:
     emit("start", events=events_json(watcher.start()))
     bed.uevent(reader, "change")  # same card, e.g. our own write (udev watch)
     emit("same", events=events_json(barrier(bed, watcher, sentinel)))
-    bed.set_props(reader, {"ID_FS_UUID": "BBBB-0002", "ID_FS_UUID_ENC": "BBBB-0002", "ID_FS_LABEL": "PANOCARD2",
-                           "ID_FS_LABEL_ENC": "PANOCARD2", "DISK_MEDIA_CHANGE": "1"})
+    bed.set_props(
+        reader,
+        {
+            "ID_FS_UUID": "BBBB-0002",
+            "ID_FS_UUID_ENC": "BBBB-0002",
+            "ID_FS_LABEL": "PANOCARD2",
+            "ID_FS_LABEL_ENC": "PANOCARD2",
+            "DISK_MEDIA_CHANGE": "1",
+        },
+    )
     bed.uevent(reader, "change")
     emit("swapped", events=events_json(barrier(bed, watcher, sentinel)))
-    bed.set_props(reader, {"DISK_MEDIA_CHANGE": "1"},
-                  drop=("ID_FS_TYPE", "ID_FS_USAGE", "ID_FS_UUID", "ID_FS_UUID_ENC", "ID_FS_LABEL",
-                        "ID_FS_LABEL_ENC", "ID_FS_VERSION"))
+    bed.set_props(
+        reader,
+        {"DISK_MEDIA_CHANGE": "1"},
+        drop=(
+            "ID_FS_TYPE",
+            "ID_FS_USAGE",
+            "ID_FS_UUID",
+            "ID_FS_UUID_ENC",
+            "ID_FS_LABEL",
+            "ID_FS_LABEL_ENC",
+            "ID_FS_VERSION",
+        ),
+    )
     bed.tb.set_attribute(reader, "size", "0")
     bed.uevent(reader, "change")
     emit("pulled", events=events_json(barrier(bed, watcher, sentinel)))
     bed.uevent(reader, "change")  # the empty reader polled again: nothing to report
     emit("empty", events=events_json(barrier(bed, watcher, sentinel)))
-    bed.set_props(reader, {"ID_FS_TYPE": "vfat", "ID_FS_USAGE": "filesystem", "ID_FS_UUID": "CCCC-0003",
-                           "ID_FS_LABEL": "PANOCARD3", "DISK_MEDIA_CHANGE": "1"})
+    bed.set_props(
+        reader,
+        {
+            "ID_FS_TYPE": "vfat",
+            "ID_FS_USAGE": "filesystem",
+            "ID_FS_UUID": "CCCC-0003",
+            "ID_FS_LABEL": "PANOCARD3",
+            "DISK_MEDIA_CHANGE": "1",
+        },
+    )
     bed.tb.set_attribute(reader, "size", "2097152")
     bed.uevent(reader, "change")
     emit("inserted", events=events_json(barrier(bed, watcher, sentinel)))
@@ -301,18 +363,32 @@ def scenario_broken() -> None:
     bed = Bed()
     sentinel = bed.add(sentinel_tree())["disk"]
     good = bed.add(trees.usb_stick("sdb"))
-    _break(bed, bed.add(trees.usb_stick("sdx", port="1-8", host=20, minor=160, serial="BROKEN1", uuid="BAD0-0001",
-                                        partitioned=False)))
+    _break(
+        bed,
+        bed.add(
+            trees.usb_stick(
+                "sdx", port="1-8", host=20, minor=160, serial="BROKEN1", uuid="BAD0-0001", partitioned=False
+            )
+        ),
+    )
     watcher = Watcher()
     emit("start", events=events_json(watcher.start()), skipped=watcher.skipped)
     # hotplug: the partition's event is fine, but its disk (read from sysfs by stick_info) is not
     paths = bed.add(trees.usb_stick("sdy", port="1-9", host=21, minor=176, serial="BROKEN2", uuid="BAD0-0002"))
     _break(bed, paths)
     bed.uevent(paths["part"], "change")
-    after = bed.add(trees.usb_stick("sdg", port="1-5", host=11, minor=96, serial="AFTER01", uuid="AF7E-0001",
-                                    partitioned=False))
-    emit("hotplug", events=events_json(barrier(bed, watcher, sentinel)), skipped=watcher.skipped, after=after,
-         good=good, broken=paths, logs=TAP.records)
+    after = bed.add(
+        trees.usb_stick("sdg", port="1-5", host=11, minor=96, serial="AFTER01", uuid="AF7E-0001", partitioned=False)
+    )
+    emit(
+        "hotplug",
+        events=events_json(barrier(bed, watcher, sentinel)),
+        skipped=watcher.skipped,
+        after=after,
+        good=good,
+        broken=paths,
+        logs=TAP.records,
+    )
     watcher.close()
 
 
@@ -359,16 +435,31 @@ def scenario_order() -> None:
     """
     bed = Bed()
     sentinel = bed.add(sentinel_tree())["disk"]
-    for variant, cls, name, minor in (("listen-first", Watcher, "sdb", 16), ("enumerate-first", EnumerateFirst, "sdk", 144)):
+    for variant, cls, name, minor in (
+        ("listen-first", Watcher, "sdb", 16),
+        ("enumerate-first", EnumerateFirst, "sdk", 144),
+    ):
         fired: list[dict[str, str]] = []
 
-        def fire(name: str = name, minor: int = minor) -> None:
+        def fire(name: str = name, minor: int = minor, fired: list[dict[str, str]] = fired) -> None:
             if not fired:
-                fired.append(bed.add(trees.usb_stick(name, port=f"3-{minor}", host=minor, minor=minor,
-                                                     serial=f"RACE{minor}", uuid=f"ACE0-{minor:04d}")))
+                fired.append(
+                    bed.add(
+                        trees.usb_stick(
+                            name,
+                            port=f"3-{minor}",
+                            host=minor,
+                            minor=minor,
+                            serial=f"RACE{minor}",
+                            uuid=f"ACE0-{minor:04d}",
+                        )
+                    )
+                )
 
-        watcher = cls(context_factory=lambda: HookedContext(pyudev.Context(), fire),
-                      monitor_factory=lambda ctx: HookedMonitor(pyudev.Monitor.from_netlink(ctx._inner, source="udev"), fire))
+        watcher = cls(
+            context_factory=lambda: HookedContext(pyudev.Context(), fire),
+            monitor_factory=lambda ctx: HookedMonitor(pyudev.Monitor.from_netlink(ctx._inner, source="udev"), fire),
+        )
         started = watcher.start()
         later = barrier(bed, watcher, sentinel)
         emit("order", variant=variant, start=events_json(started), read=events_json(later), paths=fired[0])
@@ -402,22 +493,35 @@ def scenario_buffer() -> None:
     """The receive buffer is raised where permitted (never shrunk); EPERM is logged and the watcher works on."""
     bed = Bed()
     sentinel = bed.add(sentinel_tree())["disk"]
-    for n, (variant, wanted, refuse) in enumerate((("raise", 384 << 20, False), ("keep", 4 << 20, False),
-                                                     ("eperm", 384 << 20, True)), start=1):
+    for n, (variant, wanted, refuse) in enumerate(
+        (("raise", 384 << 20, False), ("keep", 4 << 20, False), ("eperm", 384 << 20, True)), start=1
+    ):
         monitors: list[RecordingMonitor] = []
 
-        def factory(ctx: pyudev.Context, refuse: bool = refuse) -> RecordingMonitor:
+        def factory(
+            ctx: pyudev.Context, refuse: bool = refuse, monitors: list[RecordingMonitor] = monitors
+        ) -> RecordingMonitor:
             monitors.append(RecordingMonitor(pyudev.Monitor.from_netlink(ctx, source="udev"), refuse=refuse))
             return monitors[0]
 
         watcher = Watcher(monitor_factory=factory, receive_buffer_bytes=wanted)
         watcher.start()
-        paths = bed.add(trees.usb_stick(f"sd{'bcd'[n - 1]}", port=f"4-{n}", host=40 + n, minor=16 * n,
-                                        serial=f"BUF{n}", uuid=f"B0F0-000{n}"))
+        paths = bed.add(
+            trees.usb_stick(
+                f"sd{'bcd'[n - 1]}", port=f"4-{n}", host=40 + n, minor=16 * n, serial=f"BUF{n}", uuid=f"B0F0-000{n}"
+            )
+        )
         events = barrier(bed, watcher, sentinel)
-        emit("buffer", variant=variant, wanted=wanted, requested=monitors[0].requested,
-             rcvbuf=receive_buffer_size(watcher.fileno()), events=events_json(events), paths=paths,
-             logs=list(TAP.records))
+        emit(
+            "buffer",
+            variant=variant,
+            wanted=wanted,
+            requested=monitors[0].requested,
+            rcvbuf=receive_buffer_size(watcher.fileno()),
+            events=events_json(events),
+            paths=paths,
+            logs=list(TAP.records),
+        )
         TAP.records.clear()
         watcher.close()
 
@@ -439,19 +543,27 @@ def scenario_resync() -> None:
     # what happens while the socket overflows (umockdev still queues these events; after the resync
     # they are recognised as already known)
     bed.tb.remove_device(gone["disk"])
-    new = bed.add(trees.usb_stick("sdg", port="1-5", host=11, minor=96, serial="NEW01", uuid="0E40-0001",
-                                  partitioned=False))
+    new = bed.add(
+        trees.usb_stick("sdg", port="1-5", host=11, minor=96, serial="NEW01", uuid="0E40-0001", partitioned=False)
+    )
     bed.set_props(swapped, {"ID_FS_UUID": "BBBB-0002"})
     monitors[0].overflow = True
     bed.uevent(sentinel, "change")  # makes the fd readable; the poll then fails with ENOBUFS
     events = wait_events(watcher, lambda evs: len(evs) >= 3)
     events += barrier(bed, watcher, sentinel)
-    emit("resync", events=events_json(events), resyncs=watcher.resyncs, gone=gone, new=new, swapped=swapped,
-         logs=TAP.records)
+    emit(
+        "resync",
+        events=events_json(events),
+        resyncs=watcher.resyncs,
+        gone=gone,
+        new=new,
+        swapped=swapped,
+        logs=TAP.records,
+    )
     watcher.close()
 
 
-SCENARIOS = {name[len("scenario_"):]: func for name, func in globals().items() if name.startswith("scenario_")}
+SCENARIOS = {name[len("scenario_") :]: func for name, func in globals().items() if name.startswith("scenario_")}
 
 if __name__ == "__main__":
     if not under_preload():

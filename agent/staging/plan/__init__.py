@@ -35,7 +35,25 @@ from agent.staging.plan.keys import FLAT_KEYS, FORMATS, PORT_KEYS, STRUCTURED_KE
 from agent.staging.plan.reading import MAX_FILE_BYTES, decode, format_of, parse_plan, read_plan_file
 
 __all__ = [
-    "ACTION_KEYS", "FALSE_WORDS", "FLAT_KEYS", "FORMATS", "MAX_FILE_BYTES", "OTA_KEYS", "PORT_KEYS", "SHOWN_PROBLEMS",
-    "STRUCTURED_KEYS", "TRUE_WORDS", "PlanEntry", "PlanFileError", "PlanValidationError", "RowProblem",
-    "build_actions", "check_actions", "decode", "describe_actions", "format_of", "parse_plan", "read_plan_file",
+    "ACTION_KEYS",
+    "FALSE_WORDS",
+    "FLAT_KEYS",
+    "FORMATS",
+    "MAX_FILE_BYTES",
+    "OTA_KEYS",
+    "PORT_KEYS",
+    "SHOWN_PROBLEMS",
+    "STRUCTURED_KEYS",
+    "TRUE_WORDS",
+    "PlanEntry",
+    "PlanFileError",
+    "PlanValidationError",
+    "RowProblem",
+    "build_actions",
+    "check_actions",
+    "decode",
+    "describe_actions",
+    "format_of",
+    "parse_plan",
+    "read_plan_file",
 ]

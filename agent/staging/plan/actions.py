@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from agent.errors import Violation
 
@@ -12,8 +12,9 @@ OTA_KEYS = ("image_version", "allow_major")
 _PLACEHOLDER_DEVICE = "plan-entry"
 
 
-def build_actions(ota_version: str | None = None, allow_major: bool | None = None,
-                  reboot: bool | None = None) -> dict[str, object]:
+def build_actions(
+    ota_version: str | None = None, allow_major: bool | None = None, reboot: bool | None = None
+) -> dict[str, object]:
     """The stored form of the actions; ``allow_major`` without a version is kept so the check names it."""
     actions: dict[str, object] = {}
     if ota_version is not None or allow_major:
@@ -28,13 +29,21 @@ def build_actions(ota_version: str | None = None, allow_major: bool | None = Non
 
 def check_actions(actions: object, names: Mapping[str, str] | None = None) -> list[Violation]:
     """Every broken rule in ``actions``; ``names`` renames the fields (``"ota.image_version"`` -> ``"--ota"``)."""
-    names = {"ota": "actions.ota", "ota.image_version": "actions.ota.image_version",
-             "ota.allow_major": "actions.ota.allow_major", "reboot": "actions.reboot", "": "actions",
-             **(names or {})}
+    names = {
+        "ota": "actions.ota",
+        "ota.image_version": "actions.ota.image_version",
+        "ota.allow_major": "actions.ota.allow_major",
+        "reboot": "actions.reboot",
+        "": "actions",
+        **(names or {}),
+    }
     if not isinstance(actions, Mapping):
         return [Violation(names[""], actions, "must be a table (ota, reboot)")]
-    found = [Violation(f"{names['']}.{key}", actions[key], f"unknown action; known: {', '.join(ACTION_KEYS)}")
-             for key in actions if key not in ACTION_KEYS]
+    found = [
+        Violation(f"{names['']}.{key}", actions[key], f"unknown action; known: {', '.join(ACTION_KEYS)}")
+        for key in actions
+        if key not in ACTION_KEYS
+    ]
     reboot = actions.get("reboot")
     if reboot is not None and not isinstance(reboot, bool):
         found.append(Violation(names["reboot"], reboot, "must be a boolean (true/false)"))
@@ -43,8 +52,11 @@ def check_actions(actions: object, names: Mapping[str, str] | None = None) -> li
         return found
     if not isinstance(ota, Mapping):
         return found + [Violation(names["ota"], ota, "must be a table (image_version, allow_major)")]
-    found += [Violation(f"{names['ota']}.{key}", ota[key], f"unknown key; known: {', '.join(OTA_KEYS)}")
-              for key in ota if key not in OTA_KEYS]
+    found += [
+        Violation(f"{names['ota']}.{key}", ota[key], f"unknown key; known: {', '.join(OTA_KEYS)}")
+        for key in ota
+        if key not in OTA_KEYS
+    ]
     # the OTA job's documented rules, checked once, where CreateJobForDevices is checked
     from agent.aws import validation
 
@@ -52,8 +64,10 @@ def check_actions(actions: object, names: Mapping[str, str] | None = None) -> li
     if ota.get("allow_major") is not None:
         config["AllowMajorVersionUpdate"] = ota["allow_major"]
     job = {"DeviceIds": [_PLACEHOLDER_DEVICE], "JobType": "OTA", "DeviceJobConfig": {"OTAJobConfig": config}}
-    renames = {"DeviceJobConfig.OTAJobConfig.ImageVersion": names["ota.image_version"],
-               "DeviceJobConfig.OTAJobConfig.AllowMajorVersionUpdate": names["ota.allow_major"]}
+    renames = {
+        "DeviceJobConfig.OTAJobConfig.ImageVersion": names["ota.image_version"],
+        "DeviceJobConfig.OTAJobConfig.AllowMajorVersionUpdate": names["ota.allow_major"],
+    }
     for violation in validation.check("CreateJobForDevices", job):
         path = renames.get(violation.path, names["ota"])
         rule = violation.rule
@@ -79,8 +93,9 @@ def describe_actions(actions: object) -> str:
     parts = []
     ota = actions.get("ota")
     if isinstance(ota, Mapping):
-        parts.append(f"ota {ota.get('image_version')}" + (" (major allowed)" if ota.get("allow_major") else "")
-                     + state("ota"))
+        parts.append(
+            f"ota {ota.get('image_version')}" + (" (major allowed)" if ota.get("allow_major") else "") + state("ota")
+        )
     if actions.get("reboot"):
         parts.append("reboot" + state("reboot"))
     return ", ".join(parts) or "-"

@@ -24,8 +24,12 @@ def csv_rows(text: str, source: str) -> tuple[list[Row], list[RowProblem]]:
         except StopIteration:
             break
         except csv.Error as exc:
-            raise PlanFileError(source, f"not valid CSV in the row starting here: {exc}", line=start,
-                                hint='quote a cell holding "," or a line break, and double a quote inside one') from None
+            raise PlanFileError(
+                source,
+                f"not valid CSV in the row starting here: {exc}",
+                line=start,
+                hint='quote a cell holding "," or a line break, and double a quote inside one',
+            ) from None
         cells = [cell.strip() for cell in cells]
         if not any(cells):
             continue  # a blank line, or a row of empty cells (spreadsheets write those)
@@ -39,8 +43,11 @@ def csv_rows(text: str, source: str) -> tuple[list[Row], list[RowProblem]]:
                 continue  # an empty cell: not given
             column = header[index] if index < len(header) else ""
             if not column:
-                problems.append(RowProblem(start, None, Violation(
-                    f"column {index + 1}", cell, "a cell in a column without a header name")))
+                problems.append(
+                    RowProblem(
+                        start, None, Violation(f"column {index + 1}", cell, "a cell in a column without a header name")
+                    )
+                )
             elif column in FLAT_KEYS and column not in row:
                 row[column] = cell
         rows.append((start, row))
@@ -59,7 +66,9 @@ def _header_problems(header: list[str], line: int) -> list[RowProblem]:
                 rule += " (the separator is a comma, not a semicolon)"
             problems.append(RowProblem(line, None, Violation(f"header column {index + 1}", column, rule)))
         elif column in seen:
-            problems.append(RowProblem(line, None, Violation(f"header column {index + 1}", column, "column given twice")))
+            problems.append(
+                RowProblem(line, None, Violation(f"header column {index + 1}", column, "column given twice"))
+            )
         seen.add(column)
     if "name" not in header:
         problems.append(RowProblem(line, None, Violation("header", None, "the name column is required")))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from agent.errors import ExitCode, InputValidationError, PanostageError, Violation
 
@@ -54,9 +55,12 @@ class PlanFileError(PanostageError):
     exit_code = ExitCode.VALIDATION
     reason = "plan-file"
 
-    def __init__(self, source: str, problem: str, *, line: int | None = None, column: int | None = None,
-                 hint: str | None = None) -> None:
-        where = f" (line {line}" + (f", column {column}" if column is not None else "") + ")" if line is not None else ""
+    def __init__(
+        self, source: str, problem: str, *, line: int | None = None, column: int | None = None, hint: str | None = None
+    ) -> None:
+        where = (
+            f" (line {line}" + (f", column {column}" if column is not None else "") + ")" if line is not None else ""
+        )
         details: dict[str, object] = {"source": source}
         if line is not None:
             details["line"] = line

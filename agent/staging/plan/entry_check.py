@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Collection, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import UsageError, Violation
 from agent.staging.plan.actions import build_actions, check_actions
@@ -25,9 +26,14 @@ def check_entry(fields: object, *, csv_cells: bool) -> tuple[str | None, PlanEnt
     if not isinstance(fields, Mapping):
         return None, None, [Violation("(entry)", fields, "must be a table/object of the plan keys")]
     allowed = FLAT_KEYS if csv_cells else FLAT_KEYS + STRUCTURED_KEYS
-    found = [Violation(str(key), fields[key], f"unknown key; known: {', '.join(allowed)}")
-             for key in fields if key not in allowed]
-    found += [Violation(path, value, "not valid Unicode text (a lone surrogate)") for path, value in _surrogates(fields)]
+    found = [
+        Violation(str(key), fields[key], f"unknown key; known: {', '.join(allowed)}")
+        for key in fields
+        if key not in allowed
+    ]
+    found += [
+        Violation(path, value, "not valid Unicode text (a lone surrogate)") for path, value in _surrogates(fields)
+    ]
     reader = _Fields(fields, found)
     base = reader.table("request", "must be a table: the ProvisionDevice request")
     name = reader.text("name")
@@ -84,8 +90,9 @@ def _actions(reader: _Fields, fields: Mapping[str, Any], found: list[Violation])
     flat = [key for key in ("ota_version", "allow_major", "reboot") if fields.get(key) is not None]
     if fields.get("actions") is not None:
         if flat:
-            found.append(Violation("actions", fields["actions"],
-                                   f"give either an actions table or {', '.join(flat)}, not both"))
+            found.append(
+                Violation("actions", fields["actions"], f"give either an actions table or {', '.join(flat)}, not both")
+            )
             return {}
         actions = fields["actions"]
         problems = check_actions(actions)
@@ -96,8 +103,17 @@ def _actions(reader: _Fields, fields: Mapping[str, Any], found: list[Violation])
         return build_actions(ota.get("image_version"), ota.get("allow_major"), actions.get("reboot"))
     version, allow_major, reboot = reader.text("ota_version"), reader.flag("allow_major"), reader.flag("reboot")
     actions = build_actions(version, allow_major, reboot)
-    found.extend(check_actions(actions, {"ota": "ota_version", "ota.image_version": "ota_version",
-                                         "ota.allow_major": "allow_major", "reboot": "reboot"}))
+    found.extend(
+        check_actions(
+            actions,
+            {
+                "ota": "ota_version",
+                "ota.image_version": "ota_version",
+                "ota.allow_major": "allow_major",
+                "reboot": "reboot",
+            },
+        )
+    )
     return actions
 
 
@@ -189,9 +205,11 @@ def _surrogates(value: object, path: str = "") -> Iterator[tuple[str, object]]:
 _REQUEST_TO_KEY = [
     ("NetworkingConfiguration.Ntp.NtpServers", "ntp"),
     ("NetworkingConfiguration.Ntp", "ntp"),
-    *[(f"NetworkingConfiguration.{eth}.StaticIpConnectionInfo.{member}", f"{port}_{key}")
-      for port, eth in (("eth0", "Ethernet0"), ("eth1", "Ethernet1"))
-      for member, key in (("IpAddress", "ip"), ("Mask", "mask"), ("DefaultGateway", "gateway"), ("Dns", "dns"))],
+    *[
+        (f"NetworkingConfiguration.{eth}.StaticIpConnectionInfo.{member}", f"{port}_{key}")
+        for port, eth in (("eth0", "Ethernet0"), ("eth1", "Ethernet1"))
+        for member, key in (("IpAddress", "ip"), ("Mask", "mask"), ("DefaultGateway", "gateway"), ("Dns", "dns"))
+    ],
     *[(f"NetworkingConfiguration.{eth}", port) for port, eth in (("eth0", "Ethernet0"), ("eth1", "Ethernet1"))],
     ("Name", "name"),
     ("Description", "description"),
@@ -205,7 +223,7 @@ def _user_field(path: str, given: Collection[str], has_request: bool) -> str:
         if path == prefix or path.startswith((prefix + ".", prefix + "[", prefix + " ")):
             family = key.split("_")[0] if key.startswith("eth") else key
             if not has_request or key in given or any(g == family or g.startswith(family + "_") for g in given):
-                rest = path[len(prefix):]
+                rest = path[len(prefix) :]
                 if rest.startswith(".StaticIpConnectionInfo") or rest.startswith(".ConnectionType"):
                     rest = ""
                 return key + rest

@@ -26,7 +26,14 @@ def json_rows(text: str, source: str) -> tuple[list[Row], list[RowProblem]]:
         line = scanner.line(offset)
         for key in dict.fromkeys(duplicates):
             name = value.get("name") if isinstance(value, dict) else None
-            problems.append(RowProblem(line, name if isinstance(name, str) else None,
-                                       Violation(key, value.get(key) if isinstance(value, dict) else None, "key given twice in one object")))
+            problems.append(
+                RowProblem(
+                    line,
+                    name if isinstance(name, str) else None,
+                    Violation(
+                        key, value.get(key) if isinstance(value, dict) else None, "key given twice in one object"
+                    ),
+                )
+            )
         rows.append((line, value))
     return rows, problems

@@ -72,7 +72,7 @@ class JsonPlanScanner:
     def devices(self, source: str) -> list[Found]:
         """The devices of a bare list, or of the one ``"devices"`` key of a top-level object."""
         i = self.space(0)
-        head = self.expect(i, "[{", "a list of devices, or an object with \"devices\"")
+        head = self.expect(i, "[{", 'a list of devices, or an object with "devices"')
         if head == "[":
             found, i = self.items(i)
         else:
@@ -87,14 +87,16 @@ class JsonPlanScanner:
                     self.expect(i, ":", "':' delimiter")
                     i = self.space(i + 1)
                     if key != "devices":
-                        raise PlanFileError(source, f"unknown top-level key {key!r}", line=self.line(key_at),
-                                            hint=SHAPE_HINT["json"])
+                        raise PlanFileError(
+                            source, f"unknown top-level key {key!r}", line=self.line(key_at), hint=SHAPE_HINT["json"]
+                        )
                     if seen:
                         raise PlanFileError(source, '"devices" given twice', line=self.line(key_at))
                     seen = True
                     if i < len(self.text) and self.text[i] != "[":
-                        raise PlanFileError(source, '"devices" must be a list', line=self.line(i),
-                                            hint=SHAPE_HINT["json"])
+                        raise PlanFileError(
+                            source, '"devices" must be a list', line=self.line(i), hint=SHAPE_HINT["json"]
+                        )
                     found, i = self.items(i)
                     i = self.space(i)
                     if self.expect(i, ",}", "',' delimiter") == "}":

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Callable, Collection, Mapping
 
 from agent.errors import UsageError, Violation
 from agent.staging.plan.csv_format import csv_rows
@@ -18,7 +18,10 @@ from agent.staging.plan.toml_format import toml_rows
 MAX_FILE_BYTES = 32 << 20
 #: Each format's reader: (text, source) -> (the entries with their lines, problems of the file's layout).
 _ROW_READERS: dict[str, Callable[[str, str], tuple[list[Row], list[RowProblem]]]] = {
-    "csv": csv_rows, "toml": toml_rows, "json": json_rows}
+    "csv": csv_rows,
+    "toml": toml_rows,
+    "json": json_rows,
+}
 
 
 def format_of(path: str | Path, fmt: str | None = None) -> str:
@@ -30,8 +33,10 @@ def format_of(path: str | Path, fmt: str | None = None) -> str:
     suffix = Path(str(path)).suffix.lower().lstrip(".")
     if suffix in FORMATS:
         return suffix
-    raise UsageError(f"cannot tell the format of {path} from its name",
-                     hint=f"name it .csv, .toml or .json, or give --format {'|'.join(FORMATS)}")
+    raise UsageError(
+        f"cannot tell the format of {path} from its name",
+        hint=f"name it .csv, .toml or .json, or give --format {'|'.join(FORMATS)}",
+    )
 
 
 def read_plan_file(path: str | Path, fmt: str | None = None, *, existing: Collection[str] = ()) -> list[PlanEntry]:
@@ -54,8 +59,10 @@ def read_plan_file(path: str | Path, fmt: str | None = None, *, existing: Collec
             with open(path, "rb") as handle:
                 raw = handle.read(MAX_FILE_BYTES + 1)
         except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-            raise UsageError(f"cannot read plan file {path}: {getattr(exc, 'strerror', None) or exc}",
-                             hint="check the path and its permissions") from None
+            raise UsageError(
+                f"cannot read plan file {path}: {getattr(exc, 'strerror', None) or exc}",
+                hint="check the path and its permissions",
+            ) from None
     if len(raw) > MAX_FILE_BYTES:
         raise PlanFileError(source, f"larger than {MAX_FILE_BYTES >> 20} MiB; split the plan")
     return parse_plan(decode(raw, source), fmt, source, existing=existing)
@@ -67,8 +74,12 @@ def decode(raw: bytes, source: str) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise PlanFileError(source, f"not UTF-8 text: byte {raw[exc.start:exc.start + 1].hex()} at offset {exc.start}",
-                            line=line, hint="save the file as UTF-8") from None
+        raise PlanFileError(
+            source,
+            f"not UTF-8 text: byte {raw[exc.start : exc.start + 1].hex()} at offset {exc.start}",
+            line=line,
+            hint="save the file as UTF-8",
+        ) from None
 
 
 def parse_plan(text: str, fmt: str, source: str = "<plan>", *, existing: Collection[str] = ()) -> list[PlanEntry]:

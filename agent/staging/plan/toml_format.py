@@ -26,8 +26,9 @@ def toml_rows(text: str, source: str) -> tuple[list[Row], list[RowProblem]]:
         raise PlanFileError(source, f"unknown top-level key {unknown[0]!r}", hint=SHAPE_HINT["toml"])
     devices = data.get("device", [])
     if not isinstance(devices, list):
-        raise PlanFileError(source, "device must be an array of tables: write [[device]], not [device]",
-                            hint=SHAPE_HINT["toml"])
+        raise PlanFileError(
+            source, "device must be an array of tables: write [[device]], not [device]", hint=SHAPE_HINT["toml"]
+        )
     lines = _device_lines(text)
     if len(lines) != len(devices):
         lines = [None] * len(devices)  # a layout the scanner does not follow: better no line than a wrong one
@@ -83,7 +84,7 @@ def _device_lines(text: str) -> list[int]:
             if char == "#":
                 break
             if line.startswith('"""', i) or line.startswith("'''", i):
-                in_string = line[i:i + 3]
+                in_string = line[i : i + 3]
                 i += 3
                 continue
             if char == '"':

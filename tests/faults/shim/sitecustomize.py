@@ -135,8 +135,13 @@ def _arm_fiu(spec):
     import ctypes
 
     lib = ctypes.CDLL("libfiu.so.0")
-    callback_t = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int),
-                                  ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_uint))
+    callback_t = ctypes.CFUNCTYPE(
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.POINTER(ctypes.c_int),
+        ctypes.POINTER(ctypes.c_void_p),
+        ctypes.POINTER(ctypes.c_uint),
+    )
     lib.fiu_enable_external.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, callback_t]
     calls = [0]
 
@@ -153,7 +158,9 @@ def _arm_fiu(spec):
         if os.environ.get("FAULTKIT_TRACE"):
             import traceback
 
-            frame = [f for f in traceback.extract_stack()[:-1] if "/agent/" in f.filename or "subprocess" in f.filename][-3:]
+            frame = [
+                f for f in traceback.extract_stack()[:-1] if "/agent/" in f.filename or "subprocess" in f.filename
+            ][-3:]
             os.write(2, f"faultkit: {spec['point']} call {calls[0]}: {[(f.name, f.lineno) for f in frame]}\n".encode())
         return 1 if calls[0] == int(spec["at"]) else 0
 
@@ -185,9 +192,11 @@ def _window(target) -> None:
         patched = []
         disarm = None
         try:
-            for spec, action in ((call, call and _raiser(call.get("errno", "EIO"))),
-                                 (hold, hold and _holder(hold["marker"])),
-                                 (vanish, vanish and gone)):
+            for spec, action in (
+                (call, call and _raiser(call.get("errno", "EIO"))),
+                (hold, hold and _holder(hold["marker"])),
+                (vanish, vanish and gone),
+            ):
                 if spec:
                     name = spec["call"].removeprefix("os.")
                     real = getattr(os, name)
