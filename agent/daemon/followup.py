@@ -90,8 +90,8 @@ class FollowUp:
             self._kicked = False
         state = self.ctx.state
         changed = False
-        staged = state.brief("staged")
-        if staged and self.staged.due <= now:
+        staged = state.brief("staged") if self.staged.due <= now else []  # read only when a pass is due
+        if staged:
             moved = self._contained(self._staged_pass, staged, default=False)
             self.staged.after(moved, now)
             changed |= moved

@@ -43,7 +43,7 @@ def _fold_char(char: str) -> str:
     return lower if len(lower) == 1 else char
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=256)  # the names of the sticks in view; a large cache only grows the heap
 def fold(name: str) -> str:
     """The form in which FAT-equal names are equal (see the module's docstring)."""
     if name.isascii():
