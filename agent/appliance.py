@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.archive import ArchiveReport, Outcome, verify_archive
+from agent.archive import CertificateInfo, Outcome, verify_archive
 from agent.clock import Clock, iso
-from agent.stick import LOG_DIR, archives
+from agent.stick import LOG_DIR, StickTarget, archives
 
 PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.+?\r?\n-----END \1-----", re.DOTALL)
 
@@ -49,7 +49,7 @@ def _member_bytes(data: bytes, member: str) -> bytes | None:
     from agent.archive.zipscan import inflate, read_directory
 
     directory = read_directory(data, Limits())
-    for entry in getattr(directory, "entries", []):
+    for entry in directory.entries:
         if entry.name == member:
             content, problem = inflate(data, entry)
             return None if problem else content
@@ -87,7 +87,7 @@ class Appliance:
         self.clock = clock
         self.serial_number = serial_number
 
-    def consume(self, target: Any) -> ApplianceRun:
+    def consume(self, target: StickTarget) -> ApplianceRun:
         run = self._register(target)
         self._write_logs(target, run)
         return run
@@ -95,7 +95,7 @@ class Appliance:
     def _log(self, run: ApplianceRun, message: str) -> None:
         run.lines.append(f"{iso(self.clock.now())} occ: {message}")
 
-    def _register(self, target: Any) -> ApplianceRun:
+    def _register(self, target: StickTarget) -> ApplianceRun:
         run = ApplianceRun(outcome="failed", reason="")
         found = [e for e in archives(target) if e.kind == "file"]
         self._log(run, f"usb drive found; {len(found)} configuration archive(s) at the root")
@@ -122,12 +122,11 @@ class Appliance:
             )
             self._log(run, run.reason)
             return run
-        return self._claim(run, report, data)
+        return self._claim(run, cert_info, run.device_id, data)
 
-    def _claim(self, run: ApplianceRun, report: ArchiveReport, data: bytes) -> ApplianceRun:
+    def _claim(self, run: ApplianceRun, cert: CertificateInfo, device_id: str, data: bytes) -> ApplianceRun:
         from agent.authority.claim import ClaimRejected, build_claim, post_claim
 
-        cert = report.device_certificate
         cert_pem = _pem(_member_bytes(data, cert.member), "CERTIFICATE")
         key_pem = _pem(_member_bytes(data, cert.key_member), "KEY") if cert.key_member else None
         if not cert_pem or not key_pem:
@@ -136,12 +135,12 @@ class Appliance:
             return run
         self._log(
             run,
-            f"registering {run.device_id} with certificate serial {cert.serial} (valid until {iso(cert.not_after)})",
+            f"registering {device_id} with certificate serial {cert.serial} (valid until {iso(cert.not_after)})",
         )
         try:
             post_claim(
                 self.endpoint_url,
-                build_claim(run.device_id, cert_pem, key_pem, self.clock.now(), serial_number=self.serial_number),
+                build_claim(device_id, cert_pem, key_pem, self.clock.now(), serial_number=self.serial_number),
             )
         except ClaimRejected as exc:
             run.reason = f"registration refused: {exc.message}"
@@ -155,7 +154,7 @@ class Appliance:
         self._log(run, "registration succeeded; device online")
         return run
 
-    def _write_logs(self, target: Any, run: ApplianceRun) -> None:
+    def _write_logs(self, target: StickTarget, run: ApplianceRun) -> None:
         stamp = iso(self.clock.now())
         logs = {
             "occ.log": "\n".join(run.lines) + "\n",

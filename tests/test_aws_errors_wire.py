@@ -21,7 +21,8 @@ from botocore.exceptions import ClientError
 
 from agent.aws.backend import open_backend
 from agent.config import load
-from agent.errors import ExitCode, PanostageError, to_error
+from agent.error_mapping import to_error
+from agent.errors import ExitCode, PanostageError
 from tests.helpers import run_cli
 
 KEY, SECRET, REGION = "AKIDSTUBWIRE00000001", "stub-wire-secret-0123456789", "us-west-2"

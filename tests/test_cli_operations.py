@@ -182,7 +182,7 @@ def test_server_side_validation_is_mapped_too(authority_server):
     """botocore does not check patterns: the authority answers 400 with Fields."""
     from botocore.exceptions import ClientError
 
-    from agent.errors import to_error
+    from agent.error_mapping import to_error
 
     client = authority_server.client()
     with pytest.raises(ClientError) as info:

@@ -71,6 +71,7 @@ def test_explicit_file_replaces_the_standard_ones(tmp_path):
         ("[authority]\nport = 70000\n", "authority.port = 70000 must be at most 65535"),
         ("[backend\n", "not valid TOML"),
         ("backend = 3\n", "backend must be a table"),
+        ("[backend]\nconnect_timeout = 1" + "0" * 400 + "\n", "backend.connect_timeout must be a number"),
     ],
 )
 def test_bad_file_names_file_key_and_type(tmp_path, text, needle):
@@ -150,6 +151,20 @@ def test_authority_regions_is_a_list_in_files_comma_separated_in_the_environment
     assert (row["value"], row["type"]) == (["eu-west-1"], "list of strings"), row
     human = run_cli("config", "show", env=isolated_env(tmp_path), home=tmp_path)
     assert human.returncode == 0 and "authority.regions" in human.stdout
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1e999"])
+def test_a_value_json_cannot_hold_is_reported_in_valid_json(tmp_path, value):
+    env = {**isolated_env(tmp_path), "PANOSTAGE_BACKEND_CONNECT_TIMEOUT": value}
+    result = run_cli("config", "show", "--json", env=env, home=tmp_path)
+    assert result.returncode == ExitCode.CONFIG
+    out = result.stdout or result.stderr
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    error = json.loads(out, parse_constant=refuse)["error"]
+    assert error["details"]["key"] == "backend.connect_timeout" and "finite" in error["message"]
 
 
 def test_config_error_exit_code_and_message_from_the_cli(tmp_path):

@@ -184,6 +184,21 @@ def test_journal_gets_structured_fields(tmp_path):
     assert b"PANOSTAGE_ERROR_MESSAGE\n" + len(message).to_bytes(8, "little") + message in datagram
 
 
+def test_journal_copy_of_a_record_with_times_and_paths(tmp_path):
+    """Values the log writes as text (datetimes, paths) reach the journal as the same text, and the
+    append returns normally: the record is already on disk when the copy is sent."""
+    path = str(tmp_path / "journal.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        server.settimeout(5)
+        log = HandoffLog(tmp_path / "state", journal=Journal(socket_path=path))
+        log.append("handoff", time=NOW, deadline=NOW, stick={"path": tmp_path / "stick"}, outcome="ready")
+        datagram = server.recv(65536)
+    written = list(log.records())[-1]
+    assert f"PANOSTAGE_DEADLINE={written['deadline']}\n".encode() in datagram
+    assert f"PANOSTAGE_STICK_PATH={tmp_path / 'stick'}\n".encode() in datagram
+
+
 def test_a_record_longer_than_the_first_tail_window_still_chains(tmp_path):
     log = HandoffLog(tmp_path)
     log.append("handoff", time=NOW, outcome="failed", error={"message": "y" * 20_000})

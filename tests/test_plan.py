@@ -583,6 +583,41 @@ def test_remove_and_retry_decide_in_the_transaction_that_changes_the_entry(tmp_p
     db.close()
 
 
+def test_plan_retry_never_requeues_an_entry_staged_after_it_looked(tmp_path, monkeypatch):
+    """`plan retry`'s whole rule (which statuses go back, which actions run again) is judged in the
+    transaction that changes the entry: the daemon cannot claim and stage it in between."""
+    import sqlite3
+
+    from agent.cli.plan_cmd import _retried
+
+    db = StateDB(tmp_path / "state")
+    daemon = StateDB(tmp_path / "state")
+    daemon.db.execute("PRAGMA busy_timeout = 0")
+    db.add_entries([("cam-01", {"Name": "cam-01"}, {})])
+    entry = db.entry("cam-01")
+    db.set_entry(entry["id"], status="attention", attempts=3, last_error="stick pulled")
+    read, staged = StateDB.entry, []
+
+    def read_then_stage(self: StateDB, ref: str | int) -> dict:
+        found = read(self, ref)
+        if self is db and not staged:
+            try:  # the daemon takes the entry (put back to pending by someone) and stages it
+                daemon.set_entry(entry["id"], status="pending")
+                claimed = daemon.claim_next("handoff-1")
+                daemon.set_entry(claimed["id"], status="staged", device_id="device-1")
+                staged.append(True)
+            except sqlite3.OperationalError:  # locked out by the retry's transaction: it waits its turn
+                staged.append(False)
+        return found
+
+    monkeypatch.setattr(StateDB, "entry", read_then_stage)
+    retried = db.change_entry("cam-01", lambda e: _retried(e, []))
+    assert staged == [False], "the daemon changed the entry between the retry's judgement and its change"
+    assert (retried["status"], retried["attempts"]) == ("pending", 0)
+    daemon.close()
+    db.close()
+
+
 def test_the_database_is_private_whatever_the_umask(tmp_path):
     old = os.umask(0o022)
     try:

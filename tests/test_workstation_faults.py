@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from agent.authority.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority
-from agent.errors import ExitCode, PanostageError, to_error
+from agent.error_mapping import to_error
+from agent.errors import ExitCode, PanostageError
 from agent.handoff_log import HandoffLog, LogAppendFailed
 from agent.state import StateDB
 from tests.helpers import REPO, clean_env

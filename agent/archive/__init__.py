@@ -7,7 +7,8 @@ inflated, and no member is ever inflated past its declared size + 1.  The verdic
 :class:`Problem` with a stable code (:data:`CODES`).
 
 Modules: ``model`` (limits, outcomes, report), ``zipscan`` (the defensive ZIP reader), ``pki``
-(certificates and keys by content), ``verify`` (the checks and the file-name rules).
+(certificates and keys by content), ``certcheck`` (the device certificate, its CA, keys and time),
+``verify`` (the other checks and the file-name rules), ``keyscan`` (key material in any blob).
 """
 
 from agent.archive.model import (

@@ -239,7 +239,8 @@ class ArchiveReport:
             "manifest": self.manifest,
             "problems": [p.to_dict() for p in self.problems],
         }
-        return _redact(data)
+        redacted: dict[str, Any] = _redact(data)
+        return redacted
 
 
 def decide(problems: list[Problem]) -> Outcome:

@@ -12,9 +12,13 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from agent.archive.model import CertificateInfo, Problem
+
+if TYPE_CHECKING:  # at run time cryptography is imported only inside the functions that need it
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+    from cryptography.x509 import Certificate
 
 _BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,64})-----")
 _END = re.compile(rb"-----END ([A-Z0-9 ]{1,64})-----")
@@ -26,7 +30,7 @@ _WHITESPACE = b" \t\r\n\v\f"
 class FoundCert:
     member: str
     encoding: str
-    cert: Any  # cryptography.x509.Certificate
+    cert: Certificate
     der: bytes
     spki: bytes  # DER SubjectPublicKeyInfo
 
@@ -154,7 +158,7 @@ def _add_pem_key(name: str, block: bytes, found: Found) -> None:
     _add_key(name, "PEM", key, found)
 
 
-def _add_key(name: str, encoding: str, key: Any, found: Found) -> None:
+def _add_key(name: str, encoding: str, key: PrivateKeyTypes, found: Found) -> None:
     from cryptography.hazmat.primitives import serialization
 
     try:

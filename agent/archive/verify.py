@@ -1,17 +1,18 @@
-"""``verify_archive``: structure, members, certificates, keys, time and names, in that order."""
+"""``verify_archive``: structure, members, certificates, keys, time and names, in that order
+(certificates, keys and time: :mod:`agent.archive.certcheck`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
+from typing import Any, NoReturn
 
-from agent.archive.model import ArchiveReport, CertificateInfo, Limits, MemberInfo, Outcome, Problem, decide
-from agent.archive.pki import Found, FoundCert, describe, issued_by, scan_member
+from agent.archive.certcheck import check_pki
+from agent.archive.model import ArchiveReport, Limits, MemberInfo, Outcome, Problem, decide
 from agent.archive.zipscan import Entry, inflate, read_directory
-from agent.clock import iso, utc
+from agent.clock import utc
 from agent.errors import InputValidationError, Violation
 
 FILE_PREFIX = "certificates-omni_"
@@ -26,7 +27,7 @@ _FILE_NAME = re.compile(re.escape(FILE_PREFIX) + r"([A-Za-z0-9_-]{1,255})" + re.
 MAX_STAGED_NAME = 255 - len(FILE_PREFIX) - len(FILE_SUFFIX)
 
 
-def staged_name_violations(device_name: Any, field: str = "Name") -> list[Violation]:
+def staged_name_violations(device_name: object, field: str = "Name") -> list[Violation]:
     """Why ``device_name`` cannot be staged onto a stick (ProvisionDevice allows names FAT cannot hold)."""
     if not isinstance(device_name, str) or not _DEVICE_NAME.fullmatch(device_name):
         return [Violation(field, device_name, "1-255 characters of [a-zA-Z0-9-_]")]
@@ -98,15 +99,15 @@ def verify_archive(
         info.crc_ok = problem is None
         if problem is not None:
             problems.append(problem)
-        else:
-            contents[entry.index] = out  # type: ignore[assignment]
+        elif out is not None:  # always, without a problem
+            contents[entry.index] = out
 
     first: dict[str, Entry] = {}
     for entry in directory.entries:
         first.setdefault(entry.name, entry)
     _check_network(report, first, contents)
     _check_manifest(report, directory.entries, first, contents)
-    _check_pki(report, directory.entries, contents, now, skew_seconds, margin_seconds, limits)
+    check_pki(report, directory.entries, contents, now, skew_seconds, margin_seconds, limits)
     report.outcome = decide(problems)
     return report
 
@@ -157,7 +158,7 @@ def _check_file_name(report: ArchiveReport, file_name: str | None, device_name: 
 def _load_json(content: bytes) -> Any:
     """Strict JSON (UTF-8, no BOM, no NaN); raises ValueError for anything else."""
 
-    def no_constants(name: str) -> Any:
+    def no_constants(name: str) -> NoReturn:
         raise ValueError(f"{name} is not JSON")
 
     try:
@@ -188,9 +189,10 @@ def _check_network(report: ArchiveReport, first: dict[str, Entry], contents: dic
     report.network = network
 
 
-def _manifest_members(listed: Any) -> list[tuple[str, str, int | None]] | None:
+def _manifest_members(listed: object) -> list[tuple[str, str, int | None]] | None:
     """``members`` as (name, sha256, size or None): a {name: sha256} map or a [{name, sha256, size?}] list."""
     out: list[tuple[str, str, int | None]] = []
+    items: list[object]
     if isinstance(listed, dict):
         items = [{"name": k, **(v if isinstance(v, dict) else {"sha256": v})} for k, v in listed.items()]
     elif isinstance(listed, list):
@@ -263,164 +265,3 @@ def _check_manifest(
     for e in entries:
         if not e.is_dir and e.name != MANIFEST_MEMBER and e.name not in names:
             problems.append(Problem("manifest_mismatch", "member is not listed in the manifest", member=e.name))
-
-
-# ---------------------------------------------------------------- certificates, keys and time
-
-
-def _check_pki(
-    report: ArchiveReport,
-    entries: list[Entry],
-    contents: dict[int, bytes],
-    now: datetime,
-    skew_seconds: float,
-    margin_seconds: float,
-    limits: Limits,
-) -> None:
-    problems = report.problems
-    found = Found()
-    for e in entries:
-        if e.index in contents:
-            scan_member(e.name, contents[e.index], found, limits.max_objects)
-    problems.extend(found.problems)
-    report.key_members = list(dict.fromkeys(k.member for k in found.keys))
-
-    certs: list[FoundCert] = []
-    infos: dict[int, CertificateInfo] = {}
-    for fc in found.certs:
-        info = describe(fc, now)
-        if info is None:
-            problems.append(Problem("bad_certificate", "certificate fields do not parse", member=fc.member))
-            continue
-        certs.append(fc)
-        infos[id(fc)] = info
-    report.certificates = [infos[id(c)] for c in certs]
-    if not certs:
-        problems.append(Problem("no_certificate", "no certificate found in any member (PEM or DER)"))
-        return
-    cas = [c for c in certs if infos[id(c)].is_ca]
-    leaves = [c for c in certs if not infos[id(c)].is_ca]
-    if not leaves:
-        report.ca_certificate = infos[id(cas[0])]
-        problems.append(Problem("no_device_certificate", "only CA certificates found: no device certificate"))
-        return
-
-    key_of: dict[bytes, str] = {}
-    for k in found.keys:
-        key_of.setdefault(k.spki, k.member)
-    parents = {id(c): next((ca for ca in cas if issued_by(c, ca)), None) for c in leaves}
-    device = max(leaves, key=lambda c: (c.spki in key_of, parents[id(c)] is not None, infos[id(c)].not_after))
-    for c in certs:
-        infos[id(c)].key_member = key_of.get(c.spki)
-    dinfo = infos[id(device)]
-    report.device_certificate = dinfo
-
-    chain = [(device, dinfo)]
-    if cas:
-        issuer = parents[id(device)]
-        dinfo.chained_to_ca = issuer is not None
-        if issuer is not None:
-            report.ca_certificate = infos[id(issuer)]
-            chain.append((issuer, infos[id(issuer)]))
-        else:
-            named = next((ca for ca in cas if ca.cert.subject == device.cert.issuer), cas[0])
-            report.ca_certificate = infos[id(named)]
-            same_name = report.ca_certificate.subject == dinfo.issuer
-            problems.append(
-                Problem(
-                    "chain_broken",
-                    "the device certificate's signature does not verify with the CA certificate's key"
-                    if same_name
-                    else f"the device certificate was issued by {dinfo.issuer!r}, the CA certificate is "
-                    f"{report.ca_certificate.subject!r}",
-                    member=device.member,
-                )
-            )
-
-    _check_keys(report, found, certs, infos, device)
-    _check_time(report, chain, now, skew_seconds, margin_seconds)
-
-
-def _check_keys(
-    report: ArchiveReport, found: Found, certs: list[FoundCert], infos: dict[int, CertificateInfo], device: FoundCert
-) -> None:
-    problems = report.problems
-    mismatched = False
-    for key in found.keys:
-        owners = [c for c in certs if c.spki == key.spki]
-        if not owners:
-            mismatched = True
-            problems.append(
-                Problem("key_mismatch", "private key matches no certificate in the archive", member=key.member)
-            )
-        elif any(infos[id(c)].is_ca for c in owners):
-            problems.append(
-                Problem(
-                    "ca_private_key",
-                    "the archive carries a CA certificate's private key",
-                    member=key.member,
-                    hint="the CA key is compromised: rotate the CA",
-                )
-            )
-    if not found.keys:
-        if not any(p.code == "key_unreadable" for p in problems):
-            problems.append(
-                Problem(
-                    "no_private_key",
-                    "no private key found in any member (PEM or DER)",
-                    hint="the appliance needs the device certificate's private key",
-                )
-            )
-    elif infos[id(device)].key_member is None and not mismatched:
-        problems.append(Problem("key_mismatch", "no private key matches the device certificate", member=device.member))
-
-
-def _check_time(
-    report: ArchiveReport,
-    chain: list[tuple[FoundCert, CertificateInfo]],
-    now: datetime,
-    skew_seconds: float,
-    margin_seconds: float,
-) -> None:
-    """Validity vs ``now`` for the device certificate and, when chained, its CA.
-
-    Decision: a certificate that starts more than ``skew_seconds`` after ``now`` is ``not_yet_valid``
-    and CORRUPT, not EXPIRED: nothing will expire it into usefulness, provisioning again would fail
-    the same way, and the usual cause is this workstation's clock, which the hint names.
-    """
-    skew = timedelta(seconds=skew_seconds)
-    for fc, info in chain:
-        what = "the CA certificate" if info.is_ca else "the device certificate"
-        left = info.seconds_left
-        if now + skew < info.not_before:
-            ahead = (info.not_before - now).total_seconds()
-            report.problems.append(
-                Problem(
-                    "not_yet_valid",
-                    f"{what} is valid only from {iso(info.not_before)}, {ahead:.0f} s from now",
-                    member=fc.member,
-                    hint=f"check this workstation's clock (timedatectl, NTP): it may be behind by more than the "
-                    f"{skew_seconds:g} s tolerance",
-                )
-            )
-        elif now - skew > info.not_after:
-            report.problems.append(
-                Problem(
-                    "expired",
-                    f"{what} expired at {iso(info.not_after)}, {-left:.0f} s ago",
-                    member=fc.member,
-                    hint="archives cannot be reused: delete the device and provision it again",
-                )
-            )
-        elif left < margin_seconds:
-            state = f"expires in {left:.0f} s" if left >= 0 else f"expired {-left:.0f} s ago (within the clock skew)"
-            report.problems.append(
-                Problem(
-                    "expiring",
-                    f"{what} {state}, less than the {margin_seconds:g} s margin",
-                    member=fc.member,
-                    hint="hand the stick over at once, or provision again",
-                )
-            )
-    report.not_after = min(info.not_after for _, info in chain)
-    report.seconds_left = (report.not_after - now).total_seconds()

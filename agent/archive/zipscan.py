@@ -107,10 +107,10 @@ def read_directory(data: bytes, limits: Limits) -> Directory:
             return refuse("truncated", f"central directory entry {index} runs past the directory")
         raw_name = data[name_at:extra_at]
         if 0xFFFFFFFF in (csize, usize, offset):
-            z64 = _zip64_extra(data[extra_at : extra_at + xlen], usize, csize, offset)
-            if z64 is None:
+            sizes = _zip64_extra(data[extra_at : extra_at + xlen], usize, csize, offset)
+            if sizes is None:
                 return refuse("malformed", f"central directory entry {index} lacks its ZIP64 sizes")
-            usize, csize, offset = z64
+            usize, csize, offset = sizes
         try:
             name = raw_name.decode("utf-8") if flags & FLAG_UTF8 else raw_name.decode("cp437")
         except UnicodeDecodeError:

@@ -7,7 +7,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from agent.errors import ExitCode, PanostageError
@@ -91,11 +91,17 @@ class AdminClient:
                 hint="is `panostage authority serve` running there? check --endpoint-url",
             ) from None
 
+    def _object(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, signed: bool = True
+    ) -> dict[str, Any]:
+        """:meth:`request` for an answer that is a JSON object, as every ``/_local/`` one is."""
+        return cast(dict[str, Any], self.request(method, path, body, signed=signed))
+
     def health(self) -> dict[str, Any]:
-        return self.request("GET", "/_local/health", signed=False)
+        return self._object("GET", "/_local/health", signed=False)
 
     def faults(self) -> dict[str, Any]:
-        return self.request("GET", "/_local/faults")
+        return self._object("GET", "/_local/faults")
 
     def set_faults(
         self, rules: Mapping[str, Mapping[str, Any]], *, seed: int | None = None, replace: bool = False
@@ -104,20 +110,20 @@ class AdminClient:
         body: dict[str, Any] = {"rules": {op: dict(rule) for op, rule in rules.items()}, "replace": replace}
         if seed is not None:
             body["seed"] = seed
-        return self.request("PUT", "/_local/faults", body)
+        return self._object("PUT", "/_local/faults", body)
 
     def set_fault(self, operation: str, **rule: Any) -> dict[str, Any]:
         return self.set_faults({operation: rule})
 
     def clear_faults(self, operation: str | None = None) -> dict[str, Any]:
         suffix = f"?operation={quote(operation, safe='')}" if operation else ""
-        return self.request("DELETE", "/_local/faults" + suffix)
+        return self._object("DELETE", "/_local/faults" + suffix)
 
     def clock(self) -> dict[str, Any]:
-        return self.request("GET", "/_local/clock")
+        return self._object("GET", "/_local/clock")
 
     def set_clock_offset(self, seconds: float) -> dict[str, Any]:
-        return self.request("PUT", "/_local/clock", {"offset_seconds": seconds})
+        return self._object("PUT", "/_local/clock", {"offset_seconds": seconds})
 
     def advance_clock(self, seconds: float) -> dict[str, Any]:
-        return self.request("PUT", "/_local/clock", {"advance_seconds": seconds})
+        return self._object("PUT", "/_local/clock", {"advance_seconds": seconds})

@@ -14,7 +14,7 @@ import hashlib
 import json
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -60,7 +60,6 @@ class _Member:
     size: int = 0
     crc: int = 0
     crc_xor: int = 0  # non-zero: write a wrong CRC (bad_crc)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def build_archive(content: ArchiveContent, defect: str | None = None) -> bytes:

@@ -152,7 +152,11 @@ class CertificateAuthority:
             raise _damaged(key_path, cert_path, f"cannot be parsed ({exc})") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise _damaged(key_path, cert_path, f"{key_path.name} is not an EC private key")
-        if cert.public_key().public_numbers() != key.public_key().public_numbers():
+        cert_key = cert.public_key()
+        if (
+            not isinstance(cert_key, ec.EllipticCurvePublicKey)
+            or cert_key.public_numbers() != key.public_key().public_numbers()
+        ):
             raise _damaged(key_path, cert_path, f"{cert_path.name} does not belong to the key in {key_path.name}")
         return cls(key, cert)
 

@@ -18,15 +18,26 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from agent.config import AuthoritySettings
+
+
+class StartLine(TypedDict):
+    """What the parent writes on this process's stdin (agent/aws/local_authority.py)."""
+
+    fd: int  # the listening socket, inherited
+    state_dir: str
+    region: str
+    settings: dict[str, Any]  # AuthoritySettings as dataclasses.asdict has them
+    credentials: dict[str, str]  # access key ID -> secret
 
 
 def settings_from(fields: dict[str, Any]) -> AuthoritySettings:
     """AuthoritySettings from its JSON form (lists back to tuples)."""
     known = {f.name for f in dataclasses.fields(AuthoritySettings)}
-    return AuthoritySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known})
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known}
+    return AuthoritySettings(**values)
 
 
 def say(message: dict[str, Any]) -> None:
@@ -39,12 +50,13 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="panostage authority[child]: %(levelname)s %(message)s")
-    spec = json.loads(sys.stdin.readline() or "null")
-    if not isinstance(spec, dict):
+    line = json.loads(sys.stdin.readline() or "null")
+    if not isinstance(line, dict):
         print("panostage authority[child]: no start line from the parent", file=sys.stderr)
         return 2
+    spec = cast(StartLine, line)
     from agent.authority.embedded import open_server
-    from agent.errors import to_error
+    from agent.error_mapping import to_error
 
     listening = socket.socket(fileno=spec["fd"])
     try:

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 CLAIM_PATH = "/_local/claim"
 
@@ -67,7 +67,7 @@ def post_claim(endpoint_url: str, claim: dict[str, Any], timeout: float = 10.0) 
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
+            return cast(dict[str, Any], json.loads(resp.read()))  # a JSON object, the claim's outcome
     except urllib.error.HTTPError as exc:
         try:
             body = json.loads(exc.read() or b"{}")

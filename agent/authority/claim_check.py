@@ -102,7 +102,12 @@ def _parse_claim(body: dict[str, Any]) -> tuple[str, x509.Certificate, float, by
         problems.append(Violation("Signature", None, "required: base64 ECDSA-SHA256 signature"))
     if serial is not None and (not isinstance(serial, str) or not re.fullmatch(r"[0-9]{1,20}", serial)):
         problems.append(Violation("SerialNumber", serial, "must be 1-20 digits"))
-    if problems:
+    if problems or not (  # the checks above again, in the form that narrows the types
+        isinstance(device_id, str)
+        and isinstance(cert_pem, str)
+        and isinstance(signature, str)
+        and isinstance(timestamp, int)
+    ):
         raise invalid_request(problems)
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode())

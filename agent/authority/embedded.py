@@ -12,12 +12,16 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.authority.credentials import new_credentials
 from agent.authority.faults import FaultInjector
 from agent.authority.lifecycle import ShiftableClock
 from agent.clock import Clock
 from agent.config import AuthoritySettings
+
+if TYPE_CHECKING:  # imported when a server is opened: the HTTP side pulls in botocore
+    from agent.authority.server import AuthorityHTTPServer
 
 
 def open_server(
@@ -31,7 +35,7 @@ def open_server(
     faults: FaultInjector | None = None,
     region: str,
     listening: socket.socket | None = None,
-):
+) -> AuthorityHTTPServer:
     """The authority's HTTP server over ``state_dir``, bound to ``host:port`` (0: ephemeral), accepting
     credential scopes of ``settings.regions`` (empty: ``region``, the backend's)."""
     from agent.authority.server import AuthorityHTTPServer
@@ -55,15 +59,20 @@ class EmbeddedAuthority:
     secret_access_key: str = field(repr=False)
     region: str
     state_dir: Path
-    server: object = field(repr=False)
+    server: AuthorityHTTPServer | None = field(repr=False)  # None once stopped
 
     @property
     def clock(self) -> ShiftableClock:
-        return self.server.service.clock  # type: ignore[attr-defined]
+        return self._serving().service.clock
 
     @property
     def faults(self) -> FaultInjector:
-        return self.server.faults  # type: ignore[attr-defined]
+        return self._serving().faults
+
+    def _serving(self) -> AuthorityHTTPServer:
+        if self.server is None:
+            raise RuntimeError("the embedded authority was stopped")
+        return self.server
 
     def wait_ready(self) -> None:
         """Serving since it was started: nothing to wait for."""
@@ -72,7 +81,7 @@ class EmbeddedAuthority:
         """Stop serving and close every connection (idempotent)."""
         server, self.server = self.server, None
         if server is not None:
-            server.stop()  # type: ignore[attr-defined]
+            server.stop()
 
 
 def start_embedded(

@@ -16,28 +16,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from agent.authority.bundle import DEFECTS
+from agent.aws.operations import PANORAMA, PANORAMA_OPERATIONS, SNOW, SNOW_OPERATIONS
 from agent.errors import UsageError
 
-PANORAMA_OPERATIONS = (
-    "ProvisionDevice",
-    "DescribeDevice",
-    "ListDevices",
-    "DeleteDevice",
-    "CreateJobForDevices",
-    "DescribeDeviceJob",
-    "ListDevicesJobs",
-    "CreatePackageImportJob",
-    "DescribePackageImportJob",
-)
-SNOW_OPERATIONS = (
-    "CreateTask",
-    "DescribeTask",
-    "DescribeExecution",
-    "ListTasks",
-    "ListExecutions",
-    "CancelTask",
-    "ListDevices",
-)
 LOCAL_OPERATIONS = ("Claim",)
 FAULT_STATUSES = (500, 429, 409, 402, 403)
 MAX_LATENCY_MS = 600_000
@@ -45,8 +26,8 @@ MAX_LATENCY_MS = 600_000
 
 def known_operations() -> set[str]:
     names = set(PANORAMA_OPERATIONS) | set(SNOW_OPERATIONS) | set(LOCAL_OPERATIONS)
-    names |= {f"panorama:{op}" for op in PANORAMA_OPERATIONS}
-    names |= {f"snow-device-management:{op}" for op in SNOW_OPERATIONS}
+    names |= {f"{PANORAMA}:{op}" for op in PANORAMA_OPERATIONS}
+    names |= {f"{SNOW}:{op}" for op in SNOW_OPERATIONS}
     return names
 
 
@@ -120,7 +101,8 @@ def rule_from_mapping(operation: str, values: Mapping[str, Any]) -> FaultRule:
     return rule
 
 
-def _convert(key: str, raw: Any) -> Any:
+def _convert(key: str, raw: Any) -> bool | int | float | str | None:
+    """``raw`` (typed, or a string as given on a command line) as the type of the rule's ``key``."""
     kind = _TYPES[key]
     try:
         if "bool" in kind:

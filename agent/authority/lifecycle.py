@@ -15,8 +15,8 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
+from agent.authority.store import Row
 from agent.clock import Clock, SystemClock
 
 #: software every claimed device reports until an OTA job changes it
@@ -112,7 +112,7 @@ def stepped(start: float, steps: Sequence[str], final: str, now: float, step: fl
 # ---------------------------------------------------------------- versions and jobs
 
 
-def version_key(version: str) -> tuple[Any, ...]:
+def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
     """Sort key for dotted versions (numbers numerically, the rest as text)."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"[.\-+]", version))
 
@@ -131,7 +131,7 @@ def job_outcome(job_type: str, image_version: str | None, allow_major: bool, cur
     return "COMPLETED", None
 
 
-def job_phase(job: Any, now: float, step: float) -> Phase:
+def job_phase(job: Row, now: float, step: float) -> Phase:
     """The state of a device job row at ``now``."""
     if job["job_type"] == "REBOOT":
         return stepped(job["created"], REBOOT_STEPS, "COMPLETED", now, step)
@@ -140,7 +140,7 @@ def job_phase(job: Any, now: float, step: float) -> Phase:
     return stepped(job["created"], OTA_STEPS, "COMPLETED", now, step)
 
 
-def current_software(jobs: Iterable[Any], now: float, step: float) -> str:
+def current_software(jobs: Iterable[Row], now: float, step: float) -> str:
     """The software a claimed device runs: the last completed OTA's image, else the base."""
     software = BASE_SOFTWARE
     for job in jobs:
@@ -165,7 +165,7 @@ class DeviceState:
     last_updated: float
 
 
-def device_state(device: Any, jobs: Sequence[Any], now: float, step: float) -> DeviceState:
+def device_state(device: Row, jobs: Sequence[Row], now: float, step: float) -> DeviceState:
     """The statuses of a device row (with its jobs, oldest first) at ``now``."""
     created = device["created"]
     deleted = device["deleted_at"]
@@ -193,7 +193,7 @@ def device_state(device: Any, jobs: Sequence[Any], now: float, step: float) -> D
 # ---------------------------------------------------------------- package import jobs
 
 
-def import_phase(job: Any, now: float, step: float) -> Phase:
+def import_phase(job: Row, now: float, step: float) -> Phase:
     return stepped(job["created"], ("PENDING",), "SUCCEEDED", now, step)
 
 
@@ -208,7 +208,7 @@ class ExecutionPhase:
     ended: float | None  # when it reached its terminal state (None while unfinished)
 
 
-def execution_timeline(rows: Sequence[Any], now: float, step: float) -> dict[tuple[str, str], ExecutionPhase]:
+def execution_timeline(rows: Sequence[Row], now: float, step: float) -> dict[tuple[str, str], ExecutionPhase]:
     """The phase of every execution in ``rows`` (all executions on some devices, in queue order).
 
     One task runs on a device at a time: an execution leaves QUEUED one step after its task
@@ -240,7 +240,7 @@ def _running(created: float, start: float, end: float, now: float) -> ExecutionP
     return ExecutionPhase("QUEUED", None, created, None)
 
 
-def task_state(task: Any, phases: Sequence[ExecutionPhase], now: float) -> tuple[str, float | None, float]:
+def task_state(task: Row, phases: Sequence[ExecutionPhase], now: float) -> tuple[str, float | None, float]:
     """(state, completedAt, lastUpdatedAt) of a task from its executions' phases."""
     canceled = task["canceled_at"]
     last = max([task["created"]] + [p.last_updated for p in phases])

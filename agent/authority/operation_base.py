@@ -16,9 +16,6 @@ from agent.authority.ca import CertificateAuthority
 from agent.authority.store import Row, Store, dumps
 from agent.config import AuthoritySettings
 
-PANORAMA = "panorama"
-SNOW = "snow-device-management"
-
 #: a request's members as parsed from JSON, and a response before the wire layer encodes it
 Params = dict[str, Any]
 Response = dict[str, Any]

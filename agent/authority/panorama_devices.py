@@ -15,9 +15,10 @@ from agent.authority import lifecycle as lc
 from agent.authority.apierror import conflict, quota_exceeded
 from agent.authority.bundle import ZIP_DEFECTS, ArchiveContent, build_archive
 from agent.authority.ca import CertificateAuthority, new_key, private_key_pem, public_key_pem
-from agent.authority.operation_base import PANORAMA, OperationGroup, Params, RequestContext, Response
+from agent.authority.operation_base import OperationGroup, Params, RequestContext, Response
 from agent.authority.paging import PANORAMA_PAGE, make_token, paginate, token_position, unissued_token, with_token
 from agent.authority.store import Row, Store, dumps, random_id
+from agent.aws.operations import PANORAMA
 
 DEVICE_TYPE = "PANORAMA_APPLIANCE"
 DEVICE_BRAND = "AWS_PANORAMA"
@@ -81,7 +82,7 @@ class PanoramaDeviceOperations(OperationGroup):
                 "cert_serial": issued.serial_hex,
                 "cert_fingerprint": issued.fingerprint,
                 "cert_not_after": issued.not_after.timestamp(),
-                "public_key": public_key_pem(issued.certificate.public_key()),  # type: ignore[arg-type]
+                "public_key": public_key_pem(key.public_key()),  # the certificate's
             },
             check,
         )
@@ -108,7 +109,7 @@ class PanoramaDeviceOperations(OperationGroup):
             "IotThingName": thing_name,
         }
 
-    def _device_view(self, row: Row, jobs: Sequence[Row], state: lc.DeviceState, full: bool) -> Response:
+    def _device_view(self, row: Row, jobs: Sequence[Row], state: lc.DeviceState, *, full: bool) -> Response:
         now = self.clock.timestamp()
         view: Response = {
             "Brand": DEVICE_BRAND,
@@ -156,15 +157,16 @@ class PanoramaDeviceOperations(OperationGroup):
 
     def list_devices(self, ctx: RequestContext, p: Params, defect: str | None = None) -> Response:
         now = self.clock.timestamp()
-        name_prefix = p.get("NameFilter")
-        status_filter = p.get("DeviceAggregatedStatusFilter")
+        name_prefix: str | None = p.get("NameFilter")
+        status_filter: str | None = p.get("DeviceAggregatedStatusFilter")
         if (
             status_filter == "AWAITING_PROVISIONING"
             and (p.get("SortBy") or "CREATED_TIME") == "CREATED_TIME"
             and not name_prefix
         ):
             return self._awaiting_page(p, now)
-        rows = self.store.devices(STATUS_ROWS.get(status_filter, "1"))  # what may have that status; the state decides
+        # what may have that status; the state decides
+        rows = self.store.devices(STATUS_ROWS.get(status_filter or "", "1"))
         jobs_by_device: dict[str, list[Row]] = {}
         if status_filter not in UNCLAIMED_STATUSES:  # an unclaimed device's status does not depend on jobs
             for job in self.store.all_jobs():

@@ -10,10 +10,11 @@ import json
 
 from agent.authority import lifecycle as lc
 from agent.authority.apierror import conflict, not_found
-from agent.authority.operation_base import PANORAMA, IdempotentRequest, OperationGroup, Params, RequestContext, Response
+from agent.authority.operation_base import IdempotentRequest, OperationGroup, Params, RequestContext, Response
 from agent.authority.paging import PANORAMA_PAGE, paginate, with_token
 from agent.authority.panorama_devices import DEVICE_TYPE
 from agent.authority.store import Row, random_id
+from agent.aws.operations import PANORAMA
 
 
 class PanoramaJobOperations(OperationGroup):
@@ -77,8 +78,8 @@ class PanoramaJobOperations(OperationGroup):
         job = self.store.job(p["JobId"])
         if job is None:
             raise not_found("job", p["JobId"], f"job {p['JobId']} not found")
-        device = self.store.device(job["device_id"])
-        out = {
+        device = self.store.device_of_job(job)
+        out: Response = {
             "CreatedTime": lc.to_datetime(job["created"]),
             "DeviceArn": self.arn(PANORAMA, device["region"], f"device/{job['device_id']}"),
             "DeviceId": job["device_id"],

@@ -1,23 +1,16 @@
-"""The authority's HTTP side: routing from the service models, request parsing, SigV4,
-fault injection, and REST-JSON encoding of results and errors.
+"""The authority's HTTP plumbing: the threading server (its listening socket, open connections and
+serving thread) and the request handler, which reads a request, hands it to the AWS side
+(:mod:`.aws_api`, routes from :mod:`.routes`) or the local one under ``/_local/``
+(:mod:`.local_api`), and writes the answer.
 
-Routes come from the operations' ``http`` traits in the service definitions (ours for
-Panorama, botocore's for Snow Device Management), so the server and an unmodified boto3
-client agree by construction.  Local (non-AWS) routes live under ``/_local/``:
-``GET /_local/health`` (unsigned), ``POST /_local/claim`` (authenticated by the device
-certificate), and the SigV4-signed admin API ``/_local/faults`` and ``/_local/clock``.
-
-Request bodies are JSON objects of at most :data:`MAX_BODY` bytes (413), nested at most
-:data:`MAX_DEPTH` deep and without NaN/Infinity (400 SerializationException); every error
-answer, http.server's own included, is JSON with ``x-amzn-ErrorType``.
+Request bodies go by Content-Length only, at most :data:`~agent.authority.wire.MAX_BODY` bytes
+(413); their JSON is read by :mod:`.wire`.  Every error answer, http.server's own included, is JSON
+with ``x-amzn-ErrorType``; a client that resets or stalls is one log line, anything else a 500.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-import math
 import os
 import re
 import selectors
@@ -26,175 +19,37 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
-from urllib.parse import unquote, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 from agent import __version__
 from agent.authority import sigv4
-from agent.authority.apierror import (
-    ApiError,
-    cannot_parse,
-    injected,
-    internal,
-    invalid_request,
-    serialization_error,
-    too_large,
-    unknown_operation,
-    validation_error,
-)
-from agent.authority.faults import NO_FAULT, FaultAction, FaultInjector, FaultSpecError, rule_from_mapping
-from agent.authority.service import PANORAMA, SNOW, AuthorityService, RequestContext
-from agent.errors import Violation
+from agent.authority.apierror import ApiError, cannot_parse, internal, too_large, validation_error
+from agent.authority.aws_api import answer_aws
+from agent.authority.fault_gate import DropConnection
+from agent.authority.faults import FaultInjector
+from agent.authority.local_api import answer_local
+from agent.authority.request import Request
+from agent.authority.routes import SUPPORTED, Route, build_routes, match_route
+from agent.authority.service import AuthorityService
+from agent.authority.wire import MAX_BODY, MAX_DEPTH, encode, load_json_object, nested_too_deeply
+
+__all__ = [
+    "MAX_BODY",
+    "MAX_DEPTH",
+    "SUPPORTED",
+    "AuthorityHTTPServer",
+    "AuthorityHandler",
+    "Route",
+    "build_routes",
+    "encode",
+    "load_json_object",
+    "nested_too_deeply",
+]
 
 log = logging.getLogger("agent.authority")
-MAX_BODY = 1024 * 1024
-MAX_DEPTH = 64  # arrays and objects in a request body, nested
-_JSON_SPECIAL = re.compile(r'[\[\]{}"\\]')
-SUPPORTED = {
-    PANORAMA: (
-        "ProvisionDevice",
-        "DescribeDevice",
-        "ListDevices",
-        "DeleteDevice",
-        "CreateJobForDevices",
-        "DescribeDeviceJob",
-        "ListDevicesJobs",
-        "CreatePackageImportJob",
-        "DescribePackageImportJob",
-    ),
-    SNOW: (
-        "CreateTask",
-        "DescribeTask",
-        "DescribeExecution",
-        "ListTasks",
-        "ListExecutions",
-        "CancelTask",
-        "ListDevices",
-    ),
-}
-
-
-@dataclass(frozen=True)
-class Route:
-    service: str
-    operation: str
-    method: str
-    pattern: re.Pattern[str]
-    uri: dict[str, str]  # URI label -> member name
-    query: dict[str, tuple[str, str]]  # query key -> (member name, shape type)
-    has_body: bool
-
-
-def build_routes() -> list[Route]:
-    """A route per supported operation, from the service models' http traits."""
-    from agent.aws.model import new_botocore_session
-
-    session = new_botocore_session()
-    routes = []
-    for service, operations in SUPPORTED.items():
-        model = session.get_service_model(service)
-        for name in operations:
-            op = model.operation_model(name)
-            path = op.http["requestUri"].split("?")[0]
-            regex = re.sub(r"\\\{(\w+)\\\}", lambda m: f"(?P<{m.group(1)}>[^/]+)", re.escape(path))
-            uri, query, body = {}, {}, False
-            for member, shape in op.input_shape.members.items():
-                location = shape.serialization.get("location")
-                where = shape.serialization.get("name", member)
-                if location == "uri":
-                    uri[where] = member
-                elif location == "querystring":
-                    query[where] = (member, shape.type_name)
-                elif location is None:
-                    body = True
-            routes.append(Route(service, name, op.http["method"], re.compile(f"^{regex}$"), uri, query, body))
-    return routes
-
-
-def _wire(value: Any) -> Any:
-    """JSON encoding of what the handlers return: epoch seconds and base64."""
-    if isinstance(value, datetime):
-        return round(value.timestamp(), 3)
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(value).decode()
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
-def encode(value: Any) -> bytes:
-    return json.dumps(value, default=_wire, separators=(",", ":")).encode()
-
-
-def nested_too_deeply(text: str, limit: int = MAX_DEPTH) -> bool:
-    """Whether arrays and objects in the JSON ``text`` nest deeper than ``limit`` (one linear pass that
-    skips strings; it runs before the parser, which recurses once per level)."""
-    if text.count("[") + text.count("{") <= limit:
-        return False
-    depth, in_string, escaped = 0, False, -1
-    for match in _JSON_SPECIAL.finditer(text):
-        at, char = match.start(), match.group()
-        if in_string:
-            if at == escaped:
-                continue
-            if char == "\\":
-                escaped = at + 1
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in "]}":
-            depth -= 1
-    return False
-
-
-class _NotJsonNumber(ValueError):
-    """NaN, Infinity, or a number out of a double's range: not JSON numbers."""
-
-
-def _refuse_constant(name: str) -> float:
-    raise _NotJsonNumber(f"{name} is not a JSON value")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _NotJsonNumber(f"the number {text[:40]} is out of range")
-    return value
-
-
-def load_json_object(body: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 saying what is wrong with it: CANNOT_PARSE, or a
-    SerializationException for nesting deeper than :data:`MAX_DEPTH` and for NaN/Infinity."""
-    try:
-        text = body.decode(json.detect_encoding(body), "surrogatepass")
-    except UnicodeDecodeError as exc:
-        raise cannot_parse(
-            f"request body is not valid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})"
-        ) from None
-    if nested_too_deeply(text):
-        raise serialization_error(
-            f"request body is nested too deeply: more than {MAX_DEPTH} levels of arrays and objects"
-        )
-    try:
-        parsed = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
-    except _NotJsonNumber as exc:
-        raise serialization_error(f"request body is not valid JSON: {exc}") from None
-    except ValueError as exc:
-        raise cannot_parse(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise cannot_parse("request body must be a JSON object")
-    try:
-        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode()
-        raise cannot_parse(f"request body holds an unpaired UTF-16 surrogate ({bad}), which is not text") from None
-    return parsed
 
 
 class AuthorityHTTPServer(ThreadingHTTPServer):
@@ -209,7 +64,7 @@ class AuthorityHTTPServer(ThreadingHTTPServer):
         service: AuthorityService,
         credentials: dict[str, str],
         faults: FaultInjector,
-        regions: tuple[str, ...] | None = None,
+        regions: tuple[str, ...],
         *,
         listening: socket.socket | None = None,
     ) -> None:
@@ -218,7 +73,7 @@ class AuthorityHTTPServer(ThreadingHTTPServer):
         self.service = service
         self.credentials = credentials
         self.faults = faults
-        self.regions = regions  # the regions a credential scope may name (None: any)
+        self.regions = regions  # the regions a credential scope may name
         self.routes = build_routes()
         self._connections: set[socket.socket] = set()
         self._conn_lock = threading.Lock()
@@ -231,20 +86,21 @@ class AuthorityHTTPServer(ThreadingHTTPServer):
         super().__init__(address, AuthorityHandler, bind_and_activate=False)
         self.socket.close()
         self.socket = listening
-        self.server_address = listening.getsockname()
-        self.server_name, self.server_port = self.server_address[:2]
+        address = listening.getsockname()  # (host, port[, flowinfo, scope_id])
+        self.server_address = address
+        self.server_name, self.server_port = address[:2]
 
     @property
     def endpoint_url(self) -> str:
         host, port = self.server_address[:2]
-        host = host.decode() if isinstance(host, bytes) else host
+        host = host.decode() if isinstance(host, (bytes, bytearray)) else host
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
     def track(self, sock: socket.socket, open_: bool) -> None:
         with self._conn_lock:
             (self._connections.add if open_ else self._connections.discard)(sock)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
+    def handle_error(self, request: object, client_address: Any) -> None:
         """A connection that failed outside a request's dispatch: a client's reset is one log line."""
         exc = sys.exc_info()[1]
         if isinstance(exc, (ConnectionError, TimeoutError)):
@@ -268,7 +124,8 @@ class AuthorityHTTPServer(ThreadingHTTPServer):
             while not self._stopping:
                 for key, _events in selector.select():
                     if key.fileobj is self and not self._stopping:
-                        self._handle_request_noblock()
+                        # socketserver's accept-and-handle-one step, undocumented: typeshed leaves it out
+                        self._handle_request_noblock()  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         """Stop accepting, close the listening socket and every open connection."""
@@ -290,18 +147,21 @@ class AuthorityHTTPServer(ThreadingHTTPServer):
         self.service.store.close()
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
-        allowed = []
-        for route in self.routes:
-            found = route.pattern.match(path)
-            if found:
-                if route.method == method:
-                    return route, found.groupdict()
-                allowed.append(route.method)
-        raise unknown_operation(method, path, allowed)
+        return match_route(self.routes, method, path)
 
-
-class _Drop(Exception):
-    """Close the connection without answering (fault ``drop_connection``)."""
+    def verify(self, request: Request, services: tuple[str, ...] | None, now: datetime) -> sigv4.Caller:
+        """The caller whose signature ``request`` carries (see :func:`agent.authority.sigv4.verify`)."""
+        return sigv4.verify(
+            method=request.method,
+            raw_path=request.path,
+            query=request.query,
+            headers=request.headers,
+            body=request.body,
+            credentials=self.credentials,
+            now=now,
+            services=services,
+            regions=self.regions,
+        )
 
 
 class AuthorityHandler(BaseHTTPRequestHandler):
@@ -338,13 +198,14 @@ class AuthorityHandler(BaseHTTPRequestHandler):
         status = 500
         try:
             split = urlsplit(self.path)
-            body = self._read_body()
-            if split.path.startswith("/_local/"):
-                status, result = self._local(split.path, split.query, body)
+            request = Request(self.command, split.path, split.query, self.headers, self._read_body())
+            if request.path.startswith("/_local/"):
+                result = answer_local(self.server, request)
             else:
-                status, result = self._aws(split.path, split.query, body)
+                result = answer_aws(self.server, request)
+            status = 200
             self._send(status, encode(result))
-        except _Drop:
+        except DropConnection:
             self.close_connection = True
             status = 0
         except (ConnectionError, TimeoutError) as exc:  # the client reset, left or stalled: nobody to answer
@@ -380,152 +241,6 @@ class AuthorityHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise too_large(f"Request must be smaller than {MAX_BODY} bytes (this one has {length})")
         return self.rfile.read(length) if length > 0 else b""
-
-    def _aws(self, path: str, query: str, body: bytes) -> tuple[int, Any]:
-        route, labels = self.server.match(self.command, path)
-        caller = self._verify(path, query, body, (route.service,), self.server.service.clock.now())
-        action = self._fault(route.service, route.operation)
-        params = self._params(route, labels, query, body)
-        ctx = RequestContext(caller.region, route.service, route.operation, caller.access_key_id)
-        result = self.server.service.handle(ctx, params, defect=action.archive)
-        self._after(action, route.operation)
-        return 200, result
-
-    def _verify(
-        self, path: str, query: str, body: bytes, services: tuple[str, ...] | None, now: datetime
-    ) -> sigv4.Caller:
-        return sigv4.verify(
-            method=self.command,
-            raw_path=path,
-            query=query,
-            headers=self.headers,
-            body=body,
-            credentials=self.server.credentials,
-            now=now,
-            services=services,
-            regions=self.server.regions,
-        )
-
-    def _fault(self, service: str, operation: str) -> FaultAction:
-        action = self.server.faults.decide(service, operation)
-        if action is NO_FAULT:
-            return action
-        if action.latency_s:
-            time.sleep(action.latency_s)
-        if action.fails and not action.after_commit:
-            self._after(action, operation)
-        return action
-
-    def _after(self, action: FaultAction, operation: str) -> None:
-        if action.drop_connection:
-            raise _Drop()
-        if action.error is not None:
-            raise injected(action.error, operation)
-
-    def _params(self, route: Route, labels: dict[str, str], query: str, body: bytes) -> dict[str, Any]:
-        params: dict[str, Any] = load_json_object(body) if body.strip() else {}
-        problems = []
-        for key, value in sigv4.query_pairs(query):
-            if key not in route.query:
-                continue
-            member, kind = route.query[key]
-            if kind in ("integer", "long"):
-                try:
-                    params[member] = int(value)
-                except ValueError:
-                    problems.append(Violation(member, value, "must be an integer"))
-            elif kind == "boolean":
-                if value not in ("true", "false"):
-                    problems.append(Violation(member, value, "must be true or false"))
-                params[member] = value == "true"
-            elif kind == "list":
-                params.setdefault(member, []).append(value)
-            else:
-                params[member] = value
-        if problems:
-            raise invalid_request(problems)
-        for label, member in route.uri.items():
-            params[member] = unquote(labels[label])
-        return params
-
-    # -------------------------------------------------------------- /_local/
-
-    #: the admin API: (path, method) pairs, all SigV4-signed with any service name in the scope
-    ADMIN: ClassVar[frozenset[tuple[str, str]]] = frozenset(
-        {
-            ("/_local/faults", "GET"),
-            ("/_local/faults", "PUT"),
-            ("/_local/faults", "DELETE"),
-            ("/_local/clock", "GET"),
-            ("/_local/clock", "PUT"),
-        }
-    )
-    OPEN: ClassVar[frozenset[tuple[str, str]]] = frozenset({("/_local/health", "GET"), ("/_local/claim", "POST")})
-
-    def _local(self, path: str, query: str, body: bytes) -> tuple[int, Any]:
-        key = (path, self.command)
-        if key not in self.ADMIN and key not in self.OPEN:
-            raise unknown_operation(self.command, path, [m for p, m in self.ADMIN | self.OPEN if p == path])
-        service = self.server.service
-        if path == "/_local/health":
-            return 200, {
-                "status": "ok",
-                "pid": os.getpid(),
-                "version": __version__,
-                "ca_fingerprint": service.ca.fingerprint,
-                "time": service.clock.now(),
-                "clock_offset_seconds": service.clock.offset_seconds,
-            }
-        if path == "/_local/claim":
-            action = self._fault("local", "Claim")
-            result = service.claim(load_json_object(body))
-            self._after(action, "Claim")
-            return 200, result
-        # Admin calls are checked against the unshifted clock, so a shifted authority stays controllable.
-        self._verify(path, query, body, None, service.clock.base.now())
-        data = load_json_object(body or b"{}") if self.command == "PUT" else {}
-        if path == "/_local/clock":
-            if self.command == "PUT":
-                self._set_clock(data)
-            return 200, {"now": service.clock.now(), "offset_seconds": service.clock.offset_seconds}
-        if self.command == "PUT":
-            self._set_faults(data)
-        elif self.command == "DELETE":
-            self.server.faults.clear(dict(sigv4.query_pairs(query)).get("operation") or None)
-        return 200, self.server.faults.snapshot()
-
-    def _set_clock(self, data: dict[str, Any]) -> None:
-        clock = self.server.service.clock
-        for key, apply in (("offset_seconds", clock.set_offset), ("advance_seconds", clock.advance)):
-            if key in data:
-                value = data[key]
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise invalid_request([Violation(key, value, "must be a number of seconds")])
-                try:
-                    apply(value)  # refuses, before storing, a value that is not finite or leaves the bounds
-                except (ValueError, OverflowError) as exc:
-                    raise invalid_request([Violation(key, value, str(exc))]) from None
-                return
-        raise invalid_request([Violation("offset_seconds", None, "required (or advance_seconds)")])
-
-    def _set_faults(self, data: dict[str, Any]) -> None:
-        faults = self.server.faults
-        rules = data.get("rules", {})
-        if not isinstance(rules, dict) or not all(isinstance(v, dict) for v in rules.values()):
-            raise invalid_request([Violation("rules", rules, "must map operation names to {key: value}")])
-        try:
-            parsed = {op: rule_from_mapping(op, values) for op, values in rules.items()}
-        except FaultSpecError as exc:
-            raise validation_error(exc.message, [Violation("rules", None, exc.message)]) from None
-        seed = data.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise invalid_request([Violation("seed", seed, "must be an integer")])
-        if data.get("replace"):
-            faults.clear()
-        if seed is not None:
-            faults.reseed(seed)
-        for op, rule in parsed.items():
-            faults.set(op, rule)
 
     # -------------------------------------------------------------- responses
 

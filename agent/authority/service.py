@@ -15,11 +15,12 @@ from agent.authority import lifecycle as lc
 from agent.authority.apierror import ApiError, invalid_request
 from agent.authority.ca import CertificateAuthority
 from agent.authority.claim_check import ApplianceClaims, claim_message
-from agent.authority.operation_base import PANORAMA, SNOW, Handler, OperationGroup, Params, RequestContext, Response
+from agent.authority.operation_base import Handler, OperationGroup, Params, RequestContext, Response
 from agent.authority.panorama_devices import PanoramaDeviceOperations
 from agent.authority.panorama_jobs import PanoramaJobOperations
 from agent.authority.snow_device_management import SnowDeviceManagementOperations
 from agent.authority.store import Store
+from agent.aws.operations import PANORAMA, SNOW
 from agent.aws.validation import check
 from agent.clock import Clock
 from agent.config import AuthoritySettings

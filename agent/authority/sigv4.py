@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 from urllib.parse import unquote
 
 from botocore.auth import SigV4Auth
@@ -35,6 +36,15 @@ MAX_SKEW = timedelta(minutes=15)
 _STAMP = "%Y%m%dT%H%M%SZ"
 _STAMP_SHAPE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 _ECHO_MAX = 256  # the Authorization header echoed in a message, at most
+
+
+class Headers(Protocol):
+    """A received request's headers, looked up by name without regard to case, as
+    :class:`email.message.Message` (``http.server``'s ``headers``) has them."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+    def get_all(self, name: str, /) -> list[str] | None: ...
 
 
 @dataclass(frozen=True)
@@ -121,7 +131,7 @@ def verify(
     method: str,
     raw_path: str,
     query: str,
-    headers: Mapping[str, str] | object,
+    headers: Headers,
     body: bytes,
     credentials: Mapping[str, str],
     now: datetime,
@@ -130,14 +140,14 @@ def verify(
 ) -> Caller:
     """Check the request's SigV4 signature; return the caller or raise :class:`ApiError` (403).
 
-    ``headers`` is an :class:`email.message.Message`-like object (``get``/``get_all``).
+    ``headers`` is an :class:`email.message.Message`-like object (:class:`Headers`).
     ``services``: the signing names this route accepts (None: any); ``regions``: the regions a
     credential scope may name (None: any).
     """
-    auth = headers.get("Authorization")  # type: ignore[union-attr]
+    auth = headers.get("Authorization")
     if not auth:
         raise missing_authentication()
-    amz_date = headers.get("X-Amz-Date")  # type: ignore[union-attr]
+    amz_date = headers.get("X-Amz-Date") or ""  # parse_authorization refuses it missing or empty
     params = parse_authorization(auth, bool(amz_date))
     signed_at = _signed_at(amz_date)
     credential = params["Credential"]
@@ -170,7 +180,7 @@ def verify(
     signed_names = signed.split(";")
     if "host" not in signed_names:
         raise incomplete_signature("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
-    content_sha = headers.get("X-Amz-Content-SHA256")  # type: ignore[union-attr]
+    content_sha = headers.get("X-Amz-Content-SHA256")
     if (
         content_sha is not None
         and "x-amz-content-sha256" in signed_names
@@ -178,14 +188,15 @@ def verify(
     ):
         raise invalid_signature("The provided 'x-amz-content-sha256' header does not match what was computed.")
 
-    request = AWSRequest(method=method, url=f"http://{headers.get('Host', '')}{raw_path}", data=body)  # type: ignore[union-attr]
+    request = AWSRequest(method=method, url=f"http://{headers.get('Host') or ''}{raw_path}", data=body)
     for name in signed_names:
-        values = headers.get_all(name) or []  # type: ignore[union-attr]
+        values = headers.get_all(name) or []
         if not values:  # signed but not sent: AWS computes a signature that cannot match
             raise invalid_signature()
         for value in values:
             request.headers[name] = value
-    request.params = query_pairs(query)
+    # botocore canonicalises (key, value) pairs as well as a dict (and a query may repeat a key); its stubs say dict
+    request.params = query_pairs(query)  # type: ignore[assignment]
     request.context["timestamp"] = amz_date
     signer = SigV4Auth(Credentials(access_key, secret), service, region)
     if signer.signed_headers(signer.headers_to_sign(request)) != signed:
@@ -196,4 +207,4 @@ def verify(
     return Caller(access_key, region, service)
 
 
-__all__ = ["MAX_SKEW", "ApiError", "Caller", "check_time", "parse_authorization", "query_pairs", "verify"]
+__all__ = ["MAX_SKEW", "ApiError", "Caller", "Headers", "check_time", "parse_authorization", "query_pairs", "verify"]

@@ -8,24 +8,17 @@ from collections.abc import Mapping
 
 from agent.authority import lifecycle as lc
 from agent.authority.apierror import ApiError, validation_error
-from agent.authority.operation_base import SNOW, IdempotentRequest, OperationGroup, Params, RequestContext, Response
+from agent.authority.operation_base import IdempotentRequest, OperationGroup, Params, RequestContext, Response
 from agent.authority.paging import SNOW_PAGE, Item, Scope, paginate, with_token
 from agent.authority.store import Row, dumps, random_id
+from agent.aws.operations import SNOW, SNOW_OPERATIONS
 
 
 class SnowDeviceManagementOperations(OperationGroup):
     """Snow Device Management: tasks, their executions, managed devices."""
 
     SERVICE = SNOW
-    OPERATIONS = (
-        "CreateTask",
-        "DescribeTask",
-        "DescribeExecution",
-        "ListTasks",
-        "ListExecutions",
-        "CancelTask",
-        "ListDevices",
-    )
+    OPERATIONS = SNOW_OPERATIONS
 
     def _managed_ids(self) -> list[str]:
         return [row["device_id"] for row in self.store.managed_devices()]

@@ -17,9 +17,10 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from agent.errors import PanostageError
+from agent.sqlite_tx import immediate_transaction
 
 DB_FILE = "authority.sqlite3"
 SCHEMA_VERSION = 1
@@ -114,6 +115,16 @@ def _insert(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
     conn.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
 
 
+def _first(cursor: sqlite3.Cursor) -> Row | None:
+    """The cursor's next row, if any (every connection's row factory is :class:`sqlite3.Row`)."""
+    return cast(Row | None, cursor.fetchone())
+
+
+def _found(cursor: sqlite3.Cursor) -> Row:
+    """The row of a query that always finds one (a count, or what this transaction just wrote)."""
+    return cast(Row, cursor.fetchone())
+
+
 class Store:
     """The authority's database in ``directory``.  Thread-safe: a connection per thread."""
 
@@ -144,14 +155,8 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE .. COMMIT; ROLLBACK on any exception)."""
-        conn = self.conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate_transaction(self.conn()) as conn:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close this thread's connection (the next :meth:`conn` opens a new one)."""
@@ -184,10 +189,10 @@ class Store:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def meta(self, key: str) -> str:
-        row = self.conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = _first(self.conn().execute("SELECT value FROM meta WHERE key = ?", (key,)))
         if row is None:
             raise StateError(f"{self.path}: meta key {key} missing")
-        return row[0]
+        return str(row[0])
 
     # -------------------------------------------------------------- devices
 
@@ -200,15 +205,22 @@ class Store:
     @staticmethod
     def live_name_taken(conn: sqlite3.Connection, name: str) -> str | None:
         """The ID of the live (not deleting) device called ``name``, if any."""
-        row = conn.execute("SELECT device_id FROM devices WHERE name = ? AND deleted_at IS NULL", (name,)).fetchone()
-        return None if row is None else row[0]
+        row = _first(conn.execute("SELECT device_id FROM devices WHERE name = ? AND deleted_at IS NULL", (name,)))
+        return None if row is None else str(row[0])
 
     @staticmethod
     def live_device_count(conn: sqlite3.Connection) -> int:
-        return conn.execute("SELECT COUNT(*) FROM devices WHERE deleted_at IS NULL").fetchone()[0]
+        return int(_found(conn.execute("SELECT COUNT(*) FROM devices WHERE deleted_at IS NULL"))[0])
 
     def device(self, device_id: str) -> Row | None:
-        return self.conn().execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return _first(self.conn().execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)))
+
+    def device_of_job(self, job: Row) -> Row:
+        """The device a stored job is for (a device row outlives its deletion, so it is always there)."""
+        device = self.device(job["device_id"])
+        if device is None:
+            raise StateError(f"{self.path}: device {job['device_id']} of job {job['job_id']} is missing")
+        return device
 
     def devices(self, where: str = "1") -> list[Row]:
         """Device rows matching ``where`` (one of the service's fixed SQL conditions, never caller input)."""
@@ -262,12 +274,12 @@ class Store:
         return self.conn().execute("SELECT * FROM device_jobs ORDER BY rowid").fetchall()
 
     def job(self, job_id: str) -> Row | None:
-        return self.conn().execute("SELECT * FROM device_jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return _first(self.conn().execute("SELECT * FROM device_jobs WHERE job_id = ?", (job_id,)))
 
     def insert_job(self, device_id: str, make: Callable[[Row | None, list[Row]], dict[str, Any]]) -> dict[str, Any]:
         """Insert the job ``make(device, its jobs)`` returns (it raises to refuse), atomically."""
         with self.write() as conn:
-            device = conn.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            device = _first(conn.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)))
             row = make(device, self.jobs_of(device_id, conn))
             _insert(conn, "device_jobs", row)
             return row
@@ -277,14 +289,14 @@ class Store:
     def insert_import_job(self, row: dict[str, Any]) -> Row:
         """Insert, or return the job already holding ``row['client_token']``."""
         with self.write() as conn:
-            found = conn.execute("SELECT * FROM import_jobs WHERE client_token = ?", (row["client_token"],)).fetchone()
+            found = _first(conn.execute("SELECT * FROM import_jobs WHERE client_token = ?", (row["client_token"],)))
             if found is not None:
                 return found
             _insert(conn, "import_jobs", row)
-            return conn.execute("SELECT * FROM import_jobs WHERE job_id = ?", (row["job_id"],)).fetchone()
+            return _found(conn.execute("SELECT * FROM import_jobs WHERE job_id = ?", (row["job_id"],)))
 
     def import_job(self, job_id: str) -> Row | None:
-        return self.conn().execute("SELECT * FROM import_jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return _first(self.conn().execute("SELECT * FROM import_jobs WHERE job_id = ?", (job_id,)))
 
     # -------------------------------------------------------------- snow device management
 
@@ -295,7 +307,7 @@ class Store:
         """Insert a task and one execution per target, or return the task holding its client token."""
         with self.write() as conn:
             if row.get("client_token") is not None:
-                found = conn.execute("SELECT * FROM tasks WHERE client_token = ?", (row["client_token"],)).fetchone()
+                found = _first(conn.execute("SELECT * FROM tasks WHERE client_token = ?", (row["client_token"],)))
                 if found is not None:
                     return found
             check(conn)
@@ -305,10 +317,10 @@ class Store:
                     "INSERT INTO executions (task_id, device_id, execution_id) VALUES (?, ?, ?)",
                     (row["task_id"], device_id, str(index + 1)),
                 )
-            return conn.execute("SELECT * FROM tasks WHERE task_id = ?", (row["task_id"],)).fetchone()
+            return _found(conn.execute("SELECT * FROM tasks WHERE task_id = ?", (row["task_id"],)))
 
     def task(self, task_id: str) -> Row | None:
-        return self.conn().execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return _first(self.conn().execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)))
 
     def tasks(self) -> list[Row]:
         return self.conn().execute("SELECT * FROM tasks ORDER BY rowid").fetchall()

@@ -17,7 +17,7 @@ in the daemon).  The tests drive the authority with boto3 itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from agent.aws.errors import mend_error_body
 from agent.aws.model import PANORAMA, SNOW, new_botocore_session
@@ -28,6 +28,42 @@ if TYPE_CHECKING:
 
 
 USER_AGENT = "panostage"
+
+#: A botocore client.  Its operations (``provision_device``, ``list_devices`` ...) are made at run time from
+#: the service model, so no static type names them; their answers are plain dicts of the model's shapes.
+Client: TypeAlias = Any
+
+
+class ServiceBackend(Protocol):
+    """The seam through which the stager, the daemon, the follow-up and recovery reach the service.
+
+    :class:`Backend` is the one implementation; it holds one client per service and retry policy, and
+    the local authority when it runs one.
+    """
+
+    @property
+    def kind(self) -> str:
+        """``local`` | ``endpoint`` | ``aws`` (certificates live as long as the local authority says)."""
+
+    @property
+    def settings(self) -> Settings:
+        """The settings it was opened with (``[backend]``: attempts, timeouts)."""
+
+    @property
+    def clients_made(self) -> bool:
+        """A client exists (the daemon freezes the long-lived objects once there are some)."""
+
+    def panorama(self, *, max_attempts: int | None = None) -> Client:
+        """The Panorama client; ``max_attempts=1`` turns botocore's retries off (ProvisionDevice)."""
+
+    def snow(self) -> Client:
+        """The Snow Device Management client."""
+
+    def describe(self) -> dict[str, Any]:
+        """What it talks to, for output: backend kind, endpoint, region."""
+
+    def close(self) -> None:
+        """Close the clients and stop the local authority (idempotent)."""
 
 
 class RunningAuthority(Protocol):
@@ -47,15 +83,17 @@ class RunningAuthority(Protocol):
 
 @dataclass
 class Backend:
+    """The configured service's clients (see the module's docstring); implements :class:`ServiceBackend`."""
+
     kind: str  # "local" | "endpoint" | "aws"
     region: str
     endpoint_url: str | None
     session: botocore.session.Session
     settings: Settings
     authority: RunningAuthority | None = None  # kind "local"
-    _clients: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
+    _clients: dict[tuple[str, int], Client] = field(default_factory=dict, repr=False)
 
-    def client(self, service: str, *, max_attempts: int | None = None) -> Any:
+    def client(self, service: str, *, max_attempts: int | None = None) -> Client:
         """A client; ``max_attempts=1`` turns botocore's retries off (ProvisionDevice)."""
         from botocore.config import Config
 
@@ -82,10 +120,10 @@ class Backend:
         """A client exists (the daemon freezes the long-lived objects once there are some)."""
         return bool(self._clients)
 
-    def panorama(self, *, max_attempts: int | None = None) -> Any:
+    def panorama(self, *, max_attempts: int | None = None) -> Client:
         return self.client(PANORAMA, max_attempts=max_attempts)
 
-    def snow(self) -> Any:
+    def snow(self) -> Client:
         return self.client(SNOW)
 
     def describe(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ code.  No answer from a service, known or unknown, JSON or not, ever becomes exi
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -180,7 +181,7 @@ def translate(exc: BaseException) -> PanostageError | None:
     return None
 
 
-def _sent_code(response: dict[str, Any]) -> str | None:
+def _sent_code(response: Mapping[str, Any]) -> str | None:
     """The error code the service sent, or None (botocore puts the status there for a body without one)."""
     code = response.get("Error", {}).get("Code") or ""
     return code if isinstance(code, str) and code and not code.isdigit() else None

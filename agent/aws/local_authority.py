@@ -141,8 +141,8 @@ class LocalAuthority:
             log.warning("the local authority (pid %d) ended with status %s: starting it again", proc.pid, code)
             _close(proc.stdin)
             with self._lock:
-                if self._stopping:
-                    return
+                if self._stopping:  # stop() may have set it meanwhile, from another thread
+                    return  # type: ignore[unreachable]  # mypy keeps the first read's answer across threads
                 self._spawn()
 
     def _give_up(self, failure: PanostageError) -> None:

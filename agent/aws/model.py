@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import botocore.loaders
     import botocore.session
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -60,7 +61,7 @@ def parse_timestamp(value: Any) -> Any:
 
 
 @lru_cache(maxsize=4)
-def _shared_loader(data_path: str):
+def _shared_loader(data_path: str) -> botocore.loaders.Loader:
     from botocore.loaders import create_loader
 
     return create_loader(data_path)

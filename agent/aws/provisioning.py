@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import interrupts
 from agent.aws.errors import error_code, service_time
@@ -26,11 +26,16 @@ from agent.aws.paging import pages
 from agent.clock import Clock, utc
 from agent.errors import ExitCode, PanostageError
 
+if TYPE_CHECKING:
+    from agent.aws.backend import Client, ServiceBackend
+
 RETRYABLE_CODES = {"InternalServerException", "ThrottlingException", "TooManyRequestsException", "ServiceUnavailable"}
 #: How far before the first attempt a device may be dated and still count as ours
 #: (covers the difference between our clock and the service's).
 CREATION_TOLERANCE = timedelta(seconds=30)
 
+#: ``on_event(kind, **data)``: told what happens on the way ("provision-attempt-failed", "orphan-deleted" ...);
+#: the CLI narrates these; the stager records a deleted orphan and passes every event on to its own hook.
 Event = Callable[..., None]
 
 
@@ -60,18 +65,18 @@ class Provisioned:
         }
 
 
-def devices_named(client: Any, name: str) -> list[dict[str, Any]]:
+def devices_named(client: Client, name: str) -> list[dict[str, Any]]:
     """Every device whose name is exactly ``name`` (NameFilter is a prefix filter)."""
     return devices_named_at(client, name)[0]
 
 
-def devices_named_at(client: Any, name: str) -> tuple[list[dict[str, Any]], datetime | None]:
+def devices_named_at(client: Client, name: str) -> tuple[list[dict[str, Any]], datetime | None]:
     """:func:`devices_named`, and the service's clock when it answered (its HTTP ``Date``), to judge their age
     on the service's time rather than this workstation's."""
     times: list[datetime | None] = []
 
     def call(**params: Any) -> dict[str, Any]:
-        response = client.list_devices(**params)
+        response: dict[str, Any] = client.list_devices(**params)
         times.append(service_time(response))
         return response
 
@@ -85,21 +90,22 @@ TAG_HANDOFF = "panostage:handoff"
 MAX_TAGS = 50
 
 
-def describe_or_none(client: Any, device_id: str | None) -> dict[str, Any] | None:
+def describe_or_none(client: Client, device_id: str | None) -> dict[str, Any] | None:
     """DescribeDevice, or None when there is no ID or the service knows no such device (any other error raises)."""
     from botocore.exceptions import ClientError
 
     if not device_id:
         return None
     try:
-        return client.describe_device(DeviceId=device_id)
+        described: dict[str, Any] = client.describe_device(DeviceId=device_id)
     except ClientError as exc:
         if error_code(exc) == "ResourceNotFoundException":
             return None
         raise
+    return described
 
 
-def tags_of(client: Any, device: dict[str, Any]) -> dict[str, str]:
+def tags_of(client: Client, device: dict[str, Any]) -> dict[str, str]:
     """A device's tags: from the listing, else from DescribeDevice (a device gone meanwhile has none)."""
     tags = device.get("Tags")
     if tags is None:
@@ -107,7 +113,7 @@ def tags_of(client: Any, device: dict[str, Any]) -> dict[str, str]:
     return tags or {}
 
 
-def ours(client: Any, device: dict[str, Any], handoff_id: str | None) -> bool:
+def ours(client: Client, device: dict[str, Any], handoff_id: str | None) -> bool:
     """Did the hand-off ``handoff_id`` make ``device``?  Without a hand-off ID (an untagged request) nothing
     tells: a device that carries another hand-off's tag is still not ours."""
     tag = tags_of(client, device).get(TAG_HANDOFF)
@@ -123,7 +129,7 @@ def tagged(request: dict[str, Any], station: str, handoff_id: str) -> dict[str, 
     return {**request, "Tags": {**tags, TAG_STATION: station[:256], TAG_HANDOFF: handoff_id}}
 
 
-def resolve_device_id(client: Any, ref: str) -> str:
+def resolve_device_id(client: Client, ref: str) -> str:
     """Accept a device ID or an exact, unambiguous device name."""
     from botocore.exceptions import ClientError
 
@@ -135,7 +141,8 @@ def resolve_device_id(client: Any, ref: str) -> str:
             raise
     matches = [d for d in devices_named(client, ref) if d.get("ProvisioningStatus") != "DELETING"]
     if len(matches) == 1:
-        return matches[0]["DeviceId"]
+        device_id: str = matches[0]["DeviceId"]
+        return device_id
     if not matches:
         raise PanostageError(
             f"no device with ID or name {ref!r}",
@@ -178,7 +185,7 @@ def _never_sent(exc: BaseException) -> bool:
 
 
 def provision_device(
-    backend: Any,
+    backend: ServiceBackend,
     request: dict[str, Any],
     *,
     clock: Clock,
@@ -246,7 +253,7 @@ def _still_in_flight(exc: BaseException) -> bool:
 
 
 def _clear_orphans(
-    client: Any,
+    client: Client,
     name: str,
     since: datetime,
     on_event: Event,
@@ -269,7 +276,9 @@ def _clear_orphans(
         sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
 
-def _delete_orphans(client: Any, name: str, since: datetime, on_event: Event, handoff: str | None = None) -> list[str]:
+def _delete_orphans(
+    client: Client, name: str, since: datetime, on_event: Event, handoff: str | None = None
+) -> list[str]:
     """Delete the devices an attempt of ours made whose answer was lost: named ``name``, created since ``since``
     and tagged with our ``handoff`` (another station's device of that name, made meanwhile, is never touched)."""
     try:

@@ -13,48 +13,38 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from agent.aws.operations import PANORAMA, PANORAMA_OPERATIONS, SNOW, SNOW_OPERATIONS
 from agent.errors import InputValidationError, Violation
 
-#: operation name -> service it belongs to
+if TYPE_CHECKING:
+    from botocore.model import ListShape, MapShape, ServiceModel, Shape, StructureShape
+
+#: operation name -> service it belongs to (Panorama's ListDevices; Snow's is asked for by its alias)
 OPERATIONS = {
-    **dict.fromkeys(
-        (
-            "ProvisionDevice",
-            "DescribeDevice",
-            "ListDevices",
-            "DeleteDevice",
-            "CreateJobForDevices",
-            "DescribeDeviceJob",
-            "ListDevicesJobs",
-            "CreatePackageImportJob",
-            "DescribePackageImportJob",
-        ),
-        "panorama",
-    ),
-    **dict.fromkeys(
-        ("CreateTask", "DescribeTask", "DescribeExecution", "ListTasks", "ListExecutions", "CancelTask"),
-        "snow-device-management",
-    ),
+    **dict.fromkeys((op for op in SNOW_OPERATIONS if op not in PANORAMA_OPERATIONS), SNOW),
+    **dict.fromkeys(PANORAMA_OPERATIONS, PANORAMA),
 }
 #: Snow's ListDevices clashes with Panorama's name; the authority asks for it by this alias.
 SNOW_ALIASES = {"SnowListDevices": "ListDevices"}
 
 
 @cache
-def _service_model(service: str):
+def _service_model(service: str) -> ServiceModel:
     from agent.aws.model import new_botocore_session
 
     return new_botocore_session().get_service_model(service)
 
 
-def operation_shape(operation: str, service: str | None = None):
+def operation_shape(operation: str, service: str | None = None) -> StructureShape:
     """The botocore input shape of ``operation``."""
     service = service or OPERATIONS.get(operation) or ("snow-device-management" if operation in SNOW_ALIASES else None)
     if service is None:
         raise KeyError(f"unknown operation {operation}")
-    return _service_model(service).operation_model(SNOW_ALIASES.get(operation, operation)).input_shape
+    shape = _service_model(service).operation_model(SNOW_ALIASES.get(operation, operation)).input_shape
+    assert shape is not None, f"{operation} takes no input"  # every operation named above takes one
+    return shape
 
 
 def check(operation: str, params: Mapping[str, Any], service: str | None = None) -> list[Violation]:
@@ -94,7 +84,9 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _walk(shape, value: Any, path: str) -> Iterator[Violation]:
+def _walk(shape: Shape, value: Any, path: str) -> Iterator[Violation]:
+    """The violations in ``value`` of ``shape``; botocore made ``shape`` of the Shape subclass its ``type_name`` names
+    (list: ListShape, map: MapShape, structure: StructureShape), which the casts below say."""
     kind = shape.type_name
     want = _PY_TYPES.get(kind)
     numeric = kind in ("integer", "long", "float", "double")
@@ -108,18 +100,20 @@ def _walk(shape, value: Any, path: str) -> Iterator[Violation]:
         yield from _check_range(meta, value, path, value, "")
     elif kind == "list":
         yield from _check_range(meta, value, path, len(value), " items")
+        member = cast("ListShape", shape).member
         for index, item in enumerate(value):
-            yield from _walk(shape.member, item, f"{path}[{index}]")
+            yield from _walk(member, item, f"{path}[{index}]")
     elif kind == "map":
         yield from _check_range(meta, value, path, len(value), " entries")
+        mapping = cast("MapShape", shape)
         for key, item in value.items():
-            yield from _walk(shape.key, key, f"{path} key")
-            yield from _walk(shape.value, item, f"{path}.{key}")
+            yield from _walk(mapping.key, key, f"{path} key")
+            yield from _walk(mapping.value, item, f"{path}.{key}")
     elif kind == "structure":
-        yield from _check_structure(shape, value, path)
+        yield from _check_structure(cast("StructureShape", shape), value, path)
 
 
-def _check_structure(shape, value: Mapping[str, Any], path: str) -> Iterator[Violation]:
+def _check_structure(shape: StructureShape, value: Mapping[str, Any], path: str) -> Iterator[Violation]:
     members = shape.members
     for name in value:
         if name not in members:

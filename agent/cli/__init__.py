@@ -7,14 +7,15 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Any
+from typing import Any, cast
 
 import click
 
 from agent import __version__
 from agent.cli.app import App, command_options
 from agent.cli.output import Output, dumps
-from agent.errors import ExitCode, PanostageError, to_error
+from agent.error_mapping import to_error
+from agent.errors import ExitCode, PanostageError
 from agent.interrupts import Terminated  # SIGTERM as an exception (held while ProvisionDevice answers)
 from agent.interrupts import on_sigterm as _on_sigterm
 
@@ -64,7 +65,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.lazy:
             module, attr = self.lazy[name][0].split(":")
-            return getattr(importlib.import_module(module), attr)
+            return cast(click.Command, getattr(importlib.import_module(module), attr))  # the registry names commands
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -74,9 +75,14 @@ class LazyGroup(click.Group):
         if not summaries:
             return
         limit = formatter.width - 6 - max(len(name) for name in summaries)
-        rows = [(name, click.utils.make_default_short_help(summaries[name], limit)) for name in sorted(summaries)]
+        rows = [(name, _shortened(summaries[name], limit)) for name in sorted(summaries)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _shortened(summary: str, limit: int) -> str:
+    """``summary`` cut to ``limit`` as click cuts a command's own help (its helper for it is deprecated)."""
+    return click.Command(None, help=summary).get_short_help_str(limit)
 
 
 @click.group(cls=LazyGroup, lazy=SUBCOMMANDS, context_settings={"help_option_names": ["-h", "--help"]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import click
 
@@ -13,8 +13,13 @@ from agent.cli.output import Output
 
 if TYPE_CHECKING:  # heavy imports stay out of start-up (`panostage --help` loads none of these)
     from agent.aws.backend import Backend
+    from agent.aws.waiting import Terminal
     from agent.clock import Clock
     from agent.config import LoadedConfig, Settings
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -44,7 +49,7 @@ class App:
         self,
         fetch: Callable[[], dict[str, Any]],
         state_of: Callable[[dict[str, Any]], str | None],
-        terminal: Any,
+        terminal: Terminal,
         *,
         what: str,
         timeout: float | None,
@@ -117,16 +122,19 @@ quiet_option = click.option(
 )
 
 
-def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
+def command_options(func: _F) -> _F:
     """The options every leaf command accepts (also accepted before the subcommand)."""
     return json_option(debug_option(quiet_option(func)))
 
 
-def pass_app(func: Callable[..., Any]) -> Callable[..., Any]:
+def pass_app(func: Callable[Concatenate[App, _P], _R]) -> Callable[_P, _R]:
     """Hand the :class:`App` to a command as its first argument."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return func(click.get_current_context().find_object(App), *args, **kwargs)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        app = click.get_current_context().find_object(App)
+        if app is None:  # the root group makes the App: a command is never run without it
+            raise RuntimeError(f"{func.__name__} runs under the panostage group, which makes its App")
+        return func(app, *args, **kwargs)
 
     return wrapper

@@ -7,7 +7,7 @@ import dataclasses
 import os
 from datetime import UTC
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -17,6 +17,8 @@ from agent.errors import ConfigError, ExitCode, PanostageError, UsageError
 
 if TYPE_CHECKING:
     from agent.authority.admin import AdminClient
+
+_T = TypeVar("_T")
 
 
 @click.group()
@@ -72,14 +74,15 @@ def serve(
     from agent.authority.faults import FaultInjector, parse_spec
     from agent.sdnotify import notify
 
-    overrides = {
-        "host": host,
-        "port": port,
-        "job_step_seconds": job_step_seconds,
-        "cert_validity_seconds": cert_validity_seconds,
-        "device_quota": device_quota,
-    }
-    settings = dataclasses.replace(app.settings.authority, **{k: v for k, v in overrides.items() if v is not None})
+    configured = app.settings.authority
+    settings = dataclasses.replace(
+        configured,
+        host=_given(host, configured.host),
+        port=_given(port, configured.port),
+        job_step_seconds=_given(job_step_seconds, configured.job_step_seconds),
+        cert_validity_seconds=_given(cert_validity_seconds, configured.cert_validity_seconds),
+        device_quota=_given(device_quota, configured.device_quota),
+    )
     state_dir = Path(authority_dir) if authority_dir else paths.state_dir(app.settings) / "authority"
     faults = FaultInjector(seed=fault_seed)
     for spec in fault_specs:
@@ -121,19 +124,20 @@ def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
+    regions = server.regions or ()  # open_server names them (None would be: any region)
     info = {
         "endpoint_url": server.endpoint_url,
         "access_key_id": access_key_id,
         "credentials_file": str(credentials_file) if credentials_file else None,
         "state_dir": str(state_dir),
         "pid": os.getpid(),
-        "regions": list(server.regions),
+        "regions": list(regions),
     }
     app.out.stdout.write(dumps(info) + "\n")
     app.out.stdout.flush()
     app.out.say(
         f"authority listening on {server.endpoint_url} (state {state_dir}, access key {access_key_id}, "
-        f"region {', '.join(server.regions)}); "
+        f"region {', '.join(regions)}); "
         "stop with Ctrl-C or SIGTERM"
     )
     notify("READY=1")
@@ -145,6 +149,11 @@ def serve(
         server.stop()
     app.out.say("authority stopped")
     return ExitCode.OK
+
+
+def _given(flag: _T | None, configured: _T) -> _T:
+    """A flag's value when it was given, else the configured one."""
+    return configured if flag is None else flag
 
 
 # ---------------------------------------------------------------- steering a running authority
@@ -173,14 +182,14 @@ def _admin(app: App, credentials_file: str | None) -> AdminClient:
     from agent.aws.model import new_botocore_session
 
     creds = new_botocore_session(profile=app.settings.backend.profile).get_credentials()
-    if creds is None:
+    frozen = creds.get_frozen_credentials() if creds is not None else None
+    if frozen is None or frozen.access_key is None or frozen.secret_key is None:
         raise PanostageError(
             "no credentials for the authority's admin API",
             exit_code=ExitCode.ACCESS_DENIED,
             reason="no-credentials",
             hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY to the authority's, or pass --credentials-file",
         )
-    frozen = creds.get_frozen_credentials()
     return AdminClient(endpoint, frozen.access_key, frozen.secret_key, region=region)
 
 

@@ -21,20 +21,17 @@ def show(app: App) -> None:
     from agent import paths
 
     rows = app.loaded.rows()
-    data = {
-        "files": app.loaded.files,
-        "settings": rows,
-        "resolved": {
-            "state_dir": str(paths.state_dir(app.settings)),
-            "runtime_dir": str(paths.runtime_dir(app.settings)),
-        },
+    resolved = {
+        "state_dir": str(paths.state_dir(app.settings)),
+        "runtime_dir": str(paths.runtime_dir(app.settings)),
     }
+    data = {"files": app.loaded.files, "settings": rows, "resolved": resolved}
 
     def human() -> str:
         head = "files read: " + (", ".join(app.loaded.files) or "none")
         table = render_table(rows, ["key", "value", "source"], ["KEY", "VALUE", "SOURCE"])
-        resolved = "\n".join(f"{k}: {v}" for k, v in data["resolved"].items())
-        return f"{head}\n{table}\n{resolved}"
+        lines = "\n".join(f"{k}: {v}" for k, v in resolved.items())
+        return f"{head}\n{table}\n{lines}"
 
     app.out.data(data, human)
 

@@ -6,7 +6,8 @@ import fcntl
 import os
 import time
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +15,9 @@ from agent.cli.app import App, command_options, pass_app
 from agent.cli.output import dumps, render_table
 from agent.cli.stage_cmd import format_left
 from agent.clock import parse_iso
+
+if TYPE_CHECKING:
+    from agent.state import StateDB
 
 
 @click.command()
@@ -30,7 +34,7 @@ def watch(app: App) -> int:
     return Daemon(app.settings, clock=app.get_clock()).run()
 
 
-def daemon_running(state_dir: Any) -> bool:
+def daemon_running(state_dir: Path) -> bool:
     """True while a daemon holds the state directory's lock."""
     lock = state_dir / "daemon.lock"
     if not lock.exists():
@@ -45,7 +49,7 @@ def daemon_running(state_dir: Any) -> bool:
         os.close(fd)
 
 
-def snapshot(state: Any, state_dir: Any, now: datetime) -> dict[str, Any]:
+def snapshot(state: StateDB, state_dir: Path, now: datetime) -> dict[str, Any]:
     """Everything `status` shows, as data."""
     sticks = []
     for stick in state.sticks():

@@ -31,7 +31,7 @@ def device() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @command_options
 @pass_app
-def provision(app: App, out: str | None, force: bool, **inputs: Any) -> None:
+def provision(app: App, /, out: str | None, force: bool, **inputs: Any) -> None:
     """Create a device (ProvisionDevice) and receive its configuration archive.
 
     The archive holds a certificate valid for 5 minutes: to put it on a stick

@@ -6,15 +6,17 @@ import errno
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from agent.errors import ExitCode, PanostageError, UsageError
 from agent.provision_request import PORTS, PortInput, build_request, parse_tags
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-def provision_options(func: Callable[..., Any]) -> Callable[..., Any]:
+
+def provision_options(func: _F) -> _F:
     """Every ProvisionDevice input as flags (``device provision``, ``stage``, ``plan add``)."""
     options = [
         click.option("--name", required=True, help="Device name: 1-255 of letters, digits, - and _."),
@@ -122,7 +124,7 @@ def _too_deep(flag: str) -> UsageError:
     )
 
 
-def _depth(value: Any) -> int:
+def _depth(value: object) -> int:
     """Nesting depth of parsed JSON (iterative: no recursion limit to hit)."""
     deepest, stack = 0, [(value, 1)]
     while stack:
@@ -158,7 +160,7 @@ def request_from_options(opts: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def wait_options(func: Callable[..., Any]) -> Callable[..., Any]:
+def wait_options(func: _F) -> _F:
     """``--wait`` with its ``--timeout`` and ``--interval`` (defaults from [wait])."""
     func = click.option(
         "--interval", type=click.FloatRange(min=0.01), metavar="SECONDS", help="Seconds between polls."

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -10,13 +10,16 @@ from agent.cli.app import App, command_options, pass_app
 from agent.cli.output import render_table
 from agent.errors import ExitCode
 
+if TYPE_CHECKING:
+    from agent.handoff_log import HandoffLog
+
 
 @click.group("log")
 def log_group() -> None:
     """The hand-off log (hash-chained JSON Lines in the state directory)."""
 
 
-def _open(app: App):
+def _open(app: App) -> HandoffLog:
     from agent.staging.factory import handoff_log
 
     return handoff_log(app.settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from agent.clock import iso
 
 
-def to_jsonable(value: Any) -> Any:
+def to_jsonable(value: object) -> Any:
     """Plain JSON types for any value the agent emits."""
     if isinstance(value, datetime):
         return iso(value)
@@ -34,7 +34,7 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def dumps(value: Any) -> str:
+def dumps(value: object) -> str:
     return json.dumps(to_jsonable(value), ensure_ascii=False, sort_keys=False)
 
 
@@ -56,7 +56,7 @@ class Output:
         isatty = getattr(self.stderr, "isatty", None)
         return bool(isatty and isatty())
 
-    def data(self, value: Any, human: str | Callable[[], str] | None = None) -> None:
+    def data(self, value: object, human: str | Callable[[], str] | None = None) -> None:
         """Emit a result: JSON on stdout with ``--json``, else the human rendering on stdout."""
         self.clear_progress()
         if self.json:
@@ -122,7 +122,9 @@ def render_mapping(value: dict[str, Any], indent: str = "") -> str:
     return "\n".join(line for line in lines if line)
 
 
-def render_table(rows: Iterable[dict[str, Any]], columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
+def render_table(
+    rows: Iterable[Mapping[str, Any]], columns: Sequence[str], headers: Sequence[str] | None = None
+) -> str:
     """A plain aligned table; empty string when there are no rows."""
     rows = list(rows)
     if not rows:
@@ -134,7 +136,7 @@ def render_table(rows: Iterable[dict[str, Any]], columns: Sequence[str], headers
     return "\n".join([fmt.format(*headers).rstrip()] + [fmt.format(*r).rstrip() for r in cells])
 
 
-def _plain(value: Any) -> str:
+def _plain(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -11,8 +11,12 @@ from agent.cli.app import App, command_options, pass_app
 from agent.cli.inputs import provision_options, request_from_options
 from agent.cli.output import render_table
 
-#: Statuses `plan retry` puts back in the queue (``failed`` is accepted should the daemon ever use it).
-RETRYABLE = ("attention", "failed", "pending")
+if TYPE_CHECKING:
+    from agent.state import StateDB
+
+#: Statuses `plan retry` puts back in the queue.  (Not "failed": that is a hand-off state; a plan
+#: entry whose hand-off failed goes back to pending, or to attention after too many tries.)
+RETRYABLE = ("attention", "pending")
 
 
 @click.group()
@@ -20,7 +24,7 @@ def plan() -> None:
     """The plan: devices to provision, one per stick, in order."""
 
 
-def _db(app: App):
+def _db(app: App) -> StateDB:
     from agent import paths
     from agent.state import StateDB
 
@@ -67,7 +71,7 @@ def _short(text: str | None, width: int = 60) -> str | None:
 @click.option("--reboot", is_flag=True, help="Once the device is ONLINE (and after the OTA), reboot it.")
 @command_options
 @pass_app
-def add(app: App, ota_version: str | None, allow_major: bool, reboot: bool, **inputs: Any) -> None:
+def add(app: App, /, ota_version: str | None, allow_major: bool, reboot: bool, **inputs: Any) -> None:
     """Append one device to the plan (the same inputs as `device provision`)."""
     from agent.archive.verify import staged_name_violations
     from agent.aws import validation
@@ -229,30 +233,45 @@ def remove(app: App, ref: str) -> None:
 @pass_app
 def retry(app: App, ref: str) -> None:
     """Put an entry that needs attention back in the queue, its attempts reset."""
-    from agent.state import StateError
-
-    db = _db(app)
-    entry = db.entry(ref)
-    if entry["status"] not in RETRYABLE:
-        raise StateError(
-            f"{entry['name']} is {entry['status']}: only an entry that needs attention goes back in the queue",
-            hint="to provision it once more, `panostage plan remove` it and add it again"
-            if entry["status"] in ("done", "provisioned", "staged")
-            else "wait for the hand-off to end",
-            details={"id": entry["id"], "status": entry["status"]},
-        )
-    progress = (entry.get("actions") or {}).get("progress") or {}
-    failed = [kind for kind in ("ota", "reboot") if progress.get(kind) == "FAILED"]
-    if failed:  # the device is provisioned; only its action failed: run that again, on the same device
-        actions = dict(entry["actions"])
-        actions["progress"] = {
-            k: v for k, v in progress.items() if k not in failed and k not in [f"{x}_job" for x in failed]
-        }
-        db.set_entry(entry["id"], status="provisioned", actions=json.dumps(actions), last_error=None)
-        entry = db.entry(entry["id"])
+    failed: list[str] = []
+    # judged inside the change's transaction: a claim or a hand-off cannot slip in between
+    entry = _db(app).change_entry(ref, lambda entry: _retried(entry, failed))
+    if failed:
         app.out.data(
             _view(entry), f"{entry['name']}: {' and '.join(failed)} will run again on device {entry['device_id']}"
         )
-        return
-    entry = db.retry_entry(entry["id"])
-    app.out.data(_view(entry), f"{entry['name']} is pending again (id {entry['id']}, attempts reset)")
+    else:
+        app.out.data(_view(entry), f"{entry['name']} is pending again (id {entry['id']}, attempts reset)")
+
+
+def _retried(entry: dict[str, Any], failed: list[str]) -> dict[str, Any]:
+    """The columns that put ``entry`` back to work (``failed`` gets the actions run again), or refuse.
+
+    An entry whose hand-off went through (staged, provisioned, done) is refused; one that needs
+    attention only because its OTA or reboot failed keeps its device and runs that action again;
+    any other retryable entry goes back in the queue with its attempts reset.
+    """
+    if entry["status"] not in RETRYABLE:
+        from agent.state import StateError
+
+        raise StateError(
+            f"{entry['name']} is {entry['status']}: only an entry that needs attention goes back in the queue",
+            hint="to provision it once more, `panostage plan remove` it and add it again",
+            details={"id": entry["id"], "status": entry["status"]},
+        )
+    failed[:] = _failed_actions(entry) if entry["status"] == "attention" else []
+    if not failed:
+        return {"status": "pending", "attempts": 0, "last_error": None, "handoff_id": None}
+    # the device is provisioned; only its action failed: run that again, on the same device
+    actions = dict(entry["actions"])
+    progress = actions.get("progress") or {}
+    actions["progress"] = {
+        k: v for k, v in progress.items() if k not in failed and k not in [f"{x}_job" for x in failed]
+    }
+    return {"status": "provisioned", "actions": json.dumps(actions), "last_error": None}
+
+
+def _failed_actions(entry: dict[str, Any]) -> list[str]:
+    """The actions (ota, reboot) whose job failed after the device was provisioned."""
+    progress = (entry.get("actions") or {}).get("progress") or {}
+    return [kind for kind in ("ota", "reboot") if progress.get(kind) == "FAILED"]

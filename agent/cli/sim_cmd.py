@@ -36,7 +36,7 @@ def appliance(app: App, target_spec: str, endpoint_url: str | None, serial_numbe
 
     if endpoint_url is None:
         backend = app.backend()
-        if backend.kind == "aws":
+        if backend.kind == "aws" or backend.endpoint_url is None:  # only the aws backend has no endpoint URL
             raise PanostageError(
                 "the appliance simulator registers with a local authority, not AWS",
                 exit_code=ExitCode.USAGE,

@@ -21,7 +21,7 @@ def snow() -> None:
     """Reboot or unlock managed Snow devices (CreateTask) and follow the tasks."""
 
 
-def _task_command(command: str):
+def _task_command(command: str) -> click.Command:
     @click.argument("targets", nargs=-1, required=True, metavar="MANAGED_DEVICE_ID...")
     @click.option("--description", help="What the task is for (letters, digits, space and _.,!#).")
     @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag for the task (repeatable).")

@@ -46,6 +46,7 @@ def format_left(seconds: float) -> str:
 @pass_app
 def stage(
     app: App,
+    /,
     target_spec: str,
     replace: bool,
     replace_device: bool,

@@ -3,9 +3,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from agent.cli.app import App, command_options, pass_app
+
+if TYPE_CHECKING:
+    from agent.state import StateDB
+    from agent.stick import StickTarget
+    from agent.udev import StickInfo
 
 
 @click.group()
@@ -13,7 +20,7 @@ def stick() -> None:
     """Work with provisioning sticks."""
 
 
-def _open(app: App, spec: str):
+def _open(app: App, spec: str) -> StickTarget:
     from agent import paths
     from agent.stick import open_target
 
@@ -98,14 +105,14 @@ REASON_HINTS = (
 )
 
 
-def _db(app: App):
+def _db(app: App) -> StateDB:
     from agent import paths
     from agent.state import StateDB
 
     return StateDB(paths.state_dir(app.settings))
 
 
-def _udev_view(path: str):
+def _udev_view(path: str) -> tuple[StickInfo, list[StickInfo], list[str]]:
     """(StickInfo of ``path``, StickInfos of its partitions, warnings), errors as PanostageErrors."""
     import pyudev
 
@@ -136,7 +143,7 @@ def _udev_view(path: str):
         ) from None
 
 
-def _hint(reason: str, info) -> str | None:
+def _hint(reason: str, info: StickInfo) -> str | None:
     for prefix, hint in REASON_HINTS:
         if reason.startswith(prefix):
             disk = info.disk_syspath.rsplit("/", 1)[1] if info.disk_syspath else None
@@ -193,38 +200,20 @@ def check(app: App, device: str) -> int:
 @pass_app
 def enroll(app: App, device: str | None, identity_text: str | None, label: str | None, note: str | None) -> None:
     """Allow a stick: by DEVICE (identity read from udev) or by --identity."""
-    import dataclasses
+    from agent.errors import UsageError
+    from agent.udev import normalize_identity
 
-    from agent.errors import PanostageError, UsageError
-    from agent.udev import decide, normalize_identity
-
-    if bool(device) == bool(identity_text):
-        raise UsageError("give either a DEVICE or --identity", hint="panostage stick enroll /dev/sdb")
     warnings: list[str] = []
-    if identity_text:
+    if identity_text and not device:
         try:
             identity = normalize_identity(identity_text)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    else:
-        info, parts, warnings = _udev_view(device)
-        chosen = info if info.identity else None
-        if chosen is None:
-            named = {p.identity: p for p in parts if p.identity}
-            if len(named) != 1:
-                raise PanostageError(
-                    f"{device} has no identity: no USB serial and "
-                    + ("no filesystem UUID" if not named else f"{len(named)} filesystems ({', '.join(named)})"),
-                    reason="stick-no-identity",
-                    hint="format it (panostage stick prepare), or enroll one --identity",
-                )
-            chosen = next(iter(named.values()))
-        identity = chosen.identity
+    elif device and not identity_text:
+        chosen, identity, warnings = _enrollable(app, device)
         label = label or chosen.fs_label
-        relaxed = dataclasses.replace(app.settings.sticks, require_enrollment=False)
-        verdict = decide(chosen, relaxed, lambda _identity: True)
-        if not verdict.admitted:
-            warnings.append(f"enrolled, but the policy still ignores it: {verdict.reason}")
+    else:
+        raise UsageError("give either a DEVICE or --identity", hint="panostage stick enroll /dev/sdb")
     db = _db(app)
     db.enroll(identity, label=label, note=note)
     record = next(r for r in db.enrolled() if r["identity"] == identity)
@@ -233,6 +222,31 @@ def enroll(app: App, device: str | None, identity_text: str | None, label: str |
     app.out.data(
         {**record, "device": device, "warnings": warnings}, f"enrolled {identity}" + (f" ({label})" if label else "")
     )
+
+
+def _enrollable(app: App, device: str) -> tuple[StickInfo, str, list[str]]:
+    """What names ``device`` (the disk, else its one filesystem), its identity, and warnings: udev's, and
+    the policy's should it still ignore the stick once enrolled."""
+    import dataclasses
+
+    from agent.errors import PanostageError
+    from agent.udev import decide
+
+    info, parts, warnings = _udev_view(device)
+    named = {info.identity: info} if info.identity else {p.identity: p for p in parts if p.identity}
+    if len(named) != 1:
+        raise PanostageError(
+            f"{device} has no identity: no USB serial and "
+            + ("no filesystem UUID" if not named else f"{len(named)} filesystems ({', '.join(named)})"),
+            reason="stick-no-identity",
+            hint="format it (panostage stick prepare), or enroll one --identity",
+        )
+    ((identity, chosen),) = named.items()
+    relaxed = dataclasses.replace(app.settings.sticks, require_enrollment=False)
+    verdict = decide(chosen, relaxed, lambda _identity: True)
+    if not verdict.admitted:
+        warnings.append(f"enrolled, but the policy still ignores it: {verdict.reason}")
+    return chosen, identity, warnings
 
 
 @stick.command("list")
@@ -297,7 +311,8 @@ def prepare(app: App, device: str, label: str | None, force: bool, note: str | N
 
     def enroll_first(fs_uuid: str) -> None:
         # before mkfs.fat: a running daemon admits the stick as soon as udev announces the new filesystem
-        identity = f"usb:{info.usb_serial}" if info.is_usb and info.usb_serial else f"fs:{fs_uuid}"
+        identity = info.identity_with(fs_uuid)
+        assert identity is not None  # mkfs.fat always gives the filesystem a volume ID
         enrolled.update(identity=identity, new=not db.is_enrolled(identity))
         db.enroll(identity, label=label, note=note)
 

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import click
 
 from agent.cli.app import App, command_options, pass_app
 from agent.cli.stage_cmd import format_left
+
+if TYPE_CHECKING:
+    from agent.archive import ArchiveReport, Limits
+
+
+class Checks(TypedDict):
+    """What every archive is verified against (keywords of :func:`agent.archive.verify_archive`)."""
+
+    now: datetime
+    skew_seconds: float
+    margin_seconds: float
+    limits: Limits
+    device_name: str | None
+
 
 #: What a stick itself can be wrong about (beyond each archive's own checks), and the outcome it forces.
 STICK_PROBLEMS = {
@@ -59,7 +74,7 @@ def verify(app: App, target_spec: str, device_name: str | None, margin: float | 
     from agent.staging.factory import verify_limits
 
     stage = app.settings.stage
-    checks: dict[str, Any] = {
+    checks: Checks = {
         "now": app.get_clock().now(),
         "skew_seconds": stage.skew_seconds if skew is None else skew,
         "margin_seconds": stage.margin_seconds if margin is None else margin,
@@ -71,7 +86,8 @@ def verify(app: App, target_spec: str, device_name: str | None, margin: float | 
     if looks_like_archive_file(path):
         kind, reports = "archive", [_verify_file(path, checks)]
     else:
-        kind, reports, stick_problems = "stick", *_verify_stick(app, target_spec, checks)
+        kind = "stick"
+        reports, stick_problems = _verify_stick(app, target_spec, checks)
     outcomes = [r.outcome.value for r in reports] + [STICK_PROBLEMS[p["code"]] for p in stick_problems]
     worst = max(outcomes, key=SEVERITY.index) if outcomes else "unverifiable"
     data = {
@@ -91,7 +107,7 @@ def verify(app: App, target_spec: str, device_name: str | None, margin: float | 
     }[worst]
 
 
-def _verify_stick(app: App, spec: str, checks: dict[str, Any]):
+def _verify_stick(app: App, spec: str, checks: Checks) -> tuple[list[ArchiveReport], list[dict[str, str]]]:
     from agent import paths
     from agent.errors import PanostageError
     from agent.stick import archives, open_target
@@ -99,7 +115,7 @@ def _verify_stick(app: App, spec: str, checks: dict[str, Any]):
     from agent.stick.errors import StickDamaged
 
     problems: list[dict[str, str]] = []
-    reports = []
+    reports: list[ArchiveReport] = []
     with open_target(spec, allow_non_fat=True, runtime_dir=paths.runtime_dir(app.settings)) as target:
         try:
             problems += [{"code": "stick_unclean", "message": f"the stick: {w}"} for w in target.check_sound()]
@@ -127,7 +143,7 @@ def _verify_stick(app: App, spec: str, checks: dict[str, Any]):
     return reports, problems
 
 
-def _verify_file(path: Path, checks: dict[str, Any]):
+def _verify_file(path: Path, checks: Checks) -> ArchiveReport:
     """An archive file, judged by its size before a byte is read (a 3 GB file is refused, not loaded)."""
     from agent.archive import too_large, verify_archive
     from agent.errors import LocalIOError

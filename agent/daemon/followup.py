@@ -21,11 +21,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.aws.paging import pages
 from agent.aws.provisioning import describe_or_none
 from agent.clock import parse_iso
+
+if TYPE_CHECKING:
+    from agent.daemon.context import Context
 
 log = logging.getLogger("panostage.followup")
 
@@ -33,6 +36,11 @@ log = logging.getLogger("panostage.followup")
 WAITING = ("AWAITING_PROVISIONING", "PENDING")
 #: How long a pass waits for stick work to end before it asks the service anyway.
 STICKS_FIRST_SECONDS = 60.0
+
+T = TypeVar("T")
+D = TypeVar("D")
+#: What one contained step is given: one plan entry, or the staged entries of a pass.
+Entries = TypeVar("Entries", bound=dict[str, Any] | list[dict[str, Any]])
 
 
 @dataclass
@@ -62,7 +70,7 @@ class FollowUp:
     """What a pass does; :attr:`next_due` (monotonic seconds, None when nothing is followed) says when."""
 
     def __init__(
-        self, ctx: Any, *, quiet: threading.Event | None = None, monotonic: Callable[[], float] = time.monotonic
+        self, ctx: Context, *, quiet: threading.Event | None = None, monotonic: Callable[[], float] = time.monotonic
     ) -> None:
         self.ctx = ctx
         self.quiet = quiet  # set while no stick is being handled
@@ -98,11 +106,11 @@ class FollowUp:
         for entry in state.plan("provisioned"):
             backoff = self.jobs.setdefault(entry["id"], Backoff(self.staged.base, self.staged.cap, due=now))
             if backoff.due <= now:
-                moved = self._contained(self._advance_actions, entry, default=None)
-                if moved is None:  # the service keeps refusing (a device deleted, not online): not forever
-                    moved = self._horizon(entry, "its post-provision actions have failed at every try")
-                backoff.after(moved, now)
-                changed |= moved
+                advanced = self._contained(self._advance_actions, entry, default=None)
+                if advanced is None:  # the service keeps refusing (a device deleted, not online): not forever
+                    advanced = self._horizon(entry, "its post-provision actions have failed at every try")
+                backoff.after(advanced, now)
+                changed |= advanced
         counts = state.plan_counts()  # what is still followed after this pass
         rows = state.plan("provisioned") if counts["provisioned"] else []
         still = [entry["id"] for entry in rows]
@@ -226,10 +234,10 @@ class FollowUp:
         self.ctx.state.set_entry(entry["id"], status="attention", last_error=why)
         return True
 
-    def _sticks_first(self, call: Callable[..., Any]) -> Callable[..., Any]:
+    def _sticks_first(self, call: Callable[..., T]) -> Callable[..., T]:
         """``call``, made once no stick is being handled (or after STICKS_FIRST_SECONDS)."""
 
-        def paced(**params: Any) -> Any:
+        def paced(**params: Any) -> T:
             if self.quiet is not None:
                 self.quiet.wait(STICKS_FIRST_SECONDS)
             return call(**params)
@@ -237,9 +245,7 @@ class FollowUp:
         return paced
 
     @staticmethod
-    def _contained(
-        step: Callable[[dict[str, Any]], Any] | Callable[[list[dict[str, Any]]], Any], arg: Any, default: Any
-    ) -> Any:
+    def _contained(step: Callable[[Entries], T], arg: Entries, default: D) -> T | D:
         try:
             return step(arg)
         except Exception as exc:  # noqa: BLE001 - one entry's trouble never stops the others

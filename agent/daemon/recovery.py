@@ -10,7 +10,7 @@ action goes to the hand-off log.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.aws.errors import error_code
 from agent.aws.provisioning import CREATION_TOLERANCE, TAG_HANDOFF, devices_named, ours, tagged
@@ -18,12 +18,15 @@ from agent.clock import Clock, parse_iso, utc
 from agent.handoff_log import HandoffLog
 from agent.state import TERMINAL_HANDOFF, StateDB
 
+if TYPE_CHECKING:
+    from agent.aws.backend import Client, ServiceBackend
+
 
 def _parse(value: str | None) -> datetime | None:
     return parse_iso(value) if value else None
 
 
-def _delete(client: Any, device_id: str) -> bool:
+def _delete(client: Client, device_id: str) -> bool:
     """Delete a device; False when it was already gone."""
     from botocore.exceptions import ClientError
 
@@ -36,7 +39,7 @@ def _delete(client: Any, device_id: str) -> bool:
         raise
 
 
-def _devices_of(client: Any, handoff: dict[str, Any], request: dict[str, Any] | None) -> list[str]:
+def _devices_of(client: Client, handoff: dict[str, Any], request: dict[str, Any] | None) -> list[str]:
     """The device(s) an interrupted hand-off may have created (``request``: its plan entry's, to tell whether it
     went out tagged with the hand-off)."""
     if handoff.get("device_id"):
@@ -70,7 +73,14 @@ def _request_of(state: StateDB, handoff: dict[str, Any]) -> dict[str, Any] | Non
 
 
 def recover(
-    state: StateDB, backend: Any, log: HandoffLog, clock: Clock, *, station: str, operator: str, max_attempts: int
+    state: StateDB,
+    backend: ServiceBackend,
+    log: HandoffLog,
+    clock: Clock,
+    *,
+    station: str,
+    operator: str,
+    max_attempts: int,
 ) -> list[dict[str, Any]]:
     """Resolve every unfinished hand-off and every claimed entry without one; return what was done."""
     done: list[dict[str, Any]] = []
@@ -104,8 +114,8 @@ def recover(
         )
         done.append(action)
     for entry in state.plan("claimed"):
-        handoff = state.handoff(entry["handoff_id"]) if entry.get("handoff_id") else None
-        if handoff is not None and handoff["state"] not in TERMINAL_HANDOFF:
+        claimed_by = state.handoff(entry["handoff_id"]) if entry.get("handoff_id") else None
+        if claimed_by is not None and claimed_by["state"] not in TERMINAL_HANDOFF:
             continue  # a live hand-off of another process
         plan_status = state.requeue(
             entry["id"], "claimed by a process that ended; recovered", max_attempts=max_attempts

@@ -20,19 +20,28 @@ import select
 import signal
 import threading
 import time
-from datetime import timedelta
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent import paths, sdnotify
-from agent.clock import parse_iso
+from agent.daemon.context import Context
 from agent.daemon.followup import FollowUp, FollowUpThread
 from agent.daemon.recovery import recover
 from agent.daemon.technician import Technician
-from agent.daemon.worker import Context, StickWorker
+from agent.daemon.worker import StickWorker
 from agent.errors import ExitCode, PanostageError
 from agent.state import StateDB
 
+if TYPE_CHECKING:
+    from agent.clock import Clock
+    from agent.config import Settings
+    from agent.udev import StickEvent, StickInfo, Watcher
+
 log = logging.getLogger("panostage.daemon")
+
+T = TypeVar("T")
 
 
 class AlreadyRunning(PanostageError):
@@ -43,17 +52,25 @@ class AlreadyRunning(PanostageError):
 class Daemon:
     """One daemon per state directory."""
 
-    def __init__(self, settings: Any, *, clock: Any = None, watcher: Any = None, technician: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        watcher: Watcher | None = None,
+        technician: Technician | None = None,
+    ) -> None:
+        """``clock``, ``watcher`` (udev) and ``technician`` are seams: the system's, made here, when not given."""
         from agent.clock import SystemClock
 
         self.settings = settings
-        self.clock = clock or SystemClock()
+        self.clock: Clock = clock or SystemClock()
         self.watcher = watcher
         self.technician = technician or Technician(settings.daemon.notify)
         self.state_dir = paths.ensure_private_dir(paths.state_dir(settings))
         self.workers: dict[str, StickWorker] = {}
-        self.seen: dict[str, Any] = {}  # syspath -> StickInfo last acted on (to recognise our own change events)
-        self.ready: dict[str, tuple[str, Any, bool]] = {}  # syspath -> (device name, deadline, warned)
+        self.seen: dict[str, StickInfo] = {}  # syspath -> the stick last acted on (to recognise our own change events)
+        self.ready: dict[str, tuple[str, datetime, bool]] = {}  # syspath -> (device name, deadline, warned)
         self.finished: queue.Queue[StickWorker] = queue.Queue()
         self.stopping = False
         self._status = ""
@@ -87,7 +104,10 @@ class Daemon:
             operator=operator,
             state_dir=self.state_dir,
             runtime_dir=paths.ensure_private_dir(paths.runtime_dir(self.settings)),
-            stager_factory=lambda **hooks: make_stager(self.settings, self.backend, self.clock, **hooks),
+            # per stick: with what the daemon holds (its log and names), not made again
+            stager_factory=functools.partial(
+                make_stager, self.settings, self.backend, self.clock, log=log_, station=station, operator=operator
+            ),
         )
         self.followup = FollowUp(self.ctx, quiet=self.quiet)
         for action in recover(
@@ -132,24 +152,25 @@ class Daemon:
                 f"a daemon already runs on {self.state_dir}", hint="`panostage status` shows it; stop it first"
             ) from None
 
-    def _watcher(self) -> Any:
+    def _watcher(self) -> Watcher:
         if self.watcher is None:
             from agent.udev import Watcher
 
             self.watcher = Watcher(receive_buffer_bytes=self.settings.daemon.receive_buffer_bytes)
         return self.watcher
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
 
     # ------------------------------------------------------------------ the loop
 
-    def _loop(self, watcher: Any, wake_r: int) -> None:
+    def _loop(self, watcher: Watcher, wake_r: int) -> None:
         poller = select.poll()
         poller.register(watcher.fileno(), select.POLLIN)
         poller.register(wake_r, select.POLLIN)
         watchdog = self._watchdog
         last_ping = time.monotonic()
+        no_events: list[StickEvent] = []  # what a read that failed gives
         while not self.stopping:
             timeout = self._next_timeout(watchdog)
             for fd, _mask in poller.poll(None if timeout is None else max(0, int(timeout * 1000))):
@@ -157,8 +178,8 @@ class Daemon:
                     self._drain(wake_r)
                 else:
                     self.quiet.clear()  # sticks first: a follow-up pass stops at its next call from here on
-                    for event in self._contained(watcher.read, default=[]):
-                        self._contained(self._on_event, event)
+                    for event in self._contained(watcher.read, default=no_events):
+                        self._contained(self._on_event, event, default=None)
             self._reap()
             if self.workers:
                 self.quiet.clear()  # also for the sticks found at start (coldplug)
@@ -173,7 +194,7 @@ class Daemon:
             self._start_due_pass()  # last: the loop is back in poll() while the pass runs
 
     def _next_timeout(self, watchdog: float | None) -> float | None:
-        waits = []
+        waits: list[float] = []
         if watchdog:
             waits.append(watchdog / 4)
         due = self.followup.next_due
@@ -184,10 +205,10 @@ class Daemon:
                 waits.append(max(0.0, (self._warn_at(deadline) - self.clock.now()).total_seconds()))
         return min(waits) if waits else None
 
-    def _warn_at(self, deadline: Any) -> Any:
+    def _warn_at(self, deadline: datetime) -> datetime:
         return deadline - timedelta(seconds=self.settings.stage.margin_seconds)
 
-    def _contained(self, func: Any, *args: Any, default: Any = None) -> Any:
+    def _contained(self, func: Callable[..., T], *args: Any, default: T) -> T:
         """One failure is logged and contained: the loop never dies of one bad device."""
         try:
             return func(*args)
@@ -205,7 +226,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ events
 
-    def _on_event(self, event: Any) -> None:
+    def _on_event(self, event: StickEvent) -> None:
         from agent.udev import decide, same_filesystem
 
         syspath = event.syspath
@@ -266,14 +287,8 @@ class Daemon:
                 self.followup.kick()  # an entry was staged, or a returned stick moved one
             if worker.cancel.is_set() and worker.syspath not in self.seen:
                 self.state.forget_stick(worker.syspath)  # removed while working
-            elif worker.outcome == "ready":
-                handoff = self.state.handoff(worker.handoff_id) if worker.handoff_id else None
-                if handoff and handoff.get("deadline"):
-                    self.ready[worker.syspath] = (
-                        handoff.get("device_name") or "",
-                        parse_iso(handoff["deadline"]),
-                        False,
-                    )
+            elif worker.outcome == "ready" and worker.deadline is not None:  # as the worker recorded it
+                self.ready[worker.syspath] = (worker.device_name or "", worker.deadline, False)
         if reaped and not self.workers:  # quiet again: give the batch's garbage back (no worker is referenced here)
             self._frozen |= release_memory(freeze=not self._frozen and self.backend.clients_made)
 
@@ -312,7 +327,7 @@ class Daemon:
             self._status = line
             sdnotify.notify(f"STATUS={line}")
 
-    def _shutdown(self, watcher: Any) -> None:
+    def _shutdown(self, watcher: Watcher) -> None:
         sdnotify.notify("STOPPING=1", "STATUS=stopping")
         log.info("stopping: %d hand-off(s) in flight", len(self.workers))
         for worker in self.workers.values():
@@ -325,7 +340,7 @@ class Daemon:
                     log.error("stick %s: hand-off still running at exit; recovery will resolve it", worker.info.devnode)
         self.quiet.set()  # a pass waiting for the sticks goes on, and ends
         self.followup_thread.stop(max(1.0, deadline - time.monotonic()))
-        self._contained(watcher.close)
+        self._contained(watcher.close, default=None)
         self.state.set_fact("daemon", {"pid": os.getpid(), "stopped": self.clock.now().isoformat(), "running": False})
         self.state.clear_sticks()
         self.backend.close()
@@ -355,7 +370,7 @@ def release_memory(*, freeze: bool) -> bool:
 
 
 @functools.cache
-def _malloc_trim() -> Any:
+def _malloc_trim() -> Callable[[int], object] | None:
     """glibc's malloc_trim, looked up once (None elsewhere: nothing to trim)."""
     import ctypes
     import ctypes.util

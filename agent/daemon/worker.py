@@ -13,12 +13,20 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from agent.daemon.context import Context
 from agent.daemon.returning import StickFacts, Verdict, judge
 from agent.errors import ExitCode, PanostageError
 from agent.timing import StepTimer
+
+if TYPE_CHECKING:
+    from agent.stick.model import StickTarget
+    from agent.udev import StickInfo
+
+__all__ = ["ABANDON_BEFORE", "CHECKPOINT_STATES", "HOLD_ENV", "Abandoned", "Context", "StickWorker"]
 
 log = logging.getLogger("panostage.daemon")
 
@@ -42,28 +50,11 @@ class Abandoned(PanostageError):
 
 
 @dataclass
-class Context:
-    """What every worker shares with the daemon."""
-
-    settings: Any
-    state: Any  # StateDB
-    backend: Any
-    handoff_log: Any
-    clock: Any
-    technician: Any
-    station: str
-    operator: str
-    state_dir: Path
-    runtime_dir: Path
-    stager_factory: Callable[..., Any]
-
-
-@dataclass
 class StickWorker:
     """Handles one stick, once; the daemon starts it and is told when it is done."""
 
     ctx: Context
-    info: Any  # agent.udev.StickInfo
+    info: StickInfo
     on_done: Callable[[StickWorker], None]
     cancel: threading.Event = field(default_factory=threading.Event)
     outcome: str = "working"
@@ -72,6 +63,8 @@ class StickWorker:
     thread: threading.Thread | None = None
     departed: bool = False  # set by the daemon when udev says the stick went away
     collected: bool = False  # a return trip ran (plan entries may have moved)
+    device_name: str | None = None  # set with the deadline when the hand-off is ready
+    deadline: datetime | None = None  # the ready archive's: the daemon warns the technician before it
 
     @property
     def syspath(self) -> str:
@@ -125,6 +118,7 @@ class StickWorker:
         self.timer = StepTimer()
         ctx.state.see_stick(self.syspath, state="working", devnode=self.info.devnode, identity=self.info.identity)
         with self.timer.step("open_stick"):
+            assert self.info.devnode is not None  # udev names every block device that carries a filesystem
             target = open_target(self.info.devnode, runtime_dir=ctx.runtime_dir)
         with target:
             with self.timer.step("look"):
@@ -137,11 +131,12 @@ class StickWorker:
                 if not self._return_trip(target):
                     return
             elif verdict is Verdict.WIPE_THEN_STAGE:
+                assert facts.archive is not None  # the verdict is given only of an archive
                 target.wipe(facts.archive)
             entry = self._restage_entry(facts) if verdict is Verdict.RESTAGE else None
             self._stage(target, entry)
 
-    def _look(self, target: Any) -> tuple[Verdict, str, StickFacts]:
+    def _look(self, target: StickTarget) -> tuple[Verdict, str, StickFacts]:
         from agent.staging.factory import verify_limits
         from agent.stick import LOG_DIR, archives
         from agent.stick.checks import archive_report
@@ -181,7 +176,7 @@ class StickWorker:
 
         return (describe_or_none(self.ctx.backend.panorama(), device_id) or {}).get("ProvisioningStatus")
 
-    def _return_trip(self, target: Any) -> bool:
+    def _return_trip(self, target: StickTarget) -> bool:
         """Collect the appliance's logs; True when the stick is clean afterwards and may be staged."""
         from agent.staging import returns
         from agent.staging.factory import verify_limits
@@ -232,7 +227,7 @@ class StickWorker:
             return None
         return entry
 
-    def _stage(self, target: Any, entry: dict[str, Any] | None) -> None:
+    def _stage(self, target: StickTarget, entry: dict[str, Any] | None) -> None:
         ctx = self.ctx
         self.handoff_id = ctx.state.new_id()
         with self.timer.step("claim"):
@@ -285,6 +280,7 @@ class StickWorker:
             device_id=result.device["id"],
             device_arn=result.device.get("arn"),
         )
+        self.device_name, self.deadline = result.device["name"], result.deadline
         self.outcome, self.message = "ready", f"{entry['name']} ready until {result.deadline.isoformat()}"
         ctx.state.see_stick(self.syspath, state="ready", reason=self.message, handoff_id=self.handoff_id)
         ctx.technician.ready(entry["name"], self.info.devnode, result.deadline)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import getpass
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import paths
+from agent.archive import Limits
 from agent.clock import Clock
 from agent.config import Settings, check_operator
 from agent.handoff_log import HandoffLog, Journal
 from agent.staging.stage import StageOptions, Stager
+
+if TYPE_CHECKING:
+    from agent.aws.backend import ServiceBackend
+    from agent.errors import PanostageError
 
 
 def handoff_log(settings: Settings) -> HandoffLog:
@@ -35,9 +40,7 @@ def operator_name(settings: Settings) -> str:
     return check_operator(user, "the login name ($USER, $LOGNAME)")
 
 
-def verify_limits(settings: Settings) -> Any:
-    from agent.archive import Limits
-
+def verify_limits(settings: Settings) -> Limits:
     v = settings.verify
     return Limits(
         max_members=v.max_members,
@@ -47,12 +50,12 @@ def verify_limits(settings: Settings) -> Any:
     )
 
 
-def log_unopened_stick(settings: Settings, clock: Clock, name: str, spec: str, error: Any) -> None:
+def log_unopened_stick(settings: Settings, clock: Clock, name: str, spec: str, error: PanostageError) -> None:
     """Log a hand-off that failed at its first step: the stick was refused (not FAT ...) or could not be opened.
 
     A log that cannot take the record is named after the stick's error (:meth:`PanostageError.also`), never
     instead of it."""
-    from agent.errors import to_error
+    from agent.error_mapping import to_error
 
     try:
         handoff_log(settings).append(
@@ -71,13 +74,24 @@ def log_unopened_stick(settings: Settings, clock: Clock, name: str, spec: str, e
         error.also(f"the hand-off log could not record this: {to_error(exc).message}")
 
 
-def make_stager(settings: Settings, backend: Any, clock: Clock, **overrides: Any) -> Stager:
-    """A Stager with options from [stage], overridden by ``overrides`` (command-line flags)."""
+def make_stager(
+    settings: Settings,
+    backend: ServiceBackend,
+    clock: Clock,
+    *,
+    log: HandoffLog | None = None,
+    station: str | None = None,
+    operator: str | None = None,
+    limits: Limits | None = None,
+    **overrides: Any,
+) -> Stager:
+    """A Stager with options from [stage], overridden by ``overrides`` (command-line flags, and the ``on_event``
+    and ``checkpoint`` hooks).  What the caller already holds - the hand-off log, the station's and the
+    operator's names, the verification limits (the daemon, per stick) - is used as given, else made from
+    ``settings``."""
     hooks = {k: overrides.pop(k) for k in ("on_event", "checkpoint") if k in overrides}
     s = settings.stage
-    lifetime = (
-        settings.authority.cert_validity_seconds if getattr(backend, "kind", None) == "local" else s.certificate_seconds
-    )
+    lifetime = settings.authority.cert_validity_seconds if backend.kind == "local" else s.certificate_seconds
     options = StageOptions(
         margin_seconds=s.margin_seconds, skew_seconds=s.skew_seconds, restarts=s.restarts, certificate_seconds=lifetime
     )
@@ -85,10 +99,10 @@ def make_stager(settings: Settings, backend: Any, clock: Clock, **overrides: Any
     return Stager(
         backend,
         clock=clock,
-        log=handoff_log(settings),
+        log=log if log is not None else handoff_log(settings),
         options=options,
-        station=station_name(settings),
-        operator=operator_name(settings),
-        verify_limits=verify_limits(settings),
+        station=station if station is not None else station_name(settings),
+        operator=operator if operator is not None else operator_name(settings),
+        verify_limits=limits if limits is not None else verify_limits(settings),
         **hooks,
     )

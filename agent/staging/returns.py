@@ -16,8 +16,9 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from agent import paths
 from agent.archive import Limits, device_name_from_file_name
@@ -26,6 +27,10 @@ from agent.clock import Clock
 from agent.handoff_log import HandoffLog
 from agent.stick import LOG_DIR, archives, leftovers, names
 from agent.stick.checks import archive_report
+from agent.stick.model import Entry, StickTarget
+
+if TYPE_CHECKING:
+    from agent.aws.backend import ServiceBackend
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 #: The largest appliance log collected (a larger one is left on the stick and named in the record).
@@ -55,7 +60,7 @@ class Collected:
         }
 
 
-def stick_device(target: Any, clock: Clock, limits: Limits = Limits()) -> dict[str, Any]:
+def stick_device(target: StickTarget, clock: Clock, limits: Limits = Limits()) -> dict[str, Any]:
     """Which device the stick was staged for: from its archive's manifest or file name."""
     found = [e for e in archives(target) if e.kind == "file"]
     if not found:
@@ -88,8 +93,8 @@ def _judge(status: str | None, has_logs: bool) -> str:
 
 
 def collect(
-    target: Any,
-    backend: Any,
+    target: StickTarget,
+    backend: ServiceBackend,
     log: HandoffLog,
     clock: Clock,
     state_dir: Path,
@@ -137,12 +142,12 @@ def collect(
     return result
 
 
-def _appliance_logs(target: Any) -> list[tuple[Any, str | None]]:
+def _appliance_logs(target: StickTarget) -> list[tuple[Entry, str | None]]:
     """The files of /panorama, each with why it is not collected (None: collect it)."""
     entry = target.lookup(LOG_DIR)
     if entry is None or entry.kind != "dir":
         return []
-    out: list[tuple[Any, str | None]] = []
+    out: list[tuple[Entry, str | None]] = []
     kept = 0
     for item in target.list_dir(LOG_DIR):
         if item.kind != "file":
@@ -159,7 +164,7 @@ def _appliance_logs(target: Any) -> list[tuple[Any, str | None]]:
     return out
 
 
-def is_log(entry: Any) -> bool:
+def is_log(entry: Entry) -> bool:
     """A regular file named ``*.log`` (as FAT compares names): what the appliance writes to /panorama."""
     return entry.kind == "file" and names.fold(entry.name).endswith(".log")
 
@@ -177,7 +182,7 @@ def _keep(folder: Path, name: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _status(backend: Any, device: dict[str, Any]) -> str | None:
+def _status(backend: ServiceBackend, device: dict[str, Any]) -> str | None:
     from agent.aws.provisioning import describe_or_none, devices_named
 
     client = backend.panorama()
@@ -186,14 +191,14 @@ def _status(backend: Any, device: dict[str, Any]) -> str | None:
     if device.get("name"):
         matches = devices_named(client, device["name"])
         if matches:
-            newest = max(matches, key=lambda d: d.get("CreatedTime"))
+            newest = max(matches, key=lambda d: cast(datetime, d.get("CreatedTime")))  # the model: a timestamp
             device["id"] = newest["DeviceId"]
             return newest.get("ProvisioningStatus")
     return None
 
 
 def wipe(
-    target: Any,
+    target: StickTarget,
     log: HandoffLog,
     clock: Clock,
     station: str,

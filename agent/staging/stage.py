@@ -16,134 +16,31 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import interrupts
-from agent.archive import ArchiveReport, Limits, Outcome, archive_file_name, verify_archive
+from agent.archive import ArchiveReport, CertificateInfo, Limits, Outcome, archive_file_name, verify_archive
 from agent.aws import validation
-from agent.aws.provisioning import Provisioned, clock_offset, devices_named_at, provision_device, tagged, tags_of
+from agent.aws.provisioning import Event, Provisioned, clock_offset, provision_device, tagged
 from agent.clock import Clock, iso, utc
-from agent.errors import ExitCode, PanostageError, to_error
+from agent.error_mapping import to_error
+from agent.errors import ExitCode, PanostageError
 from agent.handoff_log import HandoffLog
 from agent.staging import stale
-from agent.stick import checks, names
-from agent.stick.errors import StickConflict
+from agent.staging.free_name import free_name
+from agent.staging.handoff import ArchiveRejected, Checkpoint, Progress, StageOptions, StageResult
+from agent.staging.stick_plan import StickPlan, clear, plan_stick
 from agent.timing import StepTimer
+
+if TYPE_CHECKING:
+    from agent.aws.backend import ServiceBackend
+    from agent.stick.model import StickTarget
+
+__all__ = ["EXPECTED_ARCHIVE_BYTES", "ArchiveRejected", "Checkpoint", "StageOptions", "StageResult", "Stager"]
 
 #: A guess at an archive's size before we have it (they are a few KB): refuse a full stick early.
 EXPECTED_ARCHIVE_BYTES = 64 * 1024
-
-
-class ArchiveRejected(PanostageError):
-    """The archive failed verification; its exit code is the verification outcome's."""
-
-    reason = "archive-rejected"
-
-    def __init__(
-        self, report: ArchiveReport, where: str, clock_offset: float | None = None, skew_seconds: float = 30.0
-    ) -> None:
-        problems = (
-            "; ".join(p.message for p in report.problems if p.code != "network_json_missing") or report.outcome.name
-        )
-        message = f"the archive {where} is {report.outcome.name.lower()}: {problems}"
-        hint = "nothing was written to the stick; the device was deleted again"
-        time_codes = {"not_yet_valid", "expired", "expiring"} & set(report.codes())
-        if time_codes and clock_offset is not None and abs(clock_offset) > skew_seconds:
-            side = "ahead of" if clock_offset > 0 else "behind"
-            message += f" — this workstation's clock is {abs(clock_offset):.0f}s {side} the service's"
-            hint = "set the clock right (NTP: `timedatectl set-ntp true`) and stage again; " + hint
-        super().__init__(
-            message,
-            exit_code=report.exit_code,
-            reason=f"archive-{report.outcome.name.lower()}",
-            details={"report": report.to_dict(), "clock_offset_seconds": clock_offset},
-            hint=hint,
-        )
-
-
-@dataclass(frozen=True)
-class StageOptions:
-    margin_seconds: float = 60.0
-    skew_seconds: float = 30.0
-    replace: bool = False
-    replace_device: bool = False
-    restarts: int = 1
-    certificate_seconds: float = 300.0  # how long the service's certificates live (see agent.staging.stale)
-
-
-@dataclass
-class StageResult:
-    device: dict[str, Any]
-    stick: dict[str, Any]
-    archive: dict[str, Any]
-    certificate: dict[str, Any]
-    deadline: datetime
-    seconds_left: float
-    durations_ms: dict[str, float]
-    removed_from_stick: list[str] = field(default_factory=list)
-    devices_deleted: list[dict[str, Any]] = field(default_factory=list)
-    attempts: int = 1
-    #: What the stick's census found odd but harmless (it was not cleanly unmounted ...).
-    stick_warnings: list[str] = field(default_factory=list)
-    #: Set when the hand-off is ready but its record could not be appended to the hand-off log.
-    log_error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "outcome": "ready",
-            "device": self.device,
-            "stick": self.stick,
-            "archive": self.archive,
-            "certificate": self.certificate,
-            "deadline": iso(self.deadline),
-            "seconds_left": round(self.seconds_left, 1),
-            "durations_ms": self.durations_ms,
-            "removed_from_stick": self.removed_from_stick,
-            "devices_deleted": self.devices_deleted,
-            "provision_attempts": self.attempts,
-            "stick_warnings": self.stick_warnings,
-            "log_error": self.log_error,
-        }
-
-
-Checkpoint = Callable[..., None]
-
-
-@dataclass
-class StickPlan:
-    """What the stick holds that the write will replace or remove."""
-
-    target_name: str
-    #: removed before the device is provisioned (once every check has passed): what is dead or in the way -
-    #: expired archives, and with --replace junk, anything at a FAT-equal name, a symlink or empty directory
-    remove_before: list[str] = field(default_factory=list)
-    #: other devices' live archives (--replace), removed once ours is proven on the stick
-    remove_after: list[str] = field(default_factory=list)
-    #: harmless oddities of the stick (it was not cleanly unmounted ...), reported with the hand-off
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class OnStick:
-    """An archive-like file found on a stick: whose it is and whether it still matters."""
-
-    name: str
-    device: str | None = None
-    not_after: datetime | None = None  # set when it is a live archive
-    expired: bool = False
-    problem: str | None = None  # not a usable archive (too large, unreadable, corrupt ...)
-
-    @property
-    def live(self) -> bool:
-        return self.not_after is not None
-
-    def describe(self) -> str:
-        whose = f" of device {self.device}" if self.device else ""
-        if self.live:
-            return f"{self.name} is the live archive{whose} (until {iso(self.not_after)})"
-        return f"{self.name} is not a usable configuration archive ({self.problem})"
 
 
 class Stager:
@@ -151,15 +48,15 @@ class Stager:
 
     def __init__(
         self,
-        backend: Any,
+        backend: ServiceBackend,
         *,
         clock: Clock,
         log: HandoffLog,
         options: StageOptions,
         station: str,
         operator: str,
-        verify_limits: Any = None,
-        on_event: Callable[..., None] = lambda kind, **data: None,
+        verify_limits: Limits | None = None,
+        on_event: Event = lambda kind, **data: None,
         checkpoint: Checkpoint = lambda state, **data: None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -179,7 +76,7 @@ class Stager:
     def stage(
         self,
         request: dict[str, Any],
-        target: Any,
+        target: StickTarget,
         *,
         stick_extra: dict[str, Any] | None = None,
         timer: StepTimer | None = None,
@@ -192,7 +89,7 @@ class Stager:
         timer = timer or StepTimer()
         name = request.get("Name", "")
         handoff_id = handoff_id or uuid.uuid4().hex
-        context: dict[str, Any] = {"device": {"name": name}, "stick": {}, "deleted": [], "handoff_id": handoff_id}
+        progress = Progress(handoff_id=handoff_id, device={"name": name})
         provisioned: Provisioned | None = None
         try:
             with timer.step("validate"):
@@ -200,16 +97,23 @@ class Stager:
                 archive_file_name(name)  # a name FAT cannot hold is the input's fault, not the stick's
             # everything that can refuse comes first; the stick changes only once nothing will
             with timer.step("inspect_stick"):
-                context["stick"] = {**target.describe(), **(stick_extra or {})}
-                plan = self._inspect(target, name)
+                progress.stick = {**target.describe(), **(stick_extra or {})}
+                plan = plan_stick(
+                    target,
+                    name,
+                    replace=self.options.replace,
+                    limits=self.verify_limits or Limits(),
+                    clock=self.clock,
+                    skew_seconds=self.options.skew_seconds,
+                )
                 self.log.check_appendable()  # a log that cannot take the record must not cost a device
             with timer.step("check_room"):
                 target.check_room(plan.target_name, EXPECTED_ARCHIVE_BYTES, freeing=plan.remove_before)
             with timer.step("existing_device"):
-                self._clear_stale_device(name, context)
+                self._free_name(name, progress)
             if plan.remove_before:
                 with timer.step("clear_stick"):
-                    context["removed"] = self._clear(target, plan.remove_before)
+                    progress.removed = clear(target, plan.remove_before)
                     target.check_room(plan.target_name, EXPECTED_ARCHIVE_BYTES)
             for attempt in range(self.options.restarts + 1):
                 self.checkpoint("provisioning", name=name, started=self.clock.now())
@@ -219,9 +123,9 @@ class Stager:
                         self.backend,
                         tagged(request, self.station, handoff_id),
                         clock=self.clock,
-                        on_event=self._provision_event(context),
+                        on_event=self._provision_event(progress),
                     )
-                context["device"] = {
+                progress.device = {
                     "name": name,
                     "id": provisioned.device_id,
                     "arn": provisioned.arn,
@@ -233,7 +137,7 @@ class Stager:
                 if report.outcome in (Outcome.OK,):
                     break
                 self._delete(
-                    provisioned.device_id, name, "archive unusable on arrival: " + report.outcome.name, context
+                    provisioned.device_id, name, "archive unusable on arrival: " + report.outcome.name, progress
                 )
                 provisioned_last, provisioned = provisioned, None
                 offset = clock_offset(provisioned_last, self.clock.now())
@@ -252,11 +156,11 @@ class Stager:
                     deleted=provisioned_last.device_id,
                 )
             assert provisioned is not None
-            result = self._write_and_prove(provisioned, report, plan, target, timer, context)
+            result = self._write_and_prove(provisioned, report, plan, target, timer, progress)
         except BaseException as exc:
-            self._fail(exc, provisioned, target, context, timer)
+            self._fail(exc, provisioned, target, progress, timer)
             if isinstance(exc, PanostageError):
-                for message in context.get("log_errors", []):
+                for message in progress.log_errors:
                     exc.also(f"the hand-off log could not record this: {message}")
             raise
         return result
@@ -266,14 +170,14 @@ class Stager:
         provisioned: Provisioned,
         report: ArchiveReport,
         plan: StickPlan,
-        target: Any,
+        target: StickTarget,
         timer: StepTimer,
-        context: dict[str, Any],
+        progress: Progress,
     ) -> StageResult:
         data = provisioned.archive
         digest = hashlib.sha256(data).hexdigest()
-        name = context["device"]["name"]
-        left = (utc(report.device_certificate.not_after) - self.clock.now()).total_seconds()
+        name = progress.device["name"]
+        left = (utc(_device_certificate(report).not_after) - self.clock.now()).total_seconds()
         if left < self.options.margin_seconds:
             raise PanostageError(
                 f"only {left:.0f}s of validity left when the write would start (margin {self.options.margin_seconds:g}s); "
@@ -283,10 +187,10 @@ class Stager:
                 hint="run stage again: a new device will be provisioned",
             )
         self.checkpoint("writing", device_id=provisioned.device_id, sha256=digest, file=plan.target_name)
-        context["writing"] = (plan.target_name, digest)
+        progress.writing = (plan.target_name, digest)
         with timer.step("write"):
             write_report = target.write_atomic(plan.target_name, data)
-        context["written"] = plan.target_name
+        progress.written = plan.target_name
         self.checkpoint("written", device_id=provisioned.device_id, sha256=digest, file=plan.target_name)
         with timer.step("read_back"):
             on_stick = target.read(plan.target_name, bypass_cache=True)
@@ -303,13 +207,13 @@ class Stager:
         if stick_report.outcome is not Outcome.OK:
             raise ArchiveRejected(stick_report, "read back from the stick")
         with timer.step("tidy_stick"):
-            removed = context.get("removed", []) + self._clear(target, plan.remove_after)
+            removed = progress.removed + clear(target, plan.remove_after)
         self.checkpoint("verified", device_id=provisioned.device_id, sha256=digest)
-        cert = stick_report.device_certificate
+        cert = _device_certificate(stick_report)
         now = self.clock.now()
         result = StageResult(
-            device={**context["device"], "status": provisioned.status},
-            stick=context["stick"],
+            device={**progress.device, "status": provisioned.status},
+            stick=progress.stick,
             archive={
                 "file": plan.target_name,
                 "sha256": digest,
@@ -327,13 +231,13 @@ class Stager:
             seconds_left=(utc(cert.not_after) - now).total_seconds(),
             durations_ms={},
             removed_from_stick=removed,
-            devices_deleted=context["deleted"],
+            devices_deleted=progress.deleted,
             attempts=provisioned.attempts,
         )
         result.stick_warnings = plan.warnings
         with timer.step("log"):  # the archive is proven on the stick: a log that fails now is reported, never undone
             self._record(
-                context,
+                progress,
                 "handoff",
                 time=now,
                 outcome="ready",
@@ -345,7 +249,7 @@ class Stager:
                 stick_warnings=plan.warnings,
                 durations_ms=dict(timer.durations_ms),
             )
-        result.log_error = "; ".join(dict.fromkeys(context.get("log_errors", []))) or None
+        result.log_error = "; ".join(dict.fromkeys(progress.log_errors)) or None
         result.durations_ms = dict(timer.durations_ms)
         self.checkpoint("ready", device_id=provisioned.device_id, deadline=result.deadline)
         return result
@@ -366,163 +270,45 @@ class Stager:
             **kwargs,
         )
 
-    def _inspect(self, target: Any, name: str) -> StickPlan:
-        """Decide what happens to what the stick already holds, before any device is made (reads only).
-
-        The stick must be sound (a damaged FAT is refused).  Every entry a FAT reader could take for an
-        archive, or for this archive's name, is judged by what it is, not by its name alone: the same
-        device's older archive (or junk at its name) is replaced atomically; an expired archive, or (with
-        ``--replace``) junk or an entry in the way, is removed before provisioning; another device's live archive blocks
-        the write unless ``--replace`` (then it goes once ours is proven, or first when its name is
-        FAT-equal to ours: the stick cannot hold both).
-        """
-        plan = StickPlan(target_name=archive_file_name(name))
-        target.require_writable()
-        plan.warnings = target.check_sound()
-        replace = self.options.replace
-        blockers: list[str] = []
-        at_name = target.lookup(plan.target_name)
-        others = [e for e in checks.archives(target) if at_name is None or e.name != at_name.name]
-        for entry in [e for e in [at_name] if e] + others:
-            ours = entry.name == plan.target_name  # this device's own name, exactly (device names are case-sensitive)
-            alike = names.same(entry.name, plan.target_name)
-            what = {"dir": "a directory", "symlink": "a symlink", "other": "a special file"}.get(entry.kind, "a file")
-            if entry.kind == "dir" and target.list_dir(entry.name):
-                raise StickConflict(
-                    f"{entry.name} on the stick is a directory with files in it; it is never removed for you",
-                    reason="stick-name-is-dir",
-                    hint="move its contents away, or use another stick",
-                )
-            if entry.kind != "file":
-                if not replace:
-                    blockers.append(f"{entry.name} is {what} (a symlink is never followed)")
-                (plan.remove_before if alike else plan.remove_after).append(entry.name)
-                continue
-            if ours and entry.readonly and not replace:
-                blockers.append(f"{entry.name} is a read-only file")
-            if ours:  # whatever is at this archive's own name (an older archive, junk): the write replaces it -
-                if entry.size > (self.verify_limits or Limits()).max_file_bytes:  # judged by its size, never read
-                    plan.remove_before.append(entry.name)
-                continue
-            found = self._archive_on_stick(target, entry)
-            if found.expired:
-                plan.remove_before.append(entry.name)
-            elif not replace:
-                blockers.append(
-                    found.describe()
-                    + (
-                        f"; on FAT its name is the same as {plan.target_name}, so the stick cannot hold both"
-                        if alike
-                        else ""
-                    )
-                )
-            elif alike or not found.live:
-                plan.remove_before.append(entry.name)
-            else:
-                plan.remove_after.append(entry.name)
-        if blockers:
-            raise StickConflict(
-                "the stick already holds: " + "; ".join(blockers) + " (the appliance must meet exactly one archive)",
-                reason="stick-occupied",
-                hint="use another stick, wipe it (`panostage stick wipe`), or pass --replace",
-                details={"blockers": blockers},
-            )
-        return plan
-
-    def _archive_on_stick(self, target: Any, entry: Any) -> OnStick:
-        """What an archive-like file on the stick is (judged by its size first, read only when it could be one)."""
-        try:
-            report = checks.archive_report(
-                target,
-                entry,
-                now=self.clock.now(),
-                limits=self.verify_limits or Limits(),
-                skew_seconds=self.options.skew_seconds,
-            )
-        except PanostageError as exc:
-            return OnStick(entry.name, problem=f"unreadable: {exc.message}")
-        device = report.device_name or (report.device_certificate.subject if report.device_certificate else None)
-        if report.outcome is Outcome.EXPIRED:
-            return OnStick(entry.name, device=device, expired=True)
-        if report.outcome in (Outcome.OK, Outcome.EXPIRING):
-            return OnStick(entry.name, device=device, not_after=report.not_after)
-        return OnStick(entry.name, device=device, problem=report.summary())
-
-    def _clear(self, target: Any, entries: list[str]) -> list[str]:
-        """Remove ``entries`` from the stick: files are wiped (overwritten, then deleted), the rest removed."""
-        removed = []
-        for name in entries:
-            entry = target.lookup(name)
-            if entry is not None and entry.kind == "file":
-                target.wipe(entry.name)
-            elif entry is not None:
-                target.remove(entry.name)
-            removed.append(name)
-        return removed
-
-    def _clear_stale_device(self, name: str, context: dict[str, Any]) -> None:
+    def _free_name(self, name: str, progress: Progress) -> None:
         """Delete the devices of this name the service says are dead, wait for one about to die, refuse
-        the rest (:mod:`agent.staging.stale`)."""
-        client = self.backend.panorama()
+        the rest (:mod:`agent.staging.free_name`, by the rules of :mod:`agent.staging.stale`)."""
         rules = stale.Rules(
             certificate_seconds=self.options.certificate_seconds,
             skew_seconds=self.options.skew_seconds,
             margin_seconds=self.options.margin_seconds,
             replace_device=self.options.replace_device,
         )
-        waited = 0.0
-        while True:
-            found, server_time = devices_named_at(client, name)
-            now = server_time or self.clock.now()
-            wait = 0.0
-            for device in [d for d in found if d.get("ProvisioningStatus") != "DELETING"]:
-                decision = stale.decide(device, now, rules, tags_of=lambda d=device: tags_of(client, d))
-                if decision.action == "delete":
-                    self._delete(device["DeviceId"], name, decision.reason, context)
-                else:
-                    wait = max(wait, decision.seconds)
-                    why = decision.reason
-            if not wait:
-                return
-            if waited > self.options.margin_seconds + 10:  # a service whose clock does not move: give up, do not spin
-                raise PanostageError(
-                    f"waited {waited:.0f} s for {why}, and the service still says it lives",
-                    exit_code=ExitCode.CONFLICT,
-                    reason="device-live",
-                    hint="check the service's clock; pass --replace-device to go on regardless",
-                )
-            self._wait(name, why, wait)
-            waited += wait
+        free_name(
+            self.backend.panorama(),
+            name,
+            rules,
+            clock=self.clock,
+            delete=lambda device_id, reason: self._delete(device_id, name, reason, progress),
+            on_event=self.on_event,
+            checkpoint=self.checkpoint,
+            sleep=self.sleep,
+        )
 
-    def _wait(self, name: str, why: str, seconds: float) -> None:
-        """Wait ``seconds`` (plus a second for the Date header's resolution), telling the person; the daemon's
-        checkpoint abandons the wait when the stick leaves or the daemon stops."""
-        seconds += 1.0
-        self.on_event("waiting", name=name, reason=why, seconds=seconds)
-        deadline = self.clock.monotonic() + seconds
-        while (left := deadline - self.clock.monotonic()) > 0:
-            self.checkpoint("waiting", name=name, seconds_left=left)
-            self.sleep(min(1.0, left))
-
-    def _record(self, context: dict[str, Any], kind: str, **fields: Any) -> None:
-        """Append to the hand-off log; a failure is kept in ``context`` to be reported after the stick's outcome."""
+    def _record(self, progress: Progress, kind: str, **fields: Any) -> None:
+        """Append to the hand-off log; a failure is kept in ``progress`` to be reported after the stick's outcome."""
         try:
             self.log.append(
-                kind, station=self.station, operator=self.operator, handoff_id=context["handoff_id"], **fields
+                kind, station=self.station, operator=self.operator, handoff_id=progress.handoff_id, **fields
             )
         except Exception as exc:  # noqa: BLE001 - the stick's outcome comes first; the log's failure is named second
-            context.setdefault("log_errors", []).append(to_error(exc).message)
+            progress.log_errors.append(to_error(exc).message)
 
-    def _delete(self, device_id: str, name: str, reason: str, context: dict[str, Any]) -> None:
+    def _delete(self, device_id: str, name: str, reason: str, progress: Progress) -> None:
         self.backend.panorama().delete_device(DeviceId=device_id)
         entry = {"id": device_id, "name": name, "reason": reason}
-        context["deleted"].append(entry)
+        progress.deleted.append(entry)
         self._record(
-            context, "device-deleted", time=self.clock.now(), device={"name": name, "id": device_id}, reason=reason
+            progress, "device-deleted", time=self.clock.now(), device={"name": name, "id": device_id}, reason=reason
         )
         self.on_event("device-deleted", **entry)
 
-    def _provision_event(self, context: dict[str, Any]) -> Callable[..., None]:
+    def _provision_event(self, progress: Progress) -> Event:
         def on_event(kind: str, **data: Any) -> None:
             if kind == "orphan-deleted":
                 entry = {
@@ -530,9 +316,9 @@ class Stager:
                     "name": data["name"],
                     "reason": "created by an attempt whose answer was lost",
                 }
-                context["deleted"].append(entry)
+                progress.deleted.append(entry)
                 self._record(
-                    context,
+                    progress,
                     "device-deleted",
                     time=self.clock.now(),
                     device={"name": data["name"], "id": data["device_id"]},
@@ -543,7 +329,7 @@ class Stager:
         return on_event
 
     @staticmethod
-    def _ours_in_place(target: Any, name: str, digest: str) -> bool:
+    def _ours_in_place(target: StickTarget, name: str, digest: str) -> bool:
         """Did a write that failed put our archive in place all the same (it failed after the rename)?"""
         try:
             return hashlib.sha256(target.read(name, bypass_cache=False)).hexdigest() == digest
@@ -554,20 +340,21 @@ class Stager:
         self,
         exc: BaseException,
         provisioned: Provisioned | None,
-        target: Any,
-        context: dict[str, Any],
+        target: StickTarget,
+        progress: Progress,
         timer: StepTimer,
     ) -> None:
         """Undo what can be undone, and record the failure."""
-        if context.get("written") or (context.get("writing") and self._ours_in_place(target, *context["writing"])):
-            name = context.get("written") or context["writing"][0]
+        writing = progress.writing
+        name = progress.written or (writing[0] if writing and self._ours_in_place(target, *writing) else None)
+        if name:
             try:
                 target.wipe(name)
             except Exception as cleanup_exc:  # noqa: BLE001 - report both
                 self.on_event("cleanup-failed", what=name, error=str(cleanup_exc))
         if provisioned is not None:
             try:
-                self._delete(provisioned.device_id, context["device"]["name"], "hand-off failed", context)
+                self._delete(provisioned.device_id, progress.device["name"], "hand-off failed", progress)
             except Exception as cleanup_exc:  # noqa: BLE001
                 self.on_event("cleanup-failed", what=provisioned.device_id, error=str(cleanup_exc))
         error = to_error(exc) if isinstance(exc, Exception) else None  # the message the user saw, not a class name
@@ -575,12 +362,12 @@ class Stager:
         if timer.current == "validate":
             return  # nothing was attempted: bad input is the caller's to report
         self._record(
-            context,
+            progress,
             "handoff",
             time=self.clock.now(),
             outcome="failed",
-            device=context["device"],
-            stick=context["stick"],
+            device=progress.device,
+            stick=progress.stick,
             failed_step=timer.current or timer.last,
             error={
                 "reason": error.reason if error else type(exc).__name__,
@@ -588,3 +375,9 @@ class Stager:
             },
             durations_ms=dict(timer.durations_ms),
         )
+
+
+def _device_certificate(report: ArchiveReport) -> CertificateInfo:
+    """The device certificate of an archive that verified (OK or EXPIRING: verification found it)."""
+    assert report.device_certificate is not None, report.outcome
+    return report.device_certificate

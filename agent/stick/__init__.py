@@ -11,12 +11,18 @@ Three kinds of target, one protocol (:class:`StickTarget`):
 :func:`open_target` picks the kind; :mod:`agent.stick.checks` runs the checks before a write.
 """
 
+from typing import TYPE_CHECKING
+
 from agent.stick.checks import NameState, Preflight, archives, check_space, leftovers, name_state, preflight, require
 from agent.stick.directory import DirectoryTarget
 from agent.stick.errors import StickConflict, StickIOError, StickNameError, StickRefused
 from agent.stick.fat import FatTarget
 from agent.stick.model import LOG_DIR, LOG_FILES, Entry, FsInfo, StickTarget, WriteReport
 from agent.stick.opener import open_target
+
+if TYPE_CHECKING:  # both kinds follow the protocol: a method or attribute that drifts fails mypy here
+    _DIRECTORY_IS_A_TARGET: type[StickTarget] = DirectoryTarget
+    _FAT_IS_A_TARGET: type[StickTarget] = FatTarget
 
 __all__ = [
     "LOG_DIR",

@@ -37,7 +37,8 @@ def size_of(fd: int) -> int:
 def block_readonly(fd: int) -> bool:
     """The kernel's read-only flag of a block device (write-protect switch, ``blockdev --setro``)."""
     buf = fcntl.ioctl(fd, BLKROGET, struct.pack("i", 0))
-    return struct.unpack("i", buf)[0] != 0
+    flag: int = struct.unpack("i", buf)[0]
+    return flag != 0
 
 
 def read_direct(fd: int, size_hint: int) -> bytes:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
 
 from agent.errors import ExitCode
 from agent.stick import names
 from agent.stick.errors import StickConflict, StickRefused
 from agent.stick.model import Entry, FsInfo, StickTarget
+
+if TYPE_CHECKING:  # at run time agent.archive is imported only when an archive is judged
+    from agent.archive import ArchiveReport, Limits
 
 State = Literal["absent", "file", "dir", "symlink", "other"]
 
@@ -51,24 +55,31 @@ def leftovers(target: StickTarget) -> list[Entry]:
 
 
 def archive_report(
-    target: StickTarget, entry: Entry, *, now: Any, limits: Any, skew_seconds: float = 30.0, **checks: Any
-) -> Any:
+    target: StickTarget,
+    entry: Entry,
+    *,
+    now: datetime,
+    limits: Limits,
+    skew_seconds: float = 30.0,
+    margin_seconds: float = 0,
+    file_name: str | None = None,
+    device_name: str | None = None,
+) -> ArchiveReport:
     """Verify an archive-like file on the stick, judged by its directory entry first: one larger than any
     archive within ``limits`` is reported ``too_large`` and never read.  Read errors propagate."""
     from agent.archive import too_large, verify_archive
 
     if entry.size > limits.max_file_bytes:
-        return too_large(
-            entry.size, now=now, limits=limits, file_name=checks.get("file_name"), device_name=checks.get("device_name")
-        )
+        return too_large(entry.size, now=now, limits=limits, file_name=file_name, device_name=device_name)
     data = target.read(entry.name, limit=limits.max_file_bytes)  # from the medium: the native reader, no mtools
     return verify_archive(
         data,
         now=now,
         limits=limits,
         skew_seconds=skew_seconds,
-        margin_seconds=checks.pop("margin_seconds", 0),
-        **checks,
+        margin_seconds=margin_seconds,
+        file_name=file_name,
+        device_name=device_name,
     )
 
 
@@ -80,7 +91,11 @@ def space_needed(size: int, cluster_size: int) -> int:
 
 def check_space(target: StickTarget, size: int, info: FsInfo | None = None) -> FsInfo:
     """Raise ``stick-full`` (exit IO) unless ``size`` bytes fit; unknown free space passes."""
-    info = info or target.fs_info()
+    return require_space(size, info or target.fs_info())
+
+
+def require_space(size: int, info: FsInfo) -> FsInfo:
+    """Raise ``stick-full`` (exit IO) unless ``size`` bytes fit in ``info``'s free space; unknown free space passes."""
     needed = space_needed(size, info.cluster_size)
     if info.free_bytes is not None and info.free_bytes < needed:
         raise StickRefused(

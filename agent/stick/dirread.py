@@ -104,7 +104,7 @@ class DirectoryReading(DirectoryRoot):
 
 
 def _read_all(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = os.read(fd, CHUNK)
         if not chunk:

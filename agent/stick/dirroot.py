@@ -11,19 +11,18 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from agent.stick.errors import StickConflict, StickIOError, StickRefused
 from agent.stick.fatfs import FatReader, split_rel
 from agent.stick.fatgeo import NotFat, parse_boot_sector
-from agent.stick.model import Entry, FsInfo
+from agent.stick.model import Entry, EntryKind, FsInfo, TargetKind
 from agent.stick.mounts import FAT_FSTYPES, Mount, device_rdev, mount_of
 
 CHUNK = 1 << 20
 NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def kind_of(mode: int) -> str:
+def kind_of(mode: int) -> EntryKind:
     if stat.S_ISREG(mode):
         return "file"
     if stat.S_ISDIR(mode):
@@ -51,15 +50,16 @@ class BootIdentity:
 class DirectoryRoot:
     """The root directory of a mounted stick (or, with ``allow_non_fat``, any directory)."""
 
-    kind = "directory"
+    kind: TargetKind = "directory"
 
     def __init__(self, path: str | Path, *, allow_non_fat: bool = False) -> None:
         self.path = Path(os.path.realpath(path))
         self.allow_non_fat = allow_non_fat
         self.last_read_mode: str | None = None
         self.mount: Mount | None = mount_of(self.path)
+        self._root: int | None = None
         try:
-            self._dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._root = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise StickIOError.from_os("open", f"stick directory {self.path}", exc) from exc
         self._identity: BootIdentity | None = None
@@ -68,6 +68,13 @@ class DirectoryRoot:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def _dfd(self) -> int:
+        """The held descriptor of the stick's root (every path is relative to it); refused once closed."""
+        if self._root is None:
+            raise StickIOError("open", f"{self.path}", detail="the target was closed")
+        return self._root
 
     # ------------------------------------------------------------ identity and checks
     def __repr__(self) -> str:
@@ -136,9 +143,9 @@ class DirectoryRoot:
         self._identity = ident
         return ident
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, str | int]:
         ident = self._boot_identity() if self.fat else BootIdentity()
-        data: dict[str, Any] = {"kind": self.kind, "path": str(self.path)}
+        data: dict[str, str | int] = {"kind": self.kind, "path": str(self.path)}
         if self.mount:
             data.update(device=self.mount.device, fstype=self.mount.fstype, mountpoint=str(self.mount.mountpoint))
         if ident.uuid:
@@ -208,6 +215,6 @@ class DirectoryRoot:
 
     # ------------------------------------------------------------ lifetime
     def close(self) -> None:
-        if getattr(self, "_dfd", None) is not None:
-            os.close(self._dfd)
-            self._dfd = None
+        if self._root is not None:
+            os.close(self._root)
+            self._root = None

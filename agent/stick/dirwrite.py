@@ -15,6 +15,7 @@ import stat
 from collections.abc import Iterable
 
 from agent.stick import blockio
+from agent.stick.checks import require_space
 from agent.stick.dirread import DirectoryReading
 from agent.stick.dirroot import CHUNK, NOFOLLOW
 from agent.stick.errors import StickConflict, StickIOError, StickRefused
@@ -37,8 +38,6 @@ class DirectoryWriting(DirectoryReading):
         removing the temporary name; with files still to be removed a full directory is left to the kernel)."""
         check_name(name)
         self.require_writable()
-        from agent.stick.checks import check_space
-
         going = [e for e in (self.lookup(n) for n in freeing) if e is not None and e.kind == "file"]
         info = self.fs_info()
         if info.free_bytes is not None:
@@ -46,7 +45,7 @@ class DirectoryWriting(DirectoryReading):
             info = dataclasses.replace(
                 info, free_bytes=info.free_bytes + sum(-(-e.size // cluster) * cluster for e in going)
             )
-        check_space(self, size, info)
+        require_space(size, info)
         probe = temp_name(name, os.getpid())
         try:
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600, dir_fd=self._dfd)

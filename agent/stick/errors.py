@@ -88,8 +88,19 @@ class StickIOError(PanostageError):
         )
 
     @classmethod
-    def from_os(cls, step: str, what: str, exc: OSError, **kwargs: Any) -> StickIOError:
-        err = cls(step, what, errno=exc.errno, detail=exc.strerror or str(exc), **kwargs)
+    def from_os(
+        cls,
+        step: str,
+        what: str,
+        exc: OSError,
+        *,
+        hint: str | None = None,
+        details: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> StickIOError:
+        err = cls(
+            step, what, errno=exc.errno, detail=exc.strerror or str(exc), hint=hint, details=details, reason=reason
+        )
         err.__cause__ = exc
         return err
 

@@ -121,7 +121,7 @@ class FatTarget(FatWriting):
                 if os.stat(self.path).st_rdev != self._rdev:
                     raise StickRefused(f"{self.path} now names another device", reason="stick-replaced")
                 os.fsync(self.fd)
-                os.close(self._fd)
+                os.close(self.fd)
                 self._fd = None
             try:
                 with sw.step("mkfs"):

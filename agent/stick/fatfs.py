@@ -135,10 +135,13 @@ class FatReader:
     # ------------------------------------------------------------ the FAT
     def entry(self, cluster: int) -> int:
         bits = self.geo.fat_bits
+        value: int
         if bits == 32:
-            return struct.unpack("<I", self._fat_bytes(cluster * 4, 4))[0] & 0x0FFFFFFF
+            (value,) = struct.unpack("<I", self._fat_bytes(cluster * 4, 4))
+            return value & 0x0FFFFFFF
         if bits == 16:
-            return struct.unpack("<H", self._fat_bytes(cluster * 2, 2))[0]
+            (value,) = struct.unpack("<H", self._fat_bytes(cluster * 2, 2))
+            return value
         (value,) = struct.unpack("<H", self._fat_bytes(cluster + cluster // 2, 2))
         return value >> 4 if cluster & 1 else value & 0xFFF
 
@@ -188,6 +191,7 @@ class FatReader:
         if self.geo.fat_bits != 32 or not self.geo.fsinfo_sector:
             return None
         info = self.pread(self.geo.offset + self.geo.fsinfo_sector * self.geo.bytes_per_sector, 512)
+        free: int
         (lead,) = struct.unpack_from("<I", info, 0)
         struct_sig, free, _next = struct.unpack_from("<III", info, 484)
         if lead != 0x41615252 or struct_sig != 0x61417272 or free > self.geo.cluster_count:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from agent.stick import fatcheck
 from agent.stick.errors import StickIOError, StickRefused
 from agent.stick.fatfs import DirEntry, FatCorrupt, FatReader
 from agent.stick.fatgeo import Geometry, Partition
-from agent.stick.model import Entry, FsInfo
+from agent.stick.model import Entry, FsInfo, TargetKind
 from agent.stick.mtools import Mtools, Wrap
 from agent.stick.steps import Stopwatch
 
@@ -45,7 +44,7 @@ class FatHandle:
             raise ValueError(f"readback must be 'direct' or 'mtools', not {readback!r}")
         self.path = path
         self.readback = readback
-        self.kind = "block" if block else "image"
+        self.kind: TargetKind = "block" if block else "image"
         self.block = block
         self.writable = writable
         self.partition = partition
@@ -81,8 +80,8 @@ class FatHandle:
         except (OSError, FatCorrupt):
             return self.geo.boot_label
 
-    def describe(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
+    def describe(self) -> dict[str, str | int]:
+        data: dict[str, str | int] = {
             "kind": self.kind,
             "path": str(self.path),
             "fstype": "vfat",

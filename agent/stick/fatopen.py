@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 from pathlib import Path
+from typing import NoReturn
 
 from agent.stick import blockio
 from agent.stick.errors import StickIOError, StickRefused
@@ -70,13 +71,13 @@ def open_held(path: Path, block: bool, st: os.stat_result) -> tuple[int, bool]:
             fd = os.open(path, os.O_RDWR | flags)
         except OSError as exc:
             if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-                fd = refuse_busy(path, exc)
+                refuse_busy(path, exc)
             writable = False
     if fd is None:
         try:
             fd = os.open(path, os.O_RDONLY | flags)
         except OSError as exc:
-            fd = refuse_busy(path, exc)
+            refuse_busy(path, exc)
     try:
         if block:
             if blockio.block_readonly(fd):
@@ -92,12 +93,13 @@ def open_held(path: Path, block: bool, st: os.stat_result) -> tuple[int, bool]:
     return fd, writable
 
 
-def refuse_busy(path: Path, exc: OSError) -> int:
+def refuse_busy(path: Path, exc: OSError, *, hint: str = "unmount it, or pass the mount point instead") -> NoReturn:
+    """Raise what a failed exclusive open of ``path`` means: ``stick-busy`` (with ``hint``) for EBUSY, else I/O."""
     if exc.errno == errno.EBUSY:
         raise StickRefused(
             f"{path} is busy: mounted (perhaps in another mount namespace) or claimed by another program",
             reason="stick-busy",
-            hint="unmount it, or pass the mount point instead",
+            hint=hint,
         ) from exc
     raise StickIOError.from_os("open", f"opening {path}", exc) from exc
 

@@ -41,8 +41,8 @@ class FatChecks(FatHandle):
             if freeing:
                 self.reader.forget()
             going = [e for e in (self.reader.find(None, n) for n in freeing) if e is not None and not e.is_dir]
-            fresh = self._census is not None and not self._changed and not going
-            room = self._census.room if fresh else fatcheck.room(self.reader, going)
+            kept = self._census if not self._changed and not going else None
+            room = kept.room if kept is not None else fatcheck.room(self.reader, going)
         cluster = self.geo.cluster_size
         clusters = -(-size // cluster)
         slots = names.slots_for(temp_name(name, os.getpid()))

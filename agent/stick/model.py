@@ -6,11 +6,13 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from agent.stick import names
 
 EntryKind = Literal["file", "dir", "symlink", "other"]
+#: What a target is: a mounted stick, a FAT image file, an unmounted FAT block device.
+TargetKind = Literal["directory", "image", "block"]
 
 #: The appliance's log directory on the stick and the logs it writes there.
 LOG_DIR = "panorama"
@@ -143,22 +145,44 @@ class WriteReport:
 
 @runtime_checkable
 class StickTarget(Protocol):
-    """Somewhere a configuration archive can be put: a mounted directory, a FAT image or block device."""
+    """Somewhere a configuration archive can be put: a mounted directory, a FAT image or block device.
 
-    kind: str  # "directory" | "image" | "block"
-    path: Path
+    Implemented by :class:`agent.stick.directory.DirectoryTarget` and :class:`agent.stick.fat.FatTarget`
+    (checked statically in :mod:`agent.stick`).  ``rel`` is a ``/``-separated path below the root
+    (``..`` refused); names are found as FAT finds them (case-insensitively) on FAT.
+    Failures are raised as :class:`~agent.stick.errors.StickRefused` (nothing written),
+    :class:`~agent.stick.errors.StickConflict` (the name is taken by what must stay),
+    :class:`~agent.stick.errors.StickNameError` (a name FAT cannot hold) or
+    :class:`~agent.stick.errors.StickIOError` (a step failed: the error names it); a symlink is never
+    followed.
+    """
 
-    def describe(self) -> dict[str, Any]:
-        """Identity for the hand-off log: kind, path, fs uuid/label, device numbers."""
+    @property
+    def kind(self) -> TargetKind:
+        """``"directory"`` (a mounted stick), ``"image"`` (a FAT image file) or ``"block"`` (an unmounted device)."""
 
-    def fs_info(self) -> FsInfo: ...
+    @property
+    def path(self) -> Path:
+        """What was opened: the stick's directory (symlinks resolved), the image file or the device node."""
 
-    def list_root(self) -> list[Entry]: ...
+    @property
+    def last_read_mode(self) -> str | None:
+        """How the last :meth:`read` got its bytes ("O_DIRECT", "cached", "fadvise", "mtools", ...); None before."""
 
-    def list_dir(self, rel: str) -> list[Entry]: ...
+    def describe(self) -> dict[str, str | int]:
+        """Identity for the hand-off log: kind, path, fs uuid/label, device numbers (JSON-ready)."""
+
+    def fs_info(self) -> FsInfo:
+        """The filesystem now: type, FAT bits, label, uuid, size, free bytes (None when unknown), cluster size."""
+
+    def list_root(self) -> list[Entry]:
+        """The root directory's entries, sorted by name (``list_dir("")``)."""
+
+    def list_dir(self, rel: str) -> list[Entry]:
+        """The entries of the directory ``rel``, sorted by name; ``stick-io`` when there is no such directory."""
 
     def lookup(self, rel: str) -> Entry | None:
-        """The entry at ``rel`` (case-insensitively on FAT), or None."""
+        """The entry at ``rel`` as stored (case-insensitively on FAT), or None."""
 
     def require_writable(self) -> None:
         """Raise ``stick-read-only`` unless the stick can be written."""
@@ -168,23 +192,37 @@ class StickTarget(Protocol):
 
     def check_room(self, name: str, size: int, *, freeing: Iterable[str] = ()) -> None:
         """Raise unless ``name`` (``size`` bytes) fits once the root entries ``freeing`` are gone: name length,
-        free space, root directory slots."""
+        free space, root directory slots.  Writes nothing that stays."""
 
-    def write_atomic(self, name: str, data: bytes, *, replace: bool = True) -> WriteReport: ...
+    def write_atomic(self, name: str, data: bytes, *, replace: bool = True) -> WriteReport:
+        """Put ``data`` at root ``name`` all at once: a temporary name, flushed, renamed over ``name``, flushed.
+
+        Readers see the old file or the whole new one, never a part; on failure nothing of ours is left.
+        Anything but a file at ``name`` (without ``replace``, anything at all) is a conflict; stale temporaries
+        of ``name`` and the replaced file's old bytes are zeroed (``scrubbed_bytes``)."""
 
     def read(self, rel: str, *, bypass_cache: bool = True, limit: int = READ_LIMIT) -> bytes:
-        """The file's bytes; larger than ``limit``: ``stick-file-too-large``, unread."""
+        """The file's bytes, from the medium unless ``bypass_cache`` is False; larger than ``limit``:
+        ``stick-file-too-large``, unread."""
 
-    def write(self, rel: str, data: bytes) -> None: ...
+    def write(self, rel: str, data: bytes) -> None:
+        """Write (replace) the file ``rel``, creating its parent directories; flushed before it returns."""
 
-    def remove(self, rel: str) -> None: ...
+    def remove(self, rel: str, *, missing_ok: bool = False) -> None:
+        """Remove a file or an empty directory, flushed; a missing one is ``stick-io`` (ENOENT) unless
+        ``missing_ok``."""
 
-    def wipe(self, rel: str) -> int: ...
+    def wipe(self, rel: str, *, missing_ok: bool = False) -> int:
+        """Overwrite a file's bytes with zeros in place, flush, then remove it; the bytes zeroed (0 when it is
+        missing and ``missing_ok``).  Not a file: a conflict."""
 
-    def format(self, label: str | None = None) -> None: ...
+    def format(self, label: str | None = None) -> None:
+        """Make an empty filesystem of the same geometry (label kept unless given); a mounted stick refuses."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Let the stick go (flushing what is pending); idempotent.  Nothing else may be called afterwards."""
 
-    def __enter__(self) -> StickTarget: ...
+    def __enter__(self) -> Self:
+        """The target itself; leaving the ``with`` closes it."""
 
     def __exit__(self, *exc: object) -> None: ...

@@ -171,7 +171,7 @@ def memory_file(data: bytes, *, runtime_dir: Path | None = None) -> int:
         from agent.stick.mounts import mount_of
 
         mount = mount_of(runtime_dir) if runtime_dir is not None else None
-        if mount is None or mount.fstype not in ("tmpfs", "ramfs"):
+        if runtime_dir is None or mount is None or mount.fstype not in ("tmpfs", "ramfs"):
             raise StickIOError(
                 "memfd",
                 "holding the archive in memory",

@@ -19,6 +19,7 @@ removed explicitly, never written over by accident.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 
 #: Characters whose full lower-case mapping has several characters but whose simple one is ASCII.
@@ -92,7 +93,7 @@ def is_archive_temp(name: str) -> bool:
     return found is not None and found[0].startswith(ARCHIVE_PREFIX)
 
 
-def clashes(new: list[str], existing: list[str] = ()) -> list[tuple[str, str]]:
+def clashes(new: Iterable[str], existing: Iterable[str] = ()) -> list[tuple[str, str]]:
     """Pairs of distinct names (a new one first) whose archives would be one name on FAT."""
     seen: dict[str, str] = {}
     for name in existing:

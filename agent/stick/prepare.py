@@ -15,7 +15,6 @@ that follow the specification - with a warning: that is for tests and labs, not 
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import re
@@ -31,6 +30,7 @@ from agent.errors import ExitCode, PanostageError
 from agent.stick import blockio
 from agent.stick.errors import StickIOError, StickRefused
 from agent.stick.fatgeo import NotFat, parse_boot_sector
+from agent.stick.fatopen import refuse_busy
 from agent.stick.mounts import mounts_of_device
 
 FAT32_MIN_BYTES = 64 << 20
@@ -143,13 +143,7 @@ def _open_excl(path: Path) -> int:
     try:
         return os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
     except OSError as exc:
-        if exc.errno == errno.EBUSY:
-            raise StickRefused(
-                f"{path} is busy: mounted (perhaps in another mount namespace) or claimed by another program",
-                reason="stick-busy",
-                hint="unmount it, stop what holds it",
-            ) from exc
-        raise StickIOError.from_os("open", f"opening {path}", exc) from exc
+        refuse_busy(path, exc, hint="unmount it, stop what holds it")
 
 
 def _same(path: Path, fd: int, before: Medium) -> None:
@@ -163,7 +157,7 @@ def _same(path: Path, fd: int, before: Medium) -> None:
         )
 
 
-def _mkfs(argv: list[str]) -> subprocess.CompletedProcess:
+def _mkfs(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=600)
 
 

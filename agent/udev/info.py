@@ -55,10 +55,15 @@ class StickInfo:
     @property
     def identity(self) -> str | None:
         """``usb:<ID_SERIAL_SHORT>`` for USB with a serial, else ``fs:<ID_FS_UUID>``, else None."""
+        return self.identity_with(self.fs_uuid)
+
+    def identity_with(self, fs_uuid: str | None) -> str | None:
+        """The :attr:`identity` this device has once it carries the filesystem ``fs_uuid`` (``stick prepare``
+        enrolls a stick before mkfs.fat writes its new filesystem): the one rule for both."""
         if self.is_usb and self.usb_serial:
             return f"usb:{self.usb_serial}"
-        if self.fs_uuid:
-            return f"fs:{self.fs_uuid}"
+        if fs_uuid:
+            return f"fs:{fs_uuid}"
         return None
 
     @property

@@ -45,13 +45,6 @@ class StickEvent:
     known: StickInfo | None
 
     @property
-    def stick(self) -> StickInfo:
-        """The best description: ``info`` for add/change, ``known`` for remove."""
-        best = self.known if self.action == "remove" else self.info
-        assert best is not None  # a remove always carries what was known, add/change what is
-        return best
-
-    @property
     def media_changed(self) -> bool:
         """A ``change`` to another filesystem (another card in the reader, a reformat)."""
         return self.action == "change" and not same_filesystem(self.info, self.known)
@@ -162,7 +155,8 @@ class Watcher:
         """The monitor's socket: readable when :meth:`read` has something to do."""
         if self._monitor is None:
             raise RuntimeError("watcher not started")
-        return self._monitor.fileno()
+        fileno: int = self._monitor.fileno()
+        return fileno
 
     def close(self) -> None:
         """Drop the monitor (its socket closes with the last reference) and what was known."""
@@ -227,7 +221,8 @@ class Watcher:
 
     def _enumerate(self) -> Iterable[pyudev.Device]:
         assert self._context is not None
-        return self._context.list_devices(subsystem="block")
+        devices: Iterable[pyudev.Device] = self._context.list_devices(subsystem="block")
+        return devices
 
     def _observe(self, device: pyudev.Device, action: str) -> StickEvent | None:
         """Fold one device (from an event or the enumeration) into the map; the event to report, if any."""

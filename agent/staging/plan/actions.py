@@ -84,7 +84,8 @@ def describe_actions(actions: object) -> str:
     it is shown in brackets.
     """
     actions = actions if isinstance(actions, Mapping) else {}
-    progress = actions.get("progress") if isinstance(actions.get("progress"), Mapping) else {}
+    given = actions.get("progress")
+    progress = given if isinstance(given, Mapping) else {}
 
     def state(kind: str) -> str:
         done = progress.get(kind) or ("job started" if progress.get(f"{kind}_job") else None)

@@ -57,7 +57,14 @@ def check_entry(fields: object, *, csv_cells: bool) -> tuple[str | None, PlanEnt
     from agent.provision_request import build_request
 
     # what could be read is checked too, so one pass names every problem of the entry
-    request = build_request(name=name, description=description, tags=tags, ports=ports, ntp=ntp, base=base)
+    request = build_request(
+        name=name,  # type: ignore[arg-type]  # a missing name stays None: the check below names it required
+        description=description,
+        tags=tags,
+        ports=ports,
+        ntp=ntp,
+        base=base,
+    )
     given = {key for key, value in fields.items() if value is not None}
     named = {v.path for v in found}  # a key already refused (a wrong type) is not reported again as missing
     for violation in validation.check("ProvisionDevice", request):

@@ -29,7 +29,7 @@ def toml_rows(text: str, source: str) -> tuple[list[Row], list[RowProblem]]:
         raise PlanFileError(
             source, "device must be an array of tables: write [[device]], not [device]", hint=SHAPE_HINT["toml"]
         )
-    lines = _device_lines(text)
+    lines: list[int | None] = list(_device_lines(text))
     if len(lines) != len(devices):
         lines = [None] * len(devices)  # a layout the scanner does not follow: better no line than a wrong one
     return list(zip(lines, devices)), []

@@ -3,9 +3,8 @@
 Every state change is committed (``synchronous=FULL``) before the irreversible step it
 announces, so a crash anywhere leaves a record that recovery can act on.  Safe to use
 from several threads (a connection per thread) and several processes (``BEGIN
-IMMEDIATE`` for read-modify-write, a busy timeout for the rest).  Writers in one process
-queue on a lock rather than in SQLite's busy handler, which polls with sleeps of up to
-100 ms: with eight sticks at once that polling, not the work, was the wait.
+IMMEDIATE`` for read-modify-write, a busy timeout for the rest); writers in one process
+queue on a lock (:mod:`agent.state.connection`).  The schema: :mod:`agent.state.schema`.
 """
 
 from __future__ import annotations
@@ -15,92 +14,37 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from agent.clock import iso
+from agent.error_mapping import name_database
 from agent.errors import ExitCode, PanostageError
-
-DB_NAME = "panostage.sqlite3"
-SCHEMA_VERSION = 1
-
-#: Plan entry statuses.  pending → claimed → staged → provisioned → done;
-#: a failed hand-off returns the entry to pending, or to attention after too many tries.
-PLAN_STATUSES = ("pending", "claimed", "staged", "provisioned", "done", "attention")
-#: Hand-off states, in order; the last five are terminal.
-HANDOFF_STATES = (
-    "claimed",
-    "provisioning",
-    "provisioned",
-    "writing",
-    "written",
-    "verified",
-    "ready",
-    "failed",
-    "abandoned",
-    "recovered",
-    "returned",
+from agent.sqlite_tx import immediate_transaction
+from agent.state.connection import connect, writer_lock
+from agent.state.schema import (
+    DB_NAME,
+    HANDOFF_STATES,
+    PLAN_STATUSES,
+    SCHEMA,
+    SCHEMA_VERSION,
+    TERMINAL_HANDOFF,
 )
-TERMINAL_HANDOFF = {"ready", "failed", "abandoned", "recovered", "returned"}
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS plan (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    request TEXT NOT NULL,
-    actions TEXT NOT NULL DEFAULT '{}',
-    status TEXT NOT NULL DEFAULT 'pending',
-    position INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    handoff_id TEXT,
-    device_id TEXT,
-    last_error TEXT,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS plan_queue ON plan (status, position);
-CREATE TABLE IF NOT EXISTS enrolled (
-    identity TEXT PRIMARY KEY,
-    label TEXT,
-    note TEXT,
-    enrolled_at TEXT NOT NULL,
-    revoked_at TEXT
-);
-CREATE TABLE IF NOT EXISTS handoffs (
-    id TEXT PRIMARY KEY,
-    plan_id INTEGER REFERENCES plan(id) ON DELETE SET NULL,
-    stick_identity TEXT,
-    stick TEXT NOT NULL DEFAULT '{}',
-    state TEXT NOT NULL,
-    device_name TEXT,
-    device_id TEXT,
-    device_arn TEXT,
-    provision_started_at TEXT,
-    deadline TEXT,
-    sha256 TEXT,
-    error TEXT,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS handoffs_open ON handoffs (state);
-CREATE TABLE IF NOT EXISTS sticks (
-    syspath TEXT PRIMARY KEY,
-    devnode TEXT,
-    identity TEXT,
-    state TEXT NOT NULL,
-    reason TEXT,
-    handoff_id TEXT,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS daemon (
-    key TEXT PRIMARY KEY,
-    value TEXT
-);
-"""
+__all__ = [
+    "DB_NAME",
+    "HANDOFF_STATES",
+    "PLAN_STATUSES",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "TERMINAL_HANDOFF",
+    "StateDB",
+    "StateError",
+]
 
 
 class StateError(PanostageError):
@@ -108,48 +52,16 @@ class StateError(PanostageError):
     reason = "state"
 
 
-#: One writer lock per database file in this process (see the module docstring).
-_WRITERS: dict[Path, threading.RLock] = {}
-_WRITERS_GUARD = threading.Lock()
-
-
-class _Connection(sqlite3.Connection):
-    """A connection whose errors name its database file (``exc.database``, for agent.errors.to_error)."""
-
-    def __init__(self, database: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        self.database_path = str(database)
-        with self._named():
-            super().__init__(database, *args, **kwargs)
-
-    def execute(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
-        with self._named():
-            return super().execute(*args, **kwargs)
-
-    def executescript(self, script: str) -> sqlite3.Cursor:
-        with self._named():
-            return super().executescript(script)
-
-    @contextmanager
-    def _named(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            exc.database = self.database_path  # type: ignore[attr-defined]
-            raise
-
-
-def _writer_lock(path: Path) -> threading.RLock:
-    with _WRITERS_GUARD:
-        return _WRITERS.setdefault(path.resolve(), threading.RLock())
-
-
 def _now() -> str:
     return iso(datetime.now(UTC))
 
 
 def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
+    return None if row is None else _decoded(row)
+
+
+def _decoded(row: sqlite3.Row) -> dict[str, Any]:
+    """The row as a dict, its JSON columns decoded."""
     data = dict(row)
     for key in ("request", "actions", "stick"):
         if isinstance(data.get(key), str):
@@ -167,13 +79,13 @@ class StateDB:
         self.state_dir = Path(self.state_dir)
         self.path = self.state_dir / DB_NAME
         self._local = threading.local()
-        self._writer = _writer_lock(self.path)
+        self._writer = writer_lock(self.path)
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             # private whatever the umask: SQLite gives the -wal and -shm files the database's mode
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         except OSError as exc:
-            exc.database = str(self.path)  # type: ignore[attr-defined]  # for agent.errors.to_error
+            name_database(exc, str(self.path))
             raise
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
@@ -189,16 +101,9 @@ class StateDB:
 
     @property
     def db(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                self.path, timeout=10, isolation_level=None, check_same_thread=True, factory=_Connection
-            )
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA cache_size=-256")  # 256 KiB per thread's connection: the database is small
+            conn = connect(self.path)
             self._local.conn = conn
         return conn
 
@@ -206,14 +111,8 @@ class StateDB:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on any exception)."""
         db = self.db
-        with self._writer:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._writer, immediate_transaction(db):
+            yield db
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -249,12 +148,12 @@ class StateDB:
                     "INSERT INTO plan (name, request, actions, position, created_at, updated_at) VALUES (?,?,?,?,?,?)",
                     (name, json.dumps(request), json.dumps(actions or {}), position + offset, now, now),
                 )
-                ids.append(cur.lastrowid)
+                ids.append(cast(int, cur.lastrowid))  # set by every INSERT into a rowid table
         return ids
 
     def plan(self, status: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT * FROM plan" + (" WHERE status = ?" if status else "") + " ORDER BY position"
-        return [_row(r) for r in self.db.execute(query, (status,) if status else ())]
+        return [_decoded(r) for r in self.db.execute(query, (status,) if status else ())]
 
     def brief(self, status: str) -> list[dict[str, Any]]:
         """Entries of ``status`` with only what following them up needs (no JSON decoded): id, name, device_id,
@@ -278,7 +177,7 @@ class StateDB:
                 reason="not-found",
                 hint="`panostage plan list` shows the plan",
             )
-        return _row(row)
+        return _decoded(row)
 
     def plan_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(PLAN_STATUSES, 0)
@@ -324,14 +223,28 @@ class StateDB:
         return entry
 
     def retry_entry(self, ref: str | int) -> dict[str, Any]:
+        """Put an unclaimed entry back in the queue, its attempts reset."""
+        return self.change_entry(
+            ref, lambda _entry: {"status": "pending", "attempts": 0, "last_error": None, "handoff_id": None}
+        )
+
+    def change_entry(self, ref: str | int, decide: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        """Change an entry as ``decide`` says, judged on the entry as it is inside the change's transaction.
+
+        A claimed entry is refused first; ``decide`` gets the entry and returns the columns to set, or
+        raises to refuse.  No claim and no other change can slip in between the judgement and the change.
+        Returns the entry as changed.
+        """
         with self.transaction() as db:
             entry = self._unclaimed_entry(ref)
+            fields = {**decide(entry), "updated_at": _now()}
+            if "status" in fields and fields["status"] not in PLAN_STATUSES:
+                raise ValueError(f"unknown plan status {fields['status']}")
+            columns = ", ".join(f"{key} = ?" for key in fields)
             row = db.execute(
-                "UPDATE plan SET status = 'pending', attempts = 0, last_error = NULL, handoff_id = NULL, "
-                "updated_at = ? WHERE id = ? RETURNING *",
-                (_now(), entry["id"]),
+                f"UPDATE plan SET {columns} WHERE id = ? RETURNING *", (*fields.values(), entry["id"])
             ).fetchone()
-        return _row(row)
+        return _decoded(row)  # the entry is there: read in this transaction
 
     def _unclaimed_entry(self, ref: str | int) -> dict[str, Any]:
         entry = self.entry(ref)
@@ -425,14 +338,16 @@ class StateDB:
     def unfinished_handoffs(self) -> list[dict[str, Any]]:
         marks = ",".join("?" * len(TERMINAL_HANDOFF))
         return [
-            _row(r)
+            _decoded(r)
             for r in self.db.execute(
                 f"SELECT * FROM handoffs WHERE state NOT IN ({marks}) ORDER BY created_at", tuple(TERMINAL_HANDOFF)
             )
         ]
 
     def handoffs(self, *, limit: int = 50) -> list[dict[str, Any]]:
-        return [_row(r) for r in self.db.execute("SELECT * FROM handoffs ORDER BY created_at DESC LIMIT ?", (limit,))]
+        return [
+            _decoded(r) for r in self.db.execute("SELECT * FROM handoffs ORDER BY created_at DESC LIMIT ?", (limit,))
+        ]
 
     # ---------------------------------------------------------------- sticks in view
 

@@ -1,0 +1,176 @@
+"""Where configuration values come from, each read and checked against its key's type and rules.
+
+* files: TOML, ``/etc/panostage/config.toml`` then the XDG one (or the one ``--config`` names);
+* the environment: ``PANOSTAGE_<SECTION>_<KEY>``, a string turned into the key's type;
+* flags: values the command line already typed.
+
+Every refusal is a :class:`ConfigError` naming the source, the key and the rule broken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.config.rules import looks_like_key, shown
+from agent.config.schema import Fields, Value, type_name, type_of
+from agent.errors import ConfigError
+
+SYSTEM_CONFIG = Path("/etc/panostage/config.toml")
+#: Environment variables with a meaning of their own (not PANOSTAGE_<SECTION>_<KEY>).
+RESERVED_ENV = {"PANOSTAGE_CONFIG", "PANOSTAGE_SYSTEM_CONFIG", "PANOSTAGE_DEBUG", "PANOSTAGE_DEBUG_HOLD_AT"}
+
+
+def config_files(explicit: str | None, env: Mapping[str, str]) -> list[Path]:
+    """The files to read, lowest precedence first."""
+    if explicit:
+        return [Path(explicit)]
+    if env.get("PANOSTAGE_CONFIG"):
+        return [Path(env["PANOSTAGE_CONFIG"])]
+    system = Path(env.get("PANOSTAGE_SYSTEM_CONFIG", SYSTEM_CONFIG))
+    xdg = Path(env.get("XDG_CONFIG_HOME") or Path(env.get("HOME", "~")).expanduser() / ".config")
+    return [system, xdg / "panostage" / "config.toml"]
+
+
+def read_file(path: Path, fields: Fields) -> Iterator[tuple[str, str, Value]]:
+    """Yield ``(section, key, value)`` for every key the TOML file at ``path`` sets, each checked."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid TOML: {exc}", hint="see the configuration reference in the README"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except RecursionError:  # tomllib recurses per nesting level of arrays and inline tables
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for section, table in data.items():
+        if section not in fields:
+            raise ConfigError(
+                f"{path}: unknown section [{section}]",
+                hint=f"known sections: {', '.join(fields)}",
+                details={"source": str(path), "key": section},
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section} must be a table ([{section}]), got {type(table).__name__}")
+        for key, value in table.items():
+            if key not in fields[section]:
+                raise ConfigError(
+                    f"{path}: unknown key {section}.{key}",
+                    hint=f"known keys in [{section}]: {', '.join(fields[section])}",
+                    details={"source": str(path), "key": f"{section}.{key}"},
+                )
+            yield section, key, coerce(fields[section][key], value, str(path), f"{section}.{key}")
+
+
+def env_key(var: str, fields: Fields) -> tuple[str, str]:
+    """``(section, key)`` that the variable ``PANOSTAGE_<SECTION>_<KEY>`` sets."""
+    rest = var[len("PANOSTAGE_") :].lower()
+    for section in fields:
+        if rest.startswith(section + "_") and rest[len(section) + 1 :] in fields[section]:
+            return section, rest[len(section) + 1 :]
+    known = ", ".join(sorted(f"PANOSTAGE_{s}_{k}".upper() for s in fields for k in fields[s]))
+    raise ConfigError(
+        f"environment {var} is not a configuration key",
+        hint=f"known variables: {known}",
+        details={"source": f"env {var}", "key": var},
+    )
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def _fitted(want: type, value: object) -> Value | None:
+    """``value`` as a value of type ``want`` (an int for a float, a list for a tuple), or None if it is not one."""
+    if want is tuple:  # a TOML array of strings
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        return None
+    if isinstance(value, bool):  # an int to Python, never an integer or a number here
+        return value if want is bool else None
+    if want is float and isinstance(value, (int, float)):
+        try:
+            return float(value)
+        except OverflowError:  # an integer past any float: not a number this key can take
+            return None
+    if want is int and isinstance(value, int):
+        return value
+    if want is str and isinstance(value, str):
+        return value
+    return None
+
+
+def coerce(fld: dataclasses.Field[Any], value: object, where: str, key: str) -> Value:
+    """Check a value from a file or a flag (already typed) against the field's type and rules."""
+    fitted = _fitted(type_of(fld), value)
+    if fitted is None:
+        raise ConfigError(
+            f"{where}: {key} must be {_a(type_name(fld))}, got {type(value).__name__} {value!r}",
+            hint=f"{key}: {fld.metadata['doc']}",
+            details={"source": where, "key": key, "expected": type_name(fld), "got": repr(value)},
+        )
+    check_rules(fld, fitted, where, key)
+    return fitted
+
+
+def parse_env(fld: dataclasses.Field[Any], raw: str, var: str, key: str) -> Value:
+    """Turn an environment string into the field's type, and check it against the field's rules."""
+    want = type_of(fld)
+    value: Value
+    try:
+        if want is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                value = True
+            elif low in ("0", "false", "no", "off"):
+                value = False
+            else:
+                raise ValueError(raw)
+        elif want is tuple:  # a comma-separated list
+            value = tuple(item.strip() for item in raw.split(",") if item.strip())
+        elif want is int:
+            value = int(raw.strip())
+        elif want is float:
+            value = float(raw.strip())
+        else:
+            value = raw
+    except ValueError:
+        raise ConfigError(
+            f"environment {var}: {key} must be {_a(type_name(fld))}, got {raw!r}",
+            hint=f"{key}: {fld.metadata['doc']}",
+            details={"source": f"env {var}", "key": key, "expected": type_name(fld), "got": raw},
+        ) from None
+    check_rules(fld, value, f"environment {var}", key)
+    return value
+
+
+def check_rules(fld: dataclasses.Field[Any], value: Value, where: str, key: str) -> None:
+    """Refuse a value of the right type that breaks one of the field's rules (choices, min, max, check)."""
+    meta = fld.metadata
+    problem = None
+    if isinstance(value, float) and not math.isfinite(value):  # nan passes every min/max comparison
+        problem = "must be a finite number"
+    elif "choices" in meta and value not in meta["choices"]:
+        problem = f"must be one of {', '.join(meta['choices'])}"
+    elif "min" in meta and value < meta["min"]:
+        problem = f"must be at least {meta['min']}"
+    elif "max" in meta and value > meta["max"]:
+        problem = f"must be at most {meta['max']}"
+    elif "check" in meta:
+        problem = meta["check"](value)
+    if problem:
+        withheld = isinstance(value, str) and looks_like_key(value)
+        raise ConfigError(
+            f"{where}: {key} = {shown(value)} {problem}",
+            hint=f"{key}: {meta['doc']}",
+            details={"source": where, "key": key, "value": shown(value) if withheld else value, "rule": problem},
+        )
