@@ -166,9 +166,14 @@ class PanoramaDeviceOperations(OperationGroup):
         ):
             return self._awaiting_page(p, now)
         # what may have that status; the state decides
-        rows = self.store.devices(STATUS_ROWS.get(status_filter or "", "1"))
+        where = STATUS_ROWS.get(status_filter or "", "1")
+        rows = self.store.devices_named(name_prefix, where) if name_prefix else self.store.devices(where)
         jobs_by_device: dict[str, list[Row]] = {}
-        if status_filter not in UNCLAIMED_STATUSES:  # an unclaimed device's status does not depend on jobs
+        if status_filter in UNCLAIMED_STATUSES:  # an unclaimed device's status does not depend on jobs
+            pass
+        elif name_prefix:  # a few devices by name: their own jobs, through the index
+            jobs_by_device = {row["device_id"]: self.store.jobs_of(row["device_id"]) for row in rows}
+        else:
             for job in self.store.all_jobs():
                 jobs_by_device.setdefault(job["device_id"], []).append(job)
         items = []  # what sorting and filtering need; the full view is built for the page only

@@ -1,11 +1,13 @@
-"""Rows for the stick-trust promises: memory that does not follow the attacker, and the price of looking
-before writing.  Imported by scripts/bench.py (``--only trust``).
+"""Rows ``trust``: the stick-trust promises, memory that does not follow the attacker and the price of looking
+before writing.
 
 * peak RSS of ``stage --replace`` onto a stick holding a 1 GiB junk ``certificates-omni_x.zip``, beside the
   same stage onto a clean stick (goal <= 100 MiB);
 * peak RSS of ``verify`` on a 3 GiB file, beside ``verify`` of a real archive (goal <= 100 MiB);
 * the checks added before ProvisionDevice (census of the FAT, room for the name, the log can take the
   record) on the warm path's 64 MiB FAT32 stick, beside the whole warm hand-off (goal <= 5 ms median).
+
+Skipped without mtools and dosfstools; ``BENCH_TMP`` names where the large images go.
 """
 
 from __future__ import annotations
@@ -16,11 +18,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from bench import PANOSTAGE, ROOT, clean_env, summary
-
-MIB = 1 << 20
+from benchrows.kit import MIB, PANOSTAGE, ROOT, Row, clean_env, make_row, skipped, summary, warm_stager
 
 
 def peak_rss(command: list[str], env: dict[str, str]) -> tuple[int, float]:
@@ -43,48 +42,58 @@ def peak_rss(command: list[str], env: dict[str, str]) -> tuple[int, float]:
     return proc.returncode, peak_kib / 1024
 
 
-def _fat_image(path: Path, size: int) -> Path:
+def _sparse(path: Path, size: int) -> Path:
+    """A file of ``size`` zero bytes that takes no room on the disk."""
     with open(path, "wb") as handle:
         handle.truncate(size)
+    return path
+
+
+def _fat_image(path: Path, size: int) -> Path:
+    _sparse(path, size)
     subprocess.run(["mkfs.fat", "-F", "32", str(path)], check=True, capture_output=True)
     return path
 
 
-def _memory_rows(tmp: Path) -> list[dict[str, Any]]:
+def _memory_rows(tmp: Path) -> list[Row]:
     env = clean_env(tmp, PANOSTAGE_PATHS_STATE_DIR=str(tmp / "state"))
     clean = _fat_image(tmp / "clean.img", 64 * MIB)
     junk = _fat_image(tmp / "junk.img", 1200 * MIB)
     _copy_junk(junk, 1 << 30)  # mtools writes every byte: the junk really is on the stick
-    rc_clean, base = peak_rss([*PANOSTAGE, "stage", "--name", "mem-clean", "--to", str(clean)], env)
-    rc_junk, peak = peak_rss([*PANOSTAGE, "stage", "--name", "mem-junk", "--to", str(junk), "--replace"], env)
-    huge = tmp / "certificates-omni_huge.zip"
-    with open(huge, "wb") as handle:
-        handle.truncate(3 << 30)
-    rc_ok, verify_base = peak_rss([*PANOSTAGE, "verify", str(clean)], env)
-    rc_huge, verify_peak = peak_rss([*PANOSTAGE, "verify", str(huge)], env)
+    clean_run = peak_rss([*PANOSTAGE, "stage", "--name", "mem-clean", "--to", str(clean)], env)
+    junk_run = peak_rss([*PANOSTAGE, "stage", "--name", "mem-junk", "--to", str(junk), "--replace"], env)
+    huge = _sparse(tmp / "certificates-omni_huge.zip", 3 << 30)
+    archive_run = peak_rss([*PANOSTAGE, "verify", str(clean)], env)
+    huge_run = peak_rss([*PANOSTAGE, "verify", str(huge)], env)
     return [
-        {
-            "row": "stage --replace onto a stick holding a 1 GiB junk archive: peak RSS",
-            "value": f"{peak:.0f} MiB (exit {rc_junk}) vs {base:.0f} MiB onto a clean stick (exit {rc_clean})",
-            "goal": "<= 100 MiB",
-            "met": rc_junk == 0 and peak <= 100,
-            "data": {"peak_mib": round(peak, 1), "clean_mib": round(base, 1), "exit": rc_junk},
-        },
-        {
-            "row": "verify a 3 GiB file: peak RSS",
-            "value": f"{verify_peak:.0f} MiB (exit {rc_huge}) vs {verify_base:.0f} MiB for a real archive (exit {rc_ok})",
-            "goal": "<= 100 MiB",
-            "met": rc_huge == 22 and verify_peak <= 100,
-            "data": {"peak_mib": round(verify_peak, 1), "archive_mib": round(verify_base, 1), "exit": rc_huge},
-        },
+        _peak_row(
+            "stage --replace onto a stick holding a 1 GiB junk archive: peak RSS",
+            junk_run,
+            0,
+            clean_run,
+            "onto a clean stick",
+            "clean_mib",
+        ),
+        _peak_row("verify a 3 GiB file: peak RSS", huge_run, 22, archive_run, "for a real archive", "archive_mib"),
     ]
+
+
+def _peak_row(row: str, run: tuple[int, float], exit_ok: int, beside: tuple[int, float], what: str, key: str) -> Row:
+    """A peak-RSS row: the run on the attacker's input (met if it exits ``exit_ok`` within 100 MiB) beside the
+    same command on honest input, named ``what`` in the value and ``key`` in the data."""
+    (code, peak), (beside_code, beside_peak) = run, beside
+    return make_row(
+        row,
+        f"{peak:.0f} MiB (exit {code}) vs {beside_peak:.0f} MiB {what} (exit {beside_code})",
+        "<= 100 MiB",
+        code == exit_ok and peak <= 100,
+        {"peak_mib": round(peak, 1), key: round(beside_peak, 1), "exit": code},
+    )
 
 
 def _copy_junk(image: Path, size: int) -> None:
     """A ``size``-byte file of zeros at the archive's name, written by mtools from a sparse source."""
-    source = image.with_name("junk.src")
-    with open(source, "wb") as handle:
-        handle.truncate(size)
+    source = _sparse(image.with_name("junk.src"), size)
     try:
         subprocess.run(
             ["mcopy", "-i", str(image), str(source), "::/certificates-omni_x.zip"],
@@ -97,24 +106,12 @@ def _copy_junk(image: Path, size: int) -> None:
         source.unlink()
 
 
-def _checks_row(tmp: Path, runs: int) -> dict[str, Any]:
-    from agent.aws.backend import open_backend
-    from agent.clock import SystemClock
-    from agent.config import load
+def _checks_row(tmp: Path, runs: int) -> Row:
     from agent.handoff_log import HandoffLog
-    from agent.staging.factory import make_stager
     from agent.stick import open_target
 
     image = _fat_image(tmp / "warm.img", 64 * MIB)
-    settings = load(
-        env={
-            "PANOSTAGE_PATHS_STATE_DIR": str(tmp / "state-warm"),
-            "HOME": str(tmp),
-            "PANOSTAGE_SYSTEM_CONFIG": str(tmp / "none.toml"),
-        }
-    ).settings
-    backend = open_backend(settings)
-    stager = make_stager(settings, backend, SystemClock(), replace=True)
+    backend, stager = warm_stager(tmp)
     log = HandoffLog(tmp / "state-warm")
     checks: list[float] = []
     stages: list[float] = []
@@ -135,27 +132,19 @@ def _checks_row(tmp: Path, runs: int) -> dict[str, Any]:
     finally:
         backend.close()
     cost, whole = summary(checks), statistics.median(stages)
-    return {
-        "row": "checks before ProvisionDevice (census, room, log), warm 64 MiB FAT32 stick",
-        "value": f"{cost['median']:.2f} ms median (p99 {cost['p99']:.2f}) of a {whole:.0f} ms warm hand-off "
+    return make_row(
+        "checks before ProvisionDevice (census, room, log), warm 64 MiB FAT32 stick",
+        f"{cost['median']:.2f} ms median (p99 {cost['p99']:.2f}) of a {whole:.0f} ms warm hand-off "
         f"= {cost['median'] / whole:.2f}x",
-        "goal": "<= 5 ms",
-        "met": cost["median"] <= 5,
-        "data": {"checks": cost, "warm_stage_median_ms": whole},
-    }
+        "<= 5 ms",
+        cost["median"] <= 5,
+        {"checks": cost, "warm_stage_median_ms": whole},
+    )
 
 
-def bench_trust(runs: int) -> list[dict[str, Any]]:
+def bench_trust(runs: int) -> list[Row]:
     if not all(Path(p).exists() for p in ("/usr/bin/mcopy", "/sbin/mkfs.fat")):
-        return [
-            {
-                "row": "stick trust rows",
-                "value": "skipped",
-                "goal": "-",
-                "met": None,
-                "data": {"reason": "needs mtools and dosfstools"},
-            }
-        ]
+        return skipped("stick trust rows", "needs mtools and dosfstools")
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp_name:
         tmp = Path(tmp_name)
         return [*_memory_rows(tmp), _checks_row(tmp, runs)]

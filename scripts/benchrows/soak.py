@@ -1,4 +1,5 @@
-"""Rows for a day of sticks: the long run, and the idle daemon with follow-up work.
+"""Rows ``soak`` and ``idle_followup`` (root: udevd, loop devices): a day of sticks, the long run and the idle
+daemon with follow-up work.
 
 * soak: N hand-offs (``--soak``, default 300) through one ``panostage watch`` (embedded authority), sticks
   plugged in bursts of 1, 4, 2, 3; the last tenth's p95 attach -> ready against the first tenth's (goal
@@ -8,7 +9,7 @@
   as many through a daemon with nothing staged (goal p99 no worse).
 
 No `stick enroll` per stick: each daemon admits only the FAT label of this run (no other stick on the machine
-has it).  Imported by scripts/bench.py (``--only soak``, ``--only idle_followup``; root: udevd, loop devices).
+has it).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench import PANOSTAGE, ROOT, DaemonRig, pct, summary, udevd_running
+from benchrows.kit import MIB, PANOSTAGE, ROOT, Row, cpu_spent, make_row, pct, skipped, summary
+from benchrows.rig import DaemonRig, udevd_running
 
-MIB = 1 << 20
 BURSTS = (1, 4, 2, 3)
 HELD = ("fds", "threads", "wal")  # what must come back to the baseline (tests/proc_kit.py)
 STAGED = 1000
@@ -34,13 +35,12 @@ WATCHDOG_USEC = "30000000"  # WatchdogSec=30, as in systemd/panostage.service
 BACK_TO_BACK = {"PANOSTAGE_DAEMON_POLL_SECONDS": "0.2", "PANOSTAGE_DAEMON_POLL_MAX_SECONDS": "0.2"}
 
 
-def _skipped(row: str) -> list[dict[str, Any]] | None:
+def _skipped(row: str) -> list[Row] | None:
     """A row saying why, when this machine cannot run the daemon rows."""
     missing = [tool for tool in ("losetup", "udevadm", "mkfs.fat") if not shutil.which(tool)]
     if os.geteuid() == 0 and not missing:
         return None
-    reason = "needs root (loop devices, udevd)" if os.geteuid() else f"needs {', '.join(missing)}"
-    return [{"row": row, "value": "skipped", "goal": "-", "met": None, "data": {"reason": reason}}]
+    return skipped(row, "needs root (loop devices, udevd)" if os.geteuid() else f"needs {', '.join(missing)}")
 
 
 class LabelRig(DaemonRig):
@@ -172,12 +172,6 @@ class LabelRig(DaemonRig):
         self.stop()
 
 
-def _plan(rig: LabelRig, prefix: str, count: int) -> None:
-    path = rig.tmp / f"{prefix}.csv"
-    path.write_text("name\n" + "".join(f"{prefix}-{n:04d}\n" for n in range(count)))
-    rig.cli("plan", "import", str(path))
-
-
 def _quantiles(values: list[float]) -> dict[str, float]:
     return {**{f"p{q}": round(pct(values, q / 100), 1) for q in (50, 95, 99)}, "runs": len(values)}
 
@@ -214,7 +208,7 @@ def _burst(rig: LabelRig, size: int, prefix: str) -> list[float]:
     return [(ready[dev] - start) * 1000 for dev, start in attached.items()]
 
 
-def bench_soak(count: int) -> list[dict[str, Any]]:
+def bench_soak(count: int) -> list[Row]:
     """N hand-offs in bursts through one daemon: latency first tenth vs last, resources start vs end."""
     if skipped := _skipped("soak rows"):
         return skipped
@@ -222,7 +216,7 @@ def bench_soak(count: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp_name, udevd_running():
         rig = LabelRig(Path(tmp_name), f"SOAK{pid % 1000}", 0x5A000000 + (pid % 2048) * 8192)
         try:
-            _plan(rig, "soak", count + 8)
+            rig.import_plan("soak", count + 8, digits=4)
             daemon = rig.start(PANOSTAGE_DAEMON_POLL_SECONDS=str(SOAK_POLL_SECONDS))  # passes during the run
             _burst(rig, 8, "warm")  # twice a burst: the client's pool grows past what a burst and a pass need
             deadline = time.monotonic() + 30
@@ -242,13 +236,13 @@ def bench_soak(count: int) -> list[dict[str, Any]]:
     first, last = _quantiles(took[:tenth]), _quantiles(took[-tenth:])
     ratio, growth = last["p95"] / first["p95"], round(end["rss_mib"] - base["rss_mib"], 1)
     return [
-        {
-            "row": f"soak: {count} hand-offs in bursts, last tenth p95 vs first",
-            "value": f"{last['p95']:.0f} ms vs {first['p95']:.0f} ms = {ratio:.2f}x (p50 {last['p50']:.0f} vs "
+        make_row(
+            f"soak: {count} hand-offs in bursts, last tenth p95 vs first",
+            f"{last['p95']:.0f} ms vs {first['p95']:.0f} ms = {ratio:.2f}x (p50 {last['p50']:.0f} vs "
             f"{first['p50']:.0f}, p99 {last['p99']:.0f} vs {first['p99']:.0f})",
-            "goal": "<= 1.2x",
-            "met": ratio <= 1.2,
-            "data": {
+            "<= 1.2x",
+            ratio <= 1.2,
+            {
                 "first_tenth_ms": first,
                 "last_tenth_ms": last,
                 "ratio_p95": round(ratio, 3),
@@ -257,17 +251,17 @@ def bench_soak(count: int) -> list[dict[str, Any]]:
                 "run_seconds": round(seconds, 1),
                 "entries_past_pending": followed,
             },
-        },
-        {
-            "row": "soak: descriptors / threads / SQLite handles / RSS, start -> end",
-            "value": f"fds {base['fds']}->{end['fds']}, threads {base['threads']}->{end['threads']}, SQLite "
+        ),
+        make_row(
+            "soak: descriptors / threads / SQLite handles / RSS, start -> end",
+            f"fds {base['fds']}->{end['fds']}, threads {base['threads']}->{end['threads']}, SQLite "
             f"{base['wal']}->{end['wal']} (descriptors kept {base['database']}->{end['database']}), HTTP pool "
             f"{base['http_connections']}->{end['http_connections']}, RSS {base['rss_mib']:.1f}->{end['rss_mib']:.1f} "
             f"MiB ({growth:+.1f})",
-            "goal": "end <= start (RSS reported)",
-            "met": all(end[key] <= base[key] for key in HELD),
-            "data": {"start": base, "end": end, "rss_growth_mib": growth},
-        },
+            "end <= start (RSS reported)",
+            all(end[key] <= base[key] for key in HELD),
+            {"start": base, "end": end, "rss_growth_mib": growth},
+        ),
     ]
 
 
@@ -312,7 +306,7 @@ def _idle_window(rig: LabelRig, pid: int, seconds: float) -> dict[str, Any]:
     cpu0, wake0, wall0 = proc.cpu_times(), switches(), time.perf_counter()
     pings = rig.pings(seconds)
     cpu1, wake1, wall = proc.cpu_times(), switches(), time.perf_counter() - wall0
-    cpu = cpu1.user + cpu1.system - cpu0.user - cpu0.system
+    cpu = cpu_spent(cpu0, cpu1)
     return {
         "cpu_percent": round(100 * cpu / wall, 2),
         "cpu_seconds": round(cpu, 3),
@@ -324,7 +318,7 @@ def _idle_window(rig: LabelRig, pid: int, seconds: float) -> dict[str, Any]:
     }
 
 
-def bench_idle_followup(runs: int, seconds: float) -> list[dict[str, Any]]:
+def bench_idle_followup(runs: int, seconds: float) -> list[Row]:
     """The idle daemon following 1,000 staged entries; then sticks while passes run, against none staged."""
     import psutil
 
@@ -337,13 +331,13 @@ def bench_idle_followup(runs: int, seconds: float) -> list[dict[str, Any]]:
             LabelRig(Path(tmp_name) / "staged", label, volid + 4096),
         )
         try:
-            _plan(fresh, "fresh", runs + 1)
+            fresh.import_plan("fresh", runs + 1, digits=4)
             images = [fresh.image(f"b{n}") for n in range(runs + 1)]
             fresh.start(**BACK_TO_BACK)
             baseline = fresh.one_at_a_time(images)  # its first stick pays for the clients: not counted
             fresh.close()
             seeded = _seed_staged(busy, STAGED)
-            _plan(busy, "arrive", runs + 1)
+            busy.import_plan("arrive", runs + 1, digits=4)
             idle = _idle_window(busy, busy.start(watchdog=True, PANOSTAGE_DAEMON_POLL_SECONDS="10"), seconds)
             busy.stop()
             images = [busy.image(f"p{n}") for n in range(runs + 1)]
@@ -354,30 +348,30 @@ def bench_idle_followup(runs: int, seconds: float) -> list[dict[str, Any]]:
         finally:
             fresh.close()
             busy.close()
-    busy_cpu = round(100 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall, 1)
+    busy_cpu = round(100 * cpu_spent(cpu0, cpu1) / wall, 1)
     base, under = _quantiles(baseline), _quantiles(during)
     ratio = under["p99"] / base["p99"]
     return [
-        {
-            "row": f"idle daemon, {STAGED} staged entries followed, over {idle['window_seconds']:.0f} s",
-            "value": f"{idle['cpu_percent']:.2f} % of a core, main thread {idle['wakeups']} wake-ups, "
+        make_row(
+            f"idle daemon, {STAGED} staged entries followed, over {idle['window_seconds']:.0f} s",
+            f"{idle['cpu_percent']:.2f} % of a core, main thread {idle['wakeups']} wake-ups, "
             f"{idle['watchdog_pings']} watchdog pings",
-            "goal": "<= 1 %, wake-ups <= pings + 2",
-            "met": idle["cpu_percent"] <= 1.0 and idle["wakeups"] <= idle["watchdog_pings"] + 2,
-            "data": {**idle, "staged": STAGED, "seed_seconds": round(seeded, 1), "poll_seconds": 10},
-        },
-        {
-            "row": "  one stick while follow-up passes run vs nothing staged",
-            "value": f"p99 {under['p99']:.0f} ms vs {base['p99']:.0f} ms = {ratio:.2f}x (p50 {under['p50']:.0f} vs "
+            "<= 1 %, wake-ups <= pings + 2",
+            idle["cpu_percent"] <= 1.0 and idle["wakeups"] <= idle["watchdog_pings"] + 2,
+            {**idle, "staged": STAGED, "seed_seconds": round(seeded, 1), "poll_seconds": 10},
+        ),
+        make_row(
+            "  one stick while follow-up passes run vs nothing staged",
+            f"p99 {under['p99']:.0f} ms vs {base['p99']:.0f} ms = {ratio:.2f}x (p50 {under['p50']:.0f} vs "
             f"{base['p50']:.0f})",
-            "goal": "p99 <= nothing staged",
-            "met": ratio <= 1.0,
-            "data": {
+            "p99 <= nothing staged",
+            ratio <= 1.0,
+            {
                 "with_passes_ms": under,
                 "nothing_staged_ms": base,
                 "ratio_p99": round(ratio, 3),
                 "daemon_cpu_percent_with_passes": busy_cpu,
                 **BACK_TO_BACK,
             },
-        },
+        ),
     ]
