@@ -227,11 +227,14 @@ def test_fat_mounted_with_fusefat_is_accepted(tmp_path: Path) -> None:
     img = make_image(tmp_path / "fuse.img", 32)
     where = tmp_path / "mnt"
     where.mkdir()
-    proc = subprocess.run(["fusefat", "-o", "rw+", str(img), str(where)], capture_output=True, text=True, timeout=30)
-    if proc.returncode != 0:
-        pytest.skip(f"fusefat cannot mount here: {proc.stderr.strip()}")
+    # in the foreground (-f), so the test can wait for it to finish writing the image after the unmount
+    proc = subprocess.Popen(
+        ["fusefat", "-f", "-o", "rw+", str(img), str(where)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: os.path.ismount(where) or proc.poll() is not None, what="the fusefat mount")
+    if not os.path.ismount(where):
+        pytest.skip(f"fusefat cannot mount here: {proc.communicate(timeout=30)[1].strip()}")
     try:
-        wait_for(lambda: os.path.ismount(where), what="the fusefat mount")
         with open_target(where) as target:  # FAT recognised from the mount table (fuse.fusefat)
             assert target.fat and target.describe()["fstype"] == "fuse.fusefat"
             data = os.urandom(5000)
@@ -243,7 +246,7 @@ def test_fat_mounted_with_fusefat_is_accepted(tmp_path: Path) -> None:
         assert err.value.reason == "stick-not-root"
     finally:
         subprocess.run(["umount", str(where)], capture_output=True)
-        wait_for(lambda: not os.path.ismount(where), what="fusefat to unmount")
+        proc.communicate(timeout=60)  # fusefat writes its last sectors (FSInfo, the clean bit) as it ends
     fsck(img)
 
 
