@@ -81,7 +81,7 @@ class PanostageError(Exception):
         if self.hint:
             data["hint"] = self.hint
         if self.details:
-            data["details"] = _jsonable(self.details)  # a NaN or infinite value is not JSON
+            data["details"] = self.details
         return data
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -31,6 +32,8 @@ def to_jsonable(value: object) -> Any:
         return base64.b64encode(value).decode()
     if hasattr(value, "to_dict"):
         return to_jsonable(value.to_dict())
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # NaN and infinity are not JSON
     return value
 
 

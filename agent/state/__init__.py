@@ -249,7 +249,11 @@ class StateDB:
     def _unclaimed_entry(self, ref: str | int) -> dict[str, Any]:
         entry = self.entry(ref)
         if entry["status"] == "claimed":
-            raise StateError(f"{entry['name']} is being staged right now", hint="wait for the hand-off to end")
+            raise StateError(
+                f"{entry['name']} is being staged right now",
+                hint="wait for the hand-off to end",
+                details={"id": entry["id"], "status": entry["status"]},
+            )
         return entry
 
     # ---------------------------------------------------------------- enrolled sticks
