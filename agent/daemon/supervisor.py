@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from agent import paths, sdnotify
 from agent.daemon.context import Context
 from agent.daemon.followup import FollowUp, FollowUpThread
+from agent.daemon.memory import limit_malloc_arenas, release_memory
 from agent.daemon.recovery import recover
 from agent.daemon.technician import Technician
 from agent.daemon.worker import StickWorker
@@ -83,6 +84,7 @@ class Daemon:
 
     def run(self) -> int:
         self._lock()
+        limit_malloc_arenas()  # before any worker thread exists
         from agent.aws.backend import open_backend
         from agent.staging.factory import handoff_log, make_stager, operator_name, station_name
 
@@ -346,39 +348,6 @@ class Daemon:
         self.backend.close()
         signal.set_wakeup_fd(-1)
         os.close(self._wake_w)
-
-
-def release_memory(*, freeze: bool) -> bool:
-    """Collect garbage, return free heap pages to the system, and with ``freeze`` freeze what survives.
-
-    Called when the daemon falls idle.  Freezing is done once, when the clients exist: what is
-    alive then (the clients, their models, caches) lives as long as the daemon, and frozen, later
-    collections skip it (each full pass over botocore's objects held the GIL for 35-65 ms).  Only
-    once: a frozen object is never collected, and whatever else happened to be alive at that moment
-    (a worker, a pass in flight) would stay for good if frozen at every idle - 8 MiB per thousand
-    sticks, measured.  Returns whether it froze.
-    """
-    import gc
-
-    gc.collect()
-    if freeze:
-        gc.freeze()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-    return freeze
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], object] | None:
-    """glibc's malloc_trim, looked up once (None elsewhere: nothing to trim)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
 
 
 def configure_logging(debug: bool = False) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.daemon.test_daemon_e2e import Rig
 from tests.fat_kit import make_image, run
-from tests.helpers import wait_until
+from tests.helpers import REPO, wait_until
 from tests.proc_kit import resources
 from tests.udev_kit import udevd  # noqa: F401 - fixture
 
@@ -149,3 +149,46 @@ def test_a_blank_medium_is_ignored_with_its_reason_in_status_and_log(rig):
         rig.wait_stick(dev, ("idle",))  # admitted now; the plan is empty
     finally:
         detach(rig, [dev])
+
+
+ARENA_PROBE = """
+import ctypes, sys, tempfile, threading
+from agent.daemon.memory import limit_malloc_arenas
+if sys.argv[1] == "limited":
+    limit_malloc_arenas()
+go = threading.Barrier(8)
+def work():
+    go.wait()  # all at once, as eight sticks are
+    for _ in range(200):
+        blob = bytearray(200_000)  # malloc'd outside pymalloc, in this thread's arena
+        del blob
+threads = [threading.Thread(target=work) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+with tempfile.NamedTemporaryFile(suffix=".xml") as out:
+    stream = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(stream))
+    libc.fclose(ctypes.c_void_p(stream))
+    print(open(out.name).read().count("<heap nr="))
+"""
+
+
+def test_the_daemon_keeps_to_two_malloc_arenas() -> None:
+    """Eight threads at once get eight glibc arenas, each keeping its freed memory; the daemon's limit
+    (set before any worker thread exists) keeps them to two.  Counted with malloc_info."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc: there are no arenas to limit")
+
+    def heaps(mode: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, cwd=REPO, check=True
+        )
+        return int(out.stdout)
+
+    assert heaps("limited") <= 2 < heaps("free")
