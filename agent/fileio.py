@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from agent.errors import ExitCode, PanostageError
+from agent.paths import fsync_dir, write_atomic
 
 
 def write_file_atomic(path: Path, data: bytes, *, mode: int = 0o600, overwrite: bool = False) -> None:
@@ -22,19 +22,5 @@ def write_file_atomic(path: Path, data: bytes, *, mode: int = 0o600, overwrite: 
         raise PanostageError(
             f"{path} exists", exit_code=ExitCode.CONFLICT, reason="exists", hint="pass --force to replace it"
         )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, data, mode)
+    fsync_dir(path.parent)

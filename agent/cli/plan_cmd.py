@@ -10,6 +10,7 @@ import click
 from agent.cli.app import App, command_options, pass_app
 from agent.cli.inputs import provision_options, request_from_options
 from agent.cli.output import render_table
+from agent.state.schema import PLAN_STATUSES
 
 if TYPE_CHECKING:
     from agent.state import StateDB
@@ -184,7 +185,7 @@ def _network_text(request: dict[str, Any]) -> str:
 @plan.command("list")
 @click.option(
     "--status",
-    type=click.Choice(["pending", "claimed", "staged", "provisioned", "done", "attention"]),
+    type=click.Choice(PLAN_STATUSES),
     help="Only entries with this status.",
 )
 @command_options

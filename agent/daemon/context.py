@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from agent.archive import Limits
     from agent.aws.backend import ServiceBackend
     from agent.clock import Clock
     from agent.config import Settings
@@ -39,3 +40,4 @@ class Context:
     state_dir: Path
     runtime_dir: Path
     stager_factory: StagerFactory
+    limits: Limits  # what an archive may be (the [verify] settings), for every check of one

@@ -86,14 +86,14 @@ class Daemon:
         self._lock()
         limit_malloc_arenas()  # before any worker thread exists
         from agent.aws.backend import open_backend
-        from agent.staging.factory import handoff_log, make_stager, operator_name, station_name
+        from agent.staging.factory import handoff_log, make_stager, operator_name, station_name, verify_limits
 
         self.state = StateDB(self.state_dir)
         self.state.clear_sticks()
         self.state.set_fact("daemon", {"pid": os.getpid(), "started": self.clock.now().isoformat(), "running": True})
         self.backend = open_backend(self.settings, authority_process=True)
         self.backend.panorama()  # a local authority that cannot start stops the daemon now, not at the first stick
-        log_ = handoff_log(self.settings)
+        log_, limits = handoff_log(self.settings), verify_limits(self.settings)
         station, operator = station_name(self.settings), operator_name(self.settings)
         self.ctx = Context(
             settings=self.settings,
@@ -108,8 +108,16 @@ class Daemon:
             runtime_dir=paths.ensure_private_dir(paths.runtime_dir(self.settings)),
             # per stick: with what the daemon holds (its log and names), not made again
             stager_factory=functools.partial(
-                make_stager, self.settings, self.backend, self.clock, log=log_, station=station, operator=operator
+                make_stager,
+                self.settings,
+                self.backend,
+                self.clock,
+                log=log_,
+                station=station,
+                operator=operator,
+                limits=limits,
             ),
+            limits=limits,
         )
         self.followup = FollowUp(self.ctx, quiet=self.quiet)
         for action in recover(

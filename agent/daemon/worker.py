@@ -137,7 +137,6 @@ class StickWorker:
             self._stage(target, entry)
 
     def _look(self, target: StickTarget) -> tuple[Verdict, str, StickFacts]:
-        from agent.staging.factory import verify_limits
         from agent.stick import LOG_DIR, archives
         from agent.stick.checks import archive_report
 
@@ -151,7 +150,7 @@ class StickWorker:
                 target,
                 found[0],
                 now=self.ctx.clock.now(),
-                limits=verify_limits(self.ctx.settings),
+                limits=self.ctx.limits,
                 skew_seconds=self.ctx.settings.stage.skew_seconds,
             )
             device_id = (report.manifest or {}).get("device_id")
@@ -179,7 +178,6 @@ class StickWorker:
     def _return_trip(self, target: StickTarget) -> bool:
         """Collect the appliance's logs; True when the stick is clean afterwards and may be staged."""
         from agent.staging import returns
-        from agent.staging.factory import verify_limits
 
         ctx = self.ctx
         self.collected = True
@@ -191,7 +189,7 @@ class StickWorker:
             ctx.state_dir,
             ctx.station,
             ctx.operator,
-            verify_limits(ctx.settings),
+            ctx.limits,
         )
         name = result.device.get("name")
         entry = self._entry_named(name)
