@@ -56,6 +56,18 @@ def _now() -> str:
     return iso(datetime.now(UTC))
 
 
+def _update_entry(db: sqlite3.Connection, entry_id: int, fields: dict[str, Any]) -> sqlite3.Row:
+    """Set ``fields`` (and the time of the change) on the plan entry ``entry_id``, in ``db``'s transaction."""
+    if "status" in fields and fields["status"] not in PLAN_STATUSES:
+        raise ValueError(f"unknown plan status {fields['status']}")
+    fields = {**fields, "updated_at": _now()}
+    columns = ", ".join(f"{key} = ?" for key in fields)
+    return cast(
+        sqlite3.Row,
+        db.execute(f"UPDATE plan SET {columns} WHERE id = ? RETURNING *", (*fields.values(), entry_id)).fetchone(),
+    )
+
+
 def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
     return None if row is None else _decoded(row)
 
@@ -196,12 +208,8 @@ class StateDB:
         return _row(row)
 
     def set_entry(self, entry_id: int, **fields: Any) -> None:
-        if "status" in fields and fields["status"] not in PLAN_STATUSES:
-            raise ValueError(f"unknown plan status {fields['status']}")
-        fields["updated_at"] = _now()
-        columns = ", ".join(f"{key} = ?" for key in fields)
         with self.transaction() as db:
-            db.execute(f"UPDATE plan SET {columns} WHERE id = ?", (*fields.values(), entry_id))
+            _update_entry(db, entry_id, fields)
 
     def requeue(self, entry_id: int, error: str, *, max_attempts: int) -> str:
         """Put an entry back in the queue after a failed hand-off (or aside, after too many)."""
@@ -231,19 +239,12 @@ class StateDB:
     def change_entry(self, ref: str | int, decide: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
         """Change an entry as ``decide`` says, judged on the entry as it is inside the change's transaction.
 
-        A claimed entry is refused first; ``decide`` gets the entry and returns the columns to set, or
-        raises to refuse.  No claim and no other change can slip in between the judgement and the change.
-        Returns the entry as changed.
+        A claimed entry is refused first; ``decide`` gets the entry and returns the columns to set, or raises
+        to refuse.  No claim or other change slips in between judgement and change.  Returns the entry changed.
         """
         with self.transaction() as db:
             entry = self._unclaimed_entry(ref)
-            fields = {**decide(entry), "updated_at": _now()}
-            if "status" in fields and fields["status"] not in PLAN_STATUSES:
-                raise ValueError(f"unknown plan status {fields['status']}")
-            columns = ", ".join(f"{key} = ?" for key in fields)
-            row = db.execute(
-                f"UPDATE plan SET {columns} WHERE id = ? RETURNING *", (*fields.values(), entry["id"])
-            ).fetchone()
+            row = _update_entry(db, entry["id"], decide(entry))
         return _decoded(row)  # the entry is there: read in this transaction
 
     def _unclaimed_entry(self, ref: str | int) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import os
 import stat
 from collections.abc import Iterable
@@ -128,13 +127,8 @@ class DirectoryWriting(DirectoryReading):
                     pass  # best effort: the new archive is in place
                 finally:
                     os.close(old_fd)
-        return WriteReport(
-            name=name,
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            replaced=existing is not None,
-            durations_ms=sw.durations_ms,
-            scrubbed_bytes=scrubbed,
+        return WriteReport.of(
+            name, data, replaced=existing is not None, durations_ms=sw.durations_ms, scrubbed=scrubbed
         )
 
     def _remove_stale_temps(self, name: str) -> int:

@@ -9,7 +9,6 @@ it was (:mod:`agent.stick.journal`).  ``wipe`` zeroes a file's clusters, flushes
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from collections.abc import Callable
 
@@ -127,13 +126,8 @@ class FatWriting(FatReading, FatChecks):
         if old_clusters:
             with sw.step("scrub_old"):
                 scrubbed += self._zero_free(old_clusters)
-        return WriteReport(
-            name=name,
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            replaced=existing is not None,
-            durations_ms=sw.durations_ms,
-            scrubbed_bytes=scrubbed,
+        return WriteReport.of(
+            name, data, replaced=existing is not None, durations_ms=sw.durations_ms, scrubbed=scrubbed
         )
 
     def _zero_free(self, clusters: list[int]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -126,6 +127,13 @@ class WriteReport:
     durations_ms: dict[str, float] = field(default_factory=dict)
     #: Bytes of a replaced older file (and of stale temporaries) overwritten with zeros afterwards.
     scrubbed_bytes: int = 0
+
+    @classmethod
+    def of(
+        cls, name: str, data: bytes, *, replaced: bool, durations_ms: dict[str, float], scrubbed: int
+    ) -> WriteReport:
+        """The report of ``data`` written as ``name`` (its size and digest taken from the bytes)."""
+        return cls(name, len(data), hashlib.sha256(data).hexdigest(), replaced, durations_ms, scrubbed)
 
     @property
     def total_ms(self) -> float:
