@@ -256,8 +256,8 @@ class Daemon:
             self.ready.pop(syspath, None)
             return
         info = event.info
-        if info is None or (not info.has_filesystem and not (info.is_usb or self.settings.sticks.allow_non_usb)):
-            return  # a blank internal disk is nobody's stick
+        if info is None or not (info.is_usb or self.settings.sticks.allow_non_usb):
+            return  # the laptop's own disks are nobody's sticks: not shown as refused ones (`stick check` says why)
         known = self.seen.get(syspath)
         if event.action == "change" and same_filesystem(known, info):
             return  # nothing new: e.g. the change udev reports when we close the device we wrote

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agent.daemon.context import Context
 from agent.daemon.returning import StickFacts, Verdict, judge
 from agent.errors import ExitCode, PanostageError
+from agent.paths import fsync_dir, write_atomic
 from agent.timing import StepTimer
 
 if TYPE_CHECKING:
@@ -335,7 +336,8 @@ class StickWorker:
             self.ctx.state.update_handoff(self.handoff_id, CHECKPOINT_STATES[state], **fields)
         marker = self.ctx.state_dir / f"held-at-{state}"
         if os.environ.get(HOLD_ENV) == state and not marker.exists():  # once: a restarted daemon goes on
-            marker.write_text(self.handoff_id or "")
+            write_atomic(marker, (self.handoff_id or "").encode())  # durable: a power cut must not hold again
+            fsync_dir(marker.parent)
             log.warning("holding at %s (%s is set)", state, HOLD_ENV)
             self.cancel.wait()
             raise Abandoned(f"abandoned at {state} (held there): the stick was removed or the daemon is stopping")
