@@ -86,27 +86,22 @@ def test_a_partitioned_stick_is_staged_on_its_partition_and_its_disk_is_untouche
 def test_sticks_the_policy_does_not_admit_are_left_byte_identical(laptop: Machine, tmp_path: Path) -> None:
     laptop.panostage("plan", "add", "--name", "vm-never")
     laptop.panostage("stick", "enroll", "--identity", "usb:PANO0003")
-    ext4 = ext4_stick(tmp_path / "ext4.img")  # enrolled serial, but ext4: not a stick at all
+    ext4 = ext4_stick(tmp_path / "ext4.img")  # enrolled serial, but an ext4 partition: not a stick at all
     stranger = fat_stick(tmp_path / "stranger.img", Layout(32, 512, False), volid="0A0B0C04")  # FAT, not enrolled
     before = {ext4: digest(ext4), stranger: digest(stranger)}
     laptop.plug(ext4, serial="PANO0003", stick_id="ext4")
     laptop.plug(stranger, serial="PANO0004", stick_id="stranger")
     refused = laptop.wait_stick("usb:PANO0004", ("rejected",))
     assert "not enrolled" in refused["note"]
+    ext4_part = "/dev/disk/by-id/usb-QEMU_QEMU_HARDDISK_PANO0003-0:0-part1"
     laptop.wait_for(
-        "udev to have seen the ext4 stick",
-        lambda: (
-            "ID_FS_TYPE=ext4"
-            in laptop.sh(
-                "udevadm info --query=property /dev/disk/by-id/usb-QEMU_QEMU_HARDDISK_PANO0003-0:0", check=False
-            )
-        ),
+        "udev to have seen the ext4 partition",
+        lambda: "ID_FS_TYPE=ext4" in laptop.sh(f"udevadm info --query=property {ext4_part}", check=False),
     )
     ext4_seen = laptop.wait_stick("usb:PANO0003", ("rejected",))  # shown with its reason, like every refusal
     assert "FAT" in ext4_seen["note"], ext4_seen
-    assert "PANOSTAGE_STICK" not in laptop.sh(
-        "udevadm info --query=property /dev/disk/by-id/usb-QEMU_QEMU_HARDDISK_PANO0003-0:0"
-    )
+    for node in (ext4_part, ext4_part.removesuffix("-part1")):
+        assert "PANOSTAGE_STICK" not in laptop.sh(f"udevadm info --query=property {node}")
     laptop.pull("ext4")
     laptop.pull("stranger")
     assert {path: digest(path) for path in before} == before
