@@ -273,3 +273,106 @@ def test_operator_refused_by_the_cli_before_anything_runs(tmp_path):
     )
     assert result.returncode == ExitCode.CONFIG, result.stderr
     assert "PANOSTAGE_BACKEND_ENDPOINT_URL" in result.stderr and "'notaurl'" in result.stderr
+
+
+# ------------------------------------------------- which PANOSTAGE_* names are configuration (README)
+
+#: Variables of tools and test kits (scripts/test, tests/vm), not configuration: never an error.
+NOT_CONFIGURATION = {
+    "PANOSTAGE_COMPAT_PYTHON": "/opt/compat/bin/python",
+    "PANOSTAGE_VM": "1",
+    "PANOSTAGE_VM_CACHE": "/tmp/vm-cache",
+    "PANOSTAGE_VM_ACCEL": "tcg",
+    "PANOSTAGE_TEST_GI_DIR": "/usr/lib/girepository-1.0",
+    "PANOSTAGE_NO_SUCH_KEY": "1",
+    "PANOSTAGE_STICK": "1",
+}
+
+
+def test_other_tools_variables_are_ignored_and_shown_as_such(tmp_path):
+    env = isolated_env(tmp_path, **NOT_CONFIGURATION)
+    loaded = config.load(env=env)
+    assert loaded.ignored_env == sorted(NOT_CONFIGURATION)
+    assert all(row["source"] == "default" for row in loaded.rows())
+
+    listed = run_cli("plan", "list", env=env, home=tmp_path)
+    assert listed.returncode == ExitCode.OK, listed.stderr
+
+    shown = run_cli("config", "show", "--json", env=env, home=tmp_path)
+    assert shown.returncode == ExitCode.OK, shown.stderr
+    assert json.loads(shown.stdout)["ignored_env"] == sorted(NOT_CONFIGURATION)
+    human = run_cli("config", "show", env=env, home=tmp_path)
+    assert "not configuration, ignored: " + ", ".join(sorted(NOT_CONFIGURATION)) in human.stdout
+    assert "/tmp/vm-cache" not in human.stdout  # names only: the values are another tool's
+
+
+def test_reserved_and_configuration_variables_are_not_listed_as_ignored(tmp_path):
+    env = isolated_env(tmp_path, PANOSTAGE_DEBUG="0", PANOSTAGE_DEBUG_HOLD_AT="written", PANOSTAGE_STICKS_LABEL="P*")
+    loaded = config.load(env=env)
+    assert loaded.ignored_env == []
+    assert loaded.settings.sticks.label == "P*"
+    shown = run_cli("config", "show", env=env, home=tmp_path)
+    assert shown.returncode == ExitCode.OK and "ignored" not in shown.stdout, shown.stdout
+
+
+def test_a_misspelt_variable_is_refused_with_the_nearest_name_through_the_cli(tmp_path):
+    env = isolated_env(tmp_path, PANOSTAGE_STAGE_MARGN_SECONDS="5")
+    result = run_cli("plan", "list", env=env, home=tmp_path)
+    assert result.returncode == ExitCode.CONFIG, result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    assert "PANOSTAGE_STAGE_MARGN_SECONDS is not a configuration key" in result.stderr
+    assert "did you mean PANOSTAGE_STAGE_MARGIN_SECONDS?" in result.stderr
+    assert "panostage config show" in result.stderr  # where the list is, instead of the list
+    assert "PANOSTAGE_DAEMON_NOTIFY" not in result.stderr and "PANOSTAGE_BACKEND_REGION" not in result.stderr
+
+    result = run_cli("config", "show", "--json", env=env, home=tmp_path)
+    error = json.loads(result.stderr.splitlines()[-1])["error"]
+    assert error["exit_name"] == "CONFIG"
+    assert error["details"] == {
+        "source": "env PANOSTAGE_STAGE_MARGN_SECONDS",
+        "key": "PANOSTAGE_STAGE_MARGN_SECONDS",
+        "suggestion": "PANOSTAGE_STAGE_MARGIN_SECONDS",
+    }
+
+
+@pytest.mark.parametrize(
+    ("var", "needles"),
+    [
+        # in a section's space (PANOSTAGE_<SECTION>_...) but no key of it
+        ("PANOSTAGE_BACKEND_REGOIN", ["did you mean PANOSTAGE_BACKEND_REGION?"]),
+        ("PANOSTAGE_STICKS_LABLE", ["did you mean PANOSTAGE_STICKS_LABEL?"]),
+        ("PANOSTAGE_DAEMON_NOTIFI", ["did you mean PANOSTAGE_DAEMON_NOTIFY?"]),
+        ("PANOSTAGE_DAEMON_POLL", ["[daemon] has no key 'poll' (its keys: ", "poll_seconds, poll_max_seconds"]),
+        ("PANOSTAGE_STAGE_XYZZY", ["[stage] has no key 'xyzzy'", "margin_seconds, skew_seconds", "allow_non_fat"]),
+        ("PANOSTAGE_STAGE", ["names the section [stage], not a key (PANOSTAGE_STAGE_<KEY>; its keys: margin"]),
+        # a key without its section
+        ("PANOSTAGE_REGION", ["'region' is a key without its section: did you mean PANOSTAGE_BACKEND_REGION?"]),
+        ("PANOSTAGE_MAX_ATTEMPTS", ["PANOSTAGE_BACKEND_MAX_ATTEMPTS or PANOSTAGE_DAEMON_MAX_ATTEMPTS"]),
+        # a letter or two off a variable
+        ("PANOSTAGE_STICK_LABEL", ["did you mean PANOSTAGE_STICKS_LABEL?"]),
+        ("PANOSTAGE_STAEG_MARGIN_SECONDS", ["did you mean PANOSTAGE_STAGE_MARGIN_SECONDS?"]),
+        ("PANOSTAGE_BACKND_REGION", ["did you mean PANOSTAGE_BACKEND_REGION?"]),
+    ],
+)
+def test_a_near_miss_is_an_error_naming_the_variable_and_what_to_do(tmp_path, var, needles):
+    with pytest.raises(ConfigError) as info:
+        config.load(env=isolated_env(tmp_path, **{var: "1"}))
+    error = info.value
+    assert error.exit_code == ExitCode.CONFIG
+    assert error.message.startswith(f"environment {var} is not a configuration key: "), error.message
+    for needle in needles:
+        assert needle in error.message, error.message
+    assert "PANOSTAGE_<SECTION>_<KEY>" in error.hint and "panostage config show" in error.hint
+    assert "PANOSTAGE_WAIT_INTERVAL_SECONDS" not in error.message + error.hint  # never the whole list
+
+
+def test_every_variable_with_a_letter_dropped_suggests_itself(tmp_path):
+    from agent.config.schema import iter_keys
+
+    for section, key, _fld in iter_keys():
+        wanted = f"PANOSTAGE_{section}_{key}".upper()
+        cut = len(f"PANOSTAGE_{section}_") + len(key) // 2
+        var = wanted[:cut] + wanted[cut + 1 :]
+        with pytest.raises(ConfigError) as info:
+            config.load(env=isolated_env(tmp_path, **{var: "1"}))
+        assert info.value.details.get("suggestion") == wanted, (var, info.value.message)

@@ -17,7 +17,8 @@ def config() -> None:
 @command_options
 @pass_app
 def show(app: App) -> None:
-    """Every key, its effective value and where it came from (default, file, env, flag)."""
+    """Every key, its effective value and where it came from (default, file, env, flag); and the
+    PANOSTAGE_* variables set that are not configuration, ignored."""
     from agent import paths
 
     rows = app.loaded.rows()
@@ -25,12 +26,15 @@ def show(app: App) -> None:
         "state_dir": str(paths.state_dir(app.settings)),
         "runtime_dir": str(paths.runtime_dir(app.settings)),
     }
-    data = {"files": app.loaded.files, "settings": rows, "resolved": resolved}
+    ignored = app.loaded.ignored_env
+    data = {"files": app.loaded.files, "settings": rows, "resolved": resolved, "ignored_env": ignored}
 
     def human() -> str:
         head = "files read: " + (", ".join(app.loaded.files) or "none")
         table = render_table(rows, ["key", "value", "source"], ["KEY", "VALUE", "SOURCE"])
         lines = "\n".join(f"{k}: {v}" for k, v in resolved.items())
+        if ignored:  # names only: their values are another tool's business
+            lines += "\nnot configuration, ignored: " + ", ".join(ignored)
         return f"{head}\n{table}\n{lines}"
 
     app.out.data(data, human)

@@ -2,7 +2,8 @@
 
 Files: ``/etc/panostage/config.toml`` then ``$XDG_CONFIG_HOME/panostage/config.toml``
 (later wins), or only the file named by ``--config`` / ``PANOSTAGE_CONFIG``.
-Environment: ``PANOSTAGE_<SECTION>_<KEY>`` (``PANOSTAGE_BACKEND_REGION=eu-west-1``).
+Environment: ``PANOSTAGE_<SECTION>_<KEY>`` (``PANOSTAGE_BACKEND_REGION=eu-west-1``); a near miss of
+one is an error naming the nearest, other ``PANOSTAGE_*`` names are not configuration and are ignored.
 Every value remembers where it came from, for ``panostage config show``.
 
 The keys are declared in :mod:`agent.config.schema`, the rules their values keep in
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypedDict
 
 from agent.config.rules import (
@@ -92,11 +93,13 @@ class ConfigRow(TypedDict):
 
 @dataclass(frozen=True)
 class LoadedConfig:
-    """Settings plus where each value came from (``"section.key" -> source``)."""
+    """Settings plus where each value came from (``"section.key" -> source``), and what was ignored."""
 
     settings: Settings
     sources: dict[str, str]
     files: list[str]
+    #: ``PANOSTAGE_*`` variables set that are not configuration (nor reserved), so were ignored.
+    ignored_env: list[str] = field(default_factory=list)
 
     def rows(self) -> list[ConfigRow]:
         """Every key with its value, type, source and doc, in declaration order."""
@@ -148,10 +151,15 @@ def load(
             sources[f"{section}.{key}"] = f"file {path}"
         read.append(str(path))
 
+    ignored: list[str] = []
     for var, raw in sorted(env.items()):
         if not var.startswith("PANOSTAGE_") or var in RESERVED_ENV:
             continue
-        section, key = env_key(var, fields)
+        found = env_key(var, fields)
+        if found is None:  # not configuration: another tool's or a test kit's variable
+            ignored.append(var)
+            continue
+        section, key = found
         values[section][key] = parse_env(fields[section][key], raw, var, f"{section}.{key}")
         sources[f"{section}.{key}"] = f"env {var}"
 
@@ -162,4 +170,4 @@ def load(
         values[section][key] = coerce(fields[section][key], flag_value, "command line", dotted)
         sources[dotted] = "flag --" + key.replace("_", "-")
 
-    return LoadedConfig(settings=build_settings(values), sources=sources, files=read)
+    return LoadedConfig(settings=build_settings(values), sources=sources, files=read, ignored_env=ignored)

@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypedDict, TypeVar, Unpack
 
-from agent.config.rules import OPERATOR_MAX, endpoint_url_problem, operator_problem, regions_problem
+from agent.config.rules import OPERATOR_MAX, URL_RULE, endpoint_url_problem, operator_problem, regions_problem
 
 #: A configuration value, as the fields below declare them.
 Value: TypeAlias = str | int | float | bool | tuple[str, ...]
 #: ``section -> key -> dataclass field``.
 Fields: TypeAlias = dict[str, dict[str, dataclasses.Field[Any]]]
 _T = TypeVar("_T")
+_NAME_RULE = f"at most {OPERATOR_MAX} characters, no control characters, no key material"
 
 
 class Rules(TypedDict, total=False):
@@ -28,23 +29,33 @@ class Rules(TypedDict, total=False):
     min: float
     max: float
     check: Callable[[str], str | None] | Callable[[tuple[str, ...]], str | None]
+    #: what ``check`` holds the value to, in a few words (the README's configuration table)
+    rule: str
 
 
 def _opt(default: _T, doc: str, **rules: Unpack[Rules]) -> _T:
     """A configuration key: its default, a one-line doc, and rules (choices, min, max, check).
 
-    ``check`` is a function of the value returning the rule it breaks, or None.
+    ``check`` is a function of the value returning the rule it breaks, or None; ``rule`` says what it
+    holds the value to (required with ``check``: the README's table shows it).
     """
+    if "check" in rules and "rule" not in rules:
+        raise TypeError(f"{doc!r}: a key with a check needs its rule in words")
     return field(default=default, metadata={"doc": doc, **rules})
 
 
 @dataclass(frozen=True)
 class BackendSettings:
-    name: str = _opt("local", "which authority to talk to: local (embedded) or aws", choices=("local", "aws"))
+    name: str = _opt(
+        "local",
+        "which authority to talk to: local (embedded; the daemon's in a child process) or aws",
+        choices=("local", "aws"),
+    )
     endpoint_url: str = _opt(
         "",
         "an authority that speaks the protocol, as an http:// or https:// URL; overrides name",
         check=endpoint_url_problem,
+        rule="empty, or " + URL_RULE.removeprefix("must be "),
     )
     region: str = _opt("us-east-1", "region for signing and for the aws endpoints")
     profile: str = _opt("", "AWS profile for the aws and endpoint backends (empty: default chain)")
@@ -67,6 +78,7 @@ class AuthoritySettings:
         "InvalidSignatureException); empty: backend.region only; in the environment "
         "comma-separated",
         check=regions_problem,
+        rule="region names (letters, digits and -)",
     )
     access_key_id: str = _opt("", "access key it accepts (empty: generated into its state dir)")
     secret_access_key: str = _opt("", "secret for access_key_id (prefer the environment to the file)")
@@ -74,8 +86,16 @@ class AuthoritySettings:
 
 @dataclass(frozen=True)
 class PathSettings:
-    state_dir: str = _opt("", "state: SQLite database, hand-off log, local authority (empty: standard place)")
-    runtime_dir: str = _opt("", "tmpfs scratch for archives in flight (empty: $XDG_RUNTIME_DIR or /run)")
+    state_dir: str = _opt(
+        "",
+        "state: SQLite database, hand-off log, local authority (empty: $STATE_DIRECTORY, else "
+        "/var/lib/panostage as root, else $XDG_STATE_HOME/panostage or ~/.local/state/panostage)",
+    )
+    runtime_dir: str = _opt(
+        "",
+        "tmpfs scratch for archives in flight (empty: $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR/panostage, "
+        "/run/panostage as root, else /dev/shm/panostage-UID)",
+    )
 
 
 @dataclass(frozen=True)
@@ -92,21 +112,23 @@ class StageSettings:
     certificate_seconds: int = _opt(
         300,
         "how long the service's certificates live (documented: 5 minutes): a device "
-        "awaiting provisioning younger than this may be on another station's stick (the "
+        "awaiting provisioning younger than this (plus stage.skew_seconds) may be on another station's stick (the "
         "local backend uses authority.cert_validity_seconds)",
         min=1,
     )
     station: str = _opt(
         "",
-        "this station's name, in the hand-off log and on the devices it provisions (empty: the "
-        "host name); give each station sharing one service its own",
+        "this station's name, in the hand-off log and on the devices it provisions (tag panostage:station; "
+        "empty: the host name); give each station sharing one service its own",
         check=operator_problem,
+        rule=_NAME_RULE,
     )
     operator: str = _opt(
         "",
-        f"who stages (recorded in the hand-off log; empty: $USER); at most {OPERATOR_MAX} "
+        f"who stages (recorded in the hand-off log; empty: $USER, held to the same rules); at most {OPERATOR_MAX} "
         "characters, no control characters",
         check=operator_problem,
+        rule=_NAME_RULE,
     )
     allow_non_fat: bool = _opt(False, "accept a directory on a non-FAT filesystem as a stick (lab use)")
 

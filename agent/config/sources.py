@@ -1,7 +1,9 @@
 """Where configuration values come from, each read and checked against its key's type and rules.
 
 * files: TOML, ``/etc/panostage/config.toml`` then the XDG one (or the one ``--config`` names);
-* the environment: ``PANOSTAGE_<SECTION>_<KEY>``, a string turned into the key's type;
+* the environment: ``PANOSTAGE_<SECTION>_<KEY>``, a string turned into the key's type; a name near one
+  (in a section's space, a key without its section, or a misspelling) is an error that names the nearest,
+  any other ``PANOSTAGE_*`` name is not configuration and is ignored (:func:`env_key`);
 * flags: values the command line already typed.
 
 Every refusal is a :class:`ConfigError` naming the source, the key and the rule broken.
@@ -10,6 +12,7 @@ Every refusal is a :class:`ConfigError` naming the source, the key and the rule 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -71,18 +74,63 @@ def read_file(path: Path, fields: Fields) -> Iterator[tuple[str, str, Value]]:
             yield section, key, coerce(fields[section][key], value, str(path), f"{section}.{key}")
 
 
-def env_key(var: str, fields: Fields) -> tuple[str, str]:
-    """``(section, key)`` that the variable ``PANOSTAGE_<SECTION>_<KEY>`` sets."""
+#: How close (difflib ratio, on the name after ``PANOSTAGE_``) a name must be to a configuration
+#: variable to be taken for a misspelling of it: 0.8 catches a dropped, doubled or swapped letter
+#: (``STAGE_MARGN_SECONDS``, ``STICK_LABEL``) and leaves other tools' names (``VM_CACHE``,
+#: ``COMPAT_PYTHON``: at most 0.46) alone.
+NEAR_CUTOFF = 0.8
+ENV_RULE = (
+    "correct or unset it: configuration variables are PANOSTAGE_<SECTION>_<KEY>; `panostage config show` "
+    "lists every key (so does the README's Configuration section); other PANOSTAGE_* names are not "
+    "configuration and are ignored"
+)
+
+
+def env_key(var: str, fields: Fields) -> tuple[str, str] | None:
+    """``(section, key)`` that the variable ``PANOSTAGE_<SECTION>_<KEY>`` sets, or None for a name that is
+    not configuration (ignored: another tool's or a test kit's variable).
+
+    A near miss is a :class:`ConfigError` naming the nearest variable: a name in a section's own space
+    (``PANOSTAGE_STAGE`` or ``PANOSTAGE_STAGE_*``) that names no key of it, a key without its section
+    (``PANOSTAGE_MARGIN_SECONDS``), or a name within :data:`NEAR_CUTOFF` of a configuration variable.
+    """
     rest = var[len("PANOSTAGE_") :].lower()
-    for section in fields:
-        if rest.startswith(section + "_") and rest[len(section) + 1 :] in fields[section]:
+    for section, keys in fields.items():
+        if rest.startswith(section + "_") and rest[len(section) + 1 :] in keys:
             return section, rest[len(section) + 1 :]
-    known = ", ".join(sorted(f"PANOSTAGE_{s}_{k}".upper() for s in fields for k in fields[s]))
-    raise ConfigError(
-        f"environment {var} is not a configuration key",
-        hint=f"known variables: {known}",
-        details={"source": f"env {var}", "key": var},
-    )
+    for section, keys in fields.items():
+        if rest == section or rest.startswith(section + "_"):
+            raise _not_in_section(var, section, rest[len(section) + 1 :], list(keys))
+    homes = [_var(section, rest) for section, keys in fields.items() if rest in keys]
+    if homes:
+        raise _not_a_key(var, f"{rest!r} is a key without its section: did you mean {' or '.join(homes)}?", homes[0])
+    names = {f"{section}_{key}": _var(section, key) for section, keys in fields.items() for key in keys}
+    near = difflib.get_close_matches(rest, list(names), n=1, cutoff=NEAR_CUTOFF)
+    if near:
+        raise _not_a_key(var, f"did you mean {names[near[0]]}?", names[near[0]])
+    return None
+
+
+def _not_in_section(var: str, section: str, key: str, keys: list[str]) -> ConfigError:
+    """``var`` is in ``[section]``'s space (``PANOSTAGE_<SECTION>[_<KEY>]``) but names none of its keys."""
+    if not key:
+        why = f"it names the section [{section}], not a key (PANOSTAGE_{section.upper()}_<KEY>"
+        return _not_a_key(var, f"{why}; its keys: {', '.join(keys)})")
+    near = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if near:
+        return _not_a_key(var, f"did you mean {_var(section, near[0])}?", _var(section, near[0]))
+    return _not_a_key(var, f"[{section}] has no key {key!r} (its keys: {', '.join(keys)})")
+
+
+def _var(section: str, key: str) -> str:
+    return f"PANOSTAGE_{section}_{key}".upper()
+
+
+def _not_a_key(var: str, why: str, suggestion: str | None = None) -> ConfigError:
+    details = {"source": f"env {var}", "key": var}
+    if suggestion:
+        details["suggestion"] = suggestion
+    return ConfigError(f"environment {var} is not a configuration key: {why}", hint=ENV_RULE, details=details)
 
 
 def _a(noun: str) -> str:
