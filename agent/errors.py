@@ -34,7 +34,7 @@ class ExitCode(IntEnum):
     IO = 14  # local I/O: stick, image, file
     STICK_REFUSED = 15  # the stick policy or its contents forbid writing
     VERIFY_EXPIRING = 20  # archive valid but inside the safety margin
-    VERIFY_EXPIRED = 21  # certificate expired (beyond the clock-skew tolerance)
+    VERIFY_EXPIRED = 21  # certificate expired (past its notAfter on this workstation's clock)
     VERIFY_CORRUPT = 22  # archive damaged, unsafe or inconsistent
     VERIFY_UNVERIFIABLE = 23  # no certificate found to check
     INTERRUPTED = 130  # SIGINT / SIGTERM

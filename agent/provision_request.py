@@ -7,11 +7,11 @@ address given for a DHCP port, a tag without ``=``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.errors import UsageError
+from agent.errors import UsageError, Violation
 
 PORTS = {"eth0": "Ethernet0", "eth1": "Ethernet1"}
 
@@ -103,3 +103,81 @@ def build_request(
     if network:
         request["NetworkingConfiguration"] = network
     return request
+
+
+#: Where each part of a ProvisionDevice request comes from: (request path, input key).  The input key is a
+#: plan file's column (``eth0_gateway``) and, spelled as a flag, the option typed (``--eth0-gateway``); the
+#: first prefix that matches wins.  Plan files name their columns the same way
+#: (:mod:`agent.staging.plan.entry_check`).
+REQUEST_TO_INPUT: tuple[tuple[str, str], ...] = (
+    ("NetworkingConfiguration.Ntp.NtpServers", "ntp"),
+    ("NetworkingConfiguration.Ntp", "ntp"),
+    *[
+        (f"NetworkingConfiguration.{eth}.StaticIpConnectionInfo.{member}", f"{port}_{key}")
+        for port, eth in PORTS.items()
+        for member, key in (("IpAddress", "ip"), ("Mask", "mask"), ("DefaultGateway", "gateway"), ("Dns", "dns"))
+    ],
+    *[(f"NetworkingConfiguration.{eth}", port) for port, eth in PORTS.items()],
+    ("Name", "name"),
+    ("Description", "description"),
+    ("Tags", "tags"),
+)
+#: Input keys whose flag is not ``--`` + the key with dashes.
+_FLAG_OF = {"tags": "--tag"}
+#: Option destinations (``provision_options``) whose input key differs.
+_KEY_OF_DEST = {f"{port}_mode": port for port in PORTS}
+
+
+def flag_of(key: str) -> str:
+    """The flag a person types for an input key: ``eth1_gateway`` -> ``--eth1-gateway``."""
+    return _FLAG_OF.get(key) or "--" + key.replace("_", "-")
+
+
+def given_inputs(options: Mapping[str, Any]) -> set[str]:
+    """The input keys given as flags, from a command's option values (before they are popped)."""
+    return {
+        _KEY_OF_DEST.get(dest, dest)
+        for dest, value in options.items()
+        if dest != "input_json" and value is not None and value != () and value != []
+    }
+
+
+def flag_violations(violations: Iterable[Violation], given: Collection[str], *, from_file: bool) -> list[Violation]:
+    """``violations`` of a ProvisionDevice request named by the flags they came from.
+
+    A path is renamed to its flag when the value came from a flag: always without ``--input-json``
+    (``from_file``), and with it when that flag, or another of its port (``--eth1 static``), was given; a
+    value that came from the file keeps its request path, which is what the file spells.  A list index is
+    dropped (the value names the item); a member missing from a static port is "required with --ethN static".
+    """
+    out = []
+    for violation in violations:
+        path, rule = violation.path, violation.rule
+        for prefix, key in REQUEST_TO_INPUT:
+            if not (path == prefix or path.startswith((prefix + ".", prefix + "[", prefix + " "))):
+                continue
+            family = key.split("_")[0] if key.startswith("eth") else key
+            if from_file and not any(g == family or g.startswith(family + "_") for g in given):
+                break
+            rest = path[len(prefix) :]
+            if key == "tags" and rest:
+                rest = " key" if rest == " key" else " " + rest.lstrip(".")
+            else:
+                rest = ""
+            if family in PORTS and family != key and violation.value is None and rule.startswith("required"):
+                rule = f"required with --{family} static"
+            path = flag_of(key) + rest
+            break
+        out.append(Violation(path, violation.value, rule))
+    return out
+
+
+def validate_typed(request: Mapping[str, Any], given: Collection[str], *, from_file: bool) -> None:
+    """Check a ProvisionDevice request built from flags; every violation is named by its flag where one was
+    typed (:func:`flag_violations`)."""
+    from agent.aws import validation
+    from agent.errors import InputValidationError
+
+    violations = flag_violations(validation.check("ProvisionDevice", request), given, from_file=from_file)
+    if violations:
+        raise InputValidationError(violations, subject="ProvisionDevice request")

@@ -336,8 +336,10 @@ def test_expired_beyond_skew():
     assert "expired" in report.summary()
 
 
-def test_expired_but_within_skew_is_expiring():
-    check(build(), Outcome.EXPIRING, "expiring", now=NOW + LIFETIME + timedelta(seconds=29))
+def test_expired_within_skew_is_expired_too():
+    """The skew tolerance guards "not yet valid" only: past notAfter on this clock is EXPIRED (issue 12)."""
+    report = check(build(), Outcome.EXPIRED, "expired", now=NOW + LIFETIME + timedelta(seconds=29))
+    assert "29 s ago" in report.summary() and "expiring" not in report.codes()
 
 
 def test_expiring_within_margin():

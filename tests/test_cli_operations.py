@@ -158,14 +158,14 @@ def test_validation_lists_every_violation_and_sends_nothing(op):
     fields = sorted(v["field"] for v in error["details"]["violations"])
     assert fields == sorted(
         [
-            "Name",
-            "Description",
-            "Tags.k",
-            "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.IpAddress",
-            "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.Mask",
-            "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.DefaultGateway",
-            "NetworkingConfiguration.Ethernet1.StaticIpConnectionInfo.Dns",
-            "NetworkingConfiguration.Ntp.NtpServers[0]",
+            "--name",
+            "--description",
+            "--tag k",
+            "--eth1-ip",
+            "--eth1-mask",
+            "--eth1-gateway",
+            "--eth1-dns",
+            "--ntp",
         ]
     )
     assert not [d for d in op.json("device", "list") if d["Name"] == "bad name"]
@@ -207,10 +207,11 @@ def test_ota_and_reboot_jobs_wait_to_completion(op):
     assert op.json("job", "describe", done["JobId"])["Status"] == "COMPLETED"
 
 
-def test_major_ota_without_permission_fails_with_its_exit_code(op):
+def test_major_ota_without_permission_is_refused_before_any_job(op):
     device_id = op.online_device("cli-job-2")
-    error = op.json("job", "ota", device_id, "--image-version", "5.0.0", "--wait", expect=ExitCode.OPERATION_FAILED)
-    assert error["details"]["state"] == "FAILED"
+    error = op.json("job", "ota", device_id, "--image-version", "5.0.0", "--wait", expect=ExitCode.VALIDATION)
+    assert error["reason"] == "major-version-update" and "--allow-major" in error["hint"]
+    assert op.json("job", "list", "--device", device_id) == []
     done = op.json("job", "ota", device_id, "--image-version", "5.0.0", "--allow-major", "--wait")
     assert done["Status"] == "COMPLETED"
 

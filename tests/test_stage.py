@@ -63,8 +63,8 @@ def test_stage_to_a_directory_needs_fat_unless_allowed(station, tmp_path):
 def test_bad_input_costs_nothing(station, image):
     result = station.run("stage", "--name", "cam 01", "--eth0", "static", "--eth0-ip", "10.0.0.300", "--to", str(image))
     assert result.returncode == ExitCode.VALIDATION
-    assert "Name = 'cam 01'" in result.stderr and "IpAddress = '10.0.0.300'" in result.stderr
-    assert "StaticIpConnectionInfo.Mask" in result.stderr
+    assert "--name = 'cam 01'" in result.stderr and "--eth0-ip = '10.0.0.300'" in result.stderr
+    assert "--eth0-mask = None: required with --eth0 static" in result.stderr
     assert files_on(image) == [] and not (station.state / "handoff.jsonl").exists()
 
 

@@ -3,12 +3,18 @@ whether its CA signed it, whether the private keys match, and whether both are v
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 from agent.archive.model import ArchiveReport, CertificateInfo, Limits, Problem
 from agent.archive.pki import Found, FoundCert, describe, issued_by, scan_member
 from agent.archive.zipscan import Entry
 from agent.clock import iso
+
+
+def seconds_ago(delta: timedelta) -> str:
+    """``12 s`` for a time already past: whole seconds, rounded up (just past is ``1 s``, never ``0 s``)."""
+    return f"{max(1, math.ceil(delta.total_seconds()))} s"
 
 
 def check_pki(
@@ -127,9 +133,16 @@ def _check_time(
 ) -> None:
     """Validity vs ``now`` for the device certificate and, when chained, its CA.
 
-    Decision: a certificate that starts more than ``skew_seconds`` after ``now`` is ``not_yet_valid``
+    Decisions: a certificate that starts more than ``skew_seconds`` after ``now`` is ``not_yet_valid``
     and CORRUPT, not EXPIRED: nothing will expire it into usefulness, provisioning again would fail
     the same way, and the usual cause is this workstation's clock, which the hint names.
+
+    A certificate is ``expired`` (EXPIRED, exit 21) once ``now`` is past its notAfter on this clock: the
+    skew tolerance never makes an expired certificate "expiring".  The tolerance keeps a fresh certificate
+    from being judged not yet valid (an issuer's clock slightly ahead); at the other end an appliance whose
+    clock is behind might still take it for a few seconds, but nobody can count on that, and "hand it over
+    at once" is wrong advice for a certificate that is already dead on the clock in front of the technician.
+    EXPIRING (exit 20) is left only for a certificate still valid, with less than ``margin_seconds`` left.
     """
     skew = timedelta(seconds=skew_seconds)
     for fc, info in chain:
@@ -146,21 +159,20 @@ def _check_time(
                     f"{skew_seconds:g} s tolerance",
                 )
             )
-        elif now - skew > info.not_after:
+        elif now > info.not_after:
             report.problems.append(
                 Problem(
                     "expired",
-                    f"{what} expired at {iso(info.not_after)}, {-left:.0f} s ago",
+                    f"{what} expired at {iso(info.not_after)}, {seconds_ago(now - info.not_after)} ago",
                     member=fc.member,
                     hint="archives cannot be reused: delete the device and provision it again",
                 )
             )
         elif left < margin_seconds:
-            state = f"expires in {left:.0f} s" if left >= 0 else f"expired {-left:.0f} s ago (within the clock skew)"
             report.problems.append(
                 Problem(
                     "expiring",
-                    f"{what} {state}, less than the {margin_seconds:g} s margin",
+                    f"{what} expires in {left:.0f} s, less than the {margin_seconds:g} s margin",
                     member=fc.member,
                     hint="hand the stick over at once, or provision again",
                 )

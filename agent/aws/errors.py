@@ -94,11 +94,7 @@ _BY_CODE: dict[str, tuple[ExitCode, str, str | None]] = {
     "MalformedQueryString": (ExitCode.VALIDATION, "service-validation", "the service could not read the query string"),
     "RequestEntityTooLargeException": _TOO_LARGE,
     "ServiceQuotaExceededException": (ExitCode.QUOTA, "quota", "delete devices you no longer need, or raise the quota"),
-    "ResourceNotFoundException": (
-        ExitCode.NOT_FOUND,
-        "not-found",
-        "check the ID (list them with the matching `list` command)",
-    ),
+    "ResourceNotFoundException": (ExitCode.NOT_FOUND, "not-found", "check the ID"),  # by operation: _NOT_FOUND_HINT
     "UnknownOperationException": (
         ExitCode.NOT_FOUND,
         "not-found",
@@ -114,6 +110,28 @@ _BY_CODE: dict[str, tuple[ExitCode, str, str | None]] = {
     "InternalError": _INTERNAL,
     "ServiceUnavailable": _INTERNAL,
     "ServiceUnavailableException": _INTERNAL,
+}
+_DEVICES = "check the device ID or name: `panostage device list` lists the devices"
+_TASKS = "check the task ID: `panostage snow list` lists the tasks"
+#: what to run when an operation's resource is not found: the exact command that lists what exists
+_NOT_FOUND_HINT: dict[str, str] = {
+    "DescribeDevice": _DEVICES,
+    "DeleteDevice": _DEVICES,
+    "CreateJobForDevices": _DEVICES,
+    "ListDevicesJobs": _DEVICES,
+    "DescribeDeviceJob": "check the job ID: `panostage job list` lists the jobs (`--device DEVICE` for one device's)",
+    "DescribePackageImportJob": (
+        "check the job ID: it is the JobId `panostage package import` printed (the same import run again prints "
+        "it again: the ClientToken is a hash of the request)"
+    ),
+    "CreateTask": "check the managed device IDs: `panostage snow devices` lists the devices tasks can target",
+    "DescribeTask": _TASKS,
+    "CancelTask": _TASKS,
+    "ListExecutions": _TASKS,
+    "DescribeExecution": (
+        "check the task ID (`panostage snow list` lists the tasks) and the device ID (`panostage snow executions "
+        "TASK` lists the task's executions)"
+    ),
 }
 #: an error code (or none) the mapping does not know -> by its HTTP status
 _BY_STATUS: dict[int, tuple[ExitCode, str, str | None]] = {
@@ -295,6 +313,8 @@ def from_client_error(exc: Any) -> PanostageError:
     if code is None:  # no error code: the body may be any page (a proxy's HTML), fit it on a line
         message = _short(message)
     exit_code, reason, hint = _classify(code, status, message)
+    if code == "ResourceNotFoundException" and exc.operation_name in _NOT_FOUND_HINT:
+        hint = _NOT_FOUND_HINT[exc.operation_name]
     details: dict[str, Any] = {
         "operation": exc.operation_name,
         "error_code": code or error_code(exc),

@@ -30,6 +30,7 @@ def wait_for(
     what: str,
     timeout: float,
     interval: float,
+    check_with: str,
     progress: Callable[[str], None] = lambda _msg: None,
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -37,7 +38,8 @@ def wait_for(
     """Fetch until ``state_of`` is terminal; return the last response.
 
     A failed terminal state raises :class:`OperationFailed`; running out of time
-    raises :class:`WaitTimeout` naming the last state seen.
+    raises :class:`WaitTimeout` naming the last state seen.  Both hint ``check_with``: the command that
+    describes it (e.g. ``panostage job describe ID``).
     """
     start = monotonic()
     deadline = start + timeout
@@ -53,13 +55,13 @@ def wait_for(
             raise OperationFailed(
                 f"{what} ended {last_state}",
                 details={"state": last_state, "response": response},
-                hint="describe it for details",
+                hint=f"details: `{check_with}`",
             )
         remaining = deadline - monotonic()
         if remaining <= 0:
             raise WaitTimeout(
                 f"{what} did not finish within {timeout:g}s; last state seen: {last_state or 'unknown'}",
                 details={"state": last_state, "timeout_seconds": timeout},
-                hint="raise --timeout (wait.timeout_seconds), or check on it later with describe",
+                hint=f"raise --timeout (wait.timeout_seconds), or check on it later: `{check_with}`",
             )
         sleep(min(interval, remaining))

@@ -37,11 +37,12 @@ def provision(app: App, /, out: str | None, force: bool, **inputs: Any) -> None:
     The archive holds a certificate valid for 5 minutes: to put it on a stick
     with every check, use `panostage stage` instead.
     """
-    from agent.aws import validation
     from agent.aws.provisioning import provision_device
+    from agent.provision_request import given_inputs, validate_typed
 
+    given, from_file = given_inputs(inputs), bool(inputs.get("input_json"))
     request = request_from_options(inputs)
-    validation.validate("ProvisionDevice", request)
+    validate_typed(request, given, from_file=from_file)
     backend = app.backend()
     result = provision_device(backend, request, clock=app.get_clock(), on_event=narrator(app))
     archive = result.archive
@@ -136,6 +137,7 @@ def describe(app: App, device_ref: str, wait: bool, timeout: float | None, inter
     """Show a device (by ID or exact name); --wait until its provisioning ends."""
     from agent.aws.provisioning import resolve_device_id
     from agent.aws.waiting import Terminal
+    from agent.errors import OperationFailed
 
     client = app.backend().panorama()
     device_id = resolve_device_id(client, device_ref)
@@ -143,18 +145,26 @@ def describe(app: App, device_ref: str, wait: bool, timeout: float | None, inter
     def fetch() -> dict[str, Any]:
         return strip_metadata(client.describe_device(DeviceId=device_id))
 
-    info = (
-        app.wait(
-            fetch,
-            lambda r: r.get("ProvisioningStatus"),
-            Terminal.of(*PROVISIONING.values()),
-            what=f"device {device_ref}",
-            timeout=timeout,
-            interval=interval,
+    try:
+        info = (
+            app.wait(
+                fetch,
+                lambda r: r.get("ProvisioningStatus"),
+                Terminal.of(*PROVISIONING.values()),
+                what=f"device {device_ref}",
+                timeout=timeout,
+                interval=interval,
+                check_with=f"panostage device describe {device_id}",
+            )
+            if wait
+            else fetch()
         )
-        if wait
-        else fetch()
-    )
+    except OperationFailed as exc:
+        exc.hint = (
+            "the appliance could not claim it: `panostage stick collect TARGET` copies the appliance's logs from its "
+            "stick, which say why; stage the device again"
+        )
+        raise
     app.out.data(info, lambda: render_mapping(info))
 
 
@@ -191,6 +201,7 @@ def delete(app: App, device_ref: str, wait: bool, timeout: float | None, interva
             what=f"deleting {device_ref}",
             timeout=timeout,
             interval=interval,
+            check_with=f"panostage device describe {device_id}",
         )
         response["Deleted"] = True
     app.out.data(response, lambda: f"deleted {device_ref} ({device_id})" + ("" if wait else "; it is DELETING"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
@@ -68,6 +69,9 @@ def _create(
     validation.validate("CreateJobForDevices", request)
     client = app.backend().panorama()
     request["DeviceIds"] = [resolve_device_id(client, device_ref)]
+    ota = (config or {}).get("OTAJobConfig") or {}
+    if job_type == "OTA" and not ota.get("AllowMajorVersionUpdate"):
+        _refuse_major_update(client, device_ref, request["DeviceIds"][0], ota["ImageVersion"])
     created = strip_metadata(client.create_job_for_devices(**request))
     job_id = created["Jobs"][0]["JobId"]
     result = _wait_job(app, client, job_id, timeout, interval) if wait else {"JobId": job_id, **created["Jobs"][0]}
@@ -76,17 +80,121 @@ def _create(
     )
 
 
+def _major(version: str | None) -> int | None:
+    """The major version of ``4.3.93`` (4); None when it does not start with digits."""
+    match = re.match(r"\d+", version or "")
+    return int(match.group()) if match else None
+
+
+def _refuse_major_update(client: Any, device_ref: str, device_id: str, image_version: str) -> None:
+    """Refuse, before any job is made, an OTA that crosses a major version without ``--allow-major``: the
+    service would accept the job and fail it, without saying why."""
+    from agent.errors import ExitCode, PanostageError, Violation
+
+    current = client.describe_device(DeviceId=device_id).get("CurrentSoftware")
+    have, want = _major(current), _major(image_version)
+    if have is None or want is None or want <= have:
+        return  # not yet claimed (no CurrentSoftware): the service says what it thinks of that
+    rule = f"a major version update from the device's current software {current} ({have}.x to {want}.x): needs --allow-major"
+    raise PanostageError(
+        f"{device_ref} runs {current}; --image-version {image_version} is a major version update ({have}.x to "
+        f"{want}.x), which the service fails unless it is allowed: no job was made",
+        exit_code=ExitCode.VALIDATION,
+        reason="major-version-update",
+        hint=f"add --allow-major to update it to {image_version} anyway, or give a {have}.x --image-version",
+        details={
+            "violations": [Violation("--image-version", image_version, rule).to_dict()],
+            "device_id": device_id,
+            "current_software": current,
+            "image_version": image_version,
+            "flag": "--allow-major",
+        },
+    )
+
+
 def _wait_job(app: App, client: Any, job_id: str, timeout: float | None, interval: float | None) -> dict[str, Any]:
     from agent.aws.waiting import Terminal
+    from agent.errors import OperationFailed
 
-    return app.wait(
-        lambda: strip_metadata(client.describe_device_job(JobId=job_id)),
-        lambda r: r.get("Status"),
-        Terminal.of(*JOB_TERMINAL.values()),
-        what=f"job {job_id}",
-        timeout=timeout,
-        interval=interval,
+    try:
+        return app.wait(
+            lambda: strip_metadata(client.describe_device_job(JobId=job_id)),
+            lambda r: r.get("Status"),
+            Terminal.of(*JOB_TERMINAL.values()),
+            what=f"job {job_id}",
+            timeout=timeout,
+            interval=interval,
+            check_with=f"panostage job describe {job_id}",
+        )
+    except OperationFailed as exc:
+        job = exc.details.get("response") or {"JobId": job_id}
+        failure = failure_facts(client, job)
+        raise OperationFailed(
+            f"job {job_id} ({_job_words(job)}) ended {job.get('Status', 'FAILED')}: {failure['Known']}",
+            details={**exc.details, "failure": failure},
+            hint=failure.get("Hint") or f"`panostage job describe {job_id}` shows the job and its device",
+        ) from None
+
+
+def _job_words(job: dict[str, Any]) -> str:
+    """``OTA 5.0.0 on cam-1 (device-…)``."""
+    what = " ".join(str(job[k]) for k in ("JobType", "ImageVersion") if job.get(k))
+    on = job.get("DeviceName") or job.get("DeviceId")
+    return f"{what or 'job'} on {on}" + (
+        f" ({job['DeviceId']})" if job.get("DeviceName") and job.get("DeviceId") else ""
     )
+
+
+def failure_facts(client: Any, job: dict[str, Any]) -> dict[str, Any]:
+    """What is known about a failed job: DescribeDeviceJob gives no reason, so the job's device is asked how
+    it stands (its statuses, its software, its latest job), and a known cause is named."""
+    from botocore.exceptions import ClientError
+
+    from agent.aws.errors import error_code
+
+    facts: dict[str, Any] = {}
+    device: dict[str, Any] = {}
+    try:
+        device = strip_metadata(client.describe_device(DeviceId=job.get("DeviceId", "")))
+    except ClientError as exc:
+        facts["DeviceError"] = error_code(exc)
+    for key in ("ProvisioningStatus", "DeviceConnectionStatus", "DeviceAggregatedStatus", "CurrentSoftware"):
+        if device.get(key):
+            facts[key] = device[key]
+    if device.get("LatestDeviceJob"):
+        facts["LatestDeviceJob"] = device["LatestDeviceJob"]
+    known = ["the service gives no reason for a failed job"]
+    if device:
+        known.append(
+            "the device is "
+            + ", ".join(
+                f"{label} {device[key]}"
+                for key, label in (
+                    ("ProvisioningStatus", "provisioning"),
+                    ("DeviceConnectionStatus", "connection"),
+                    ("DeviceAggregatedStatus", "status"),
+                    ("CurrentSoftware", "software"),
+                )
+                if device.get(key)
+            )
+        )
+    elif facts.get("DeviceError") == "ResourceNotFoundException":
+        known.append("the device no longer exists")
+    elif facts.get("DeviceError"):
+        known.append(f"the device could not be described ({facts['DeviceError']})")
+    current, image = device.get("CurrentSoftware"), job.get("ImageVersion")
+    have, want = _major(current), _major(image)
+    if job.get("JobType") == "OTA" and have is not None and want is not None and want > have:
+        known.append(
+            f"{image} is a major version update from {current}, which the service fails unless the job allows it"
+        )
+        facts["Hint"] = (
+            f"run it again with --allow-major: `panostage job ota {job.get('DeviceId')} --image-version {image} --allow-major`"
+        )
+    elif device and device.get("DeviceConnectionStatus") not in (None, "ONLINE"):
+        known.append("a job needs the device ONLINE")
+    facts["Known"] = "; ".join(known)
+    return facts
 
 
 @job.command()
@@ -105,6 +213,8 @@ def describe(app: App, job_id: str, wait: bool, timeout: float | None, interval:
         if wait
         else strip_metadata(client.describe_device_job(JobId=job_id))
     )
+    if info.get("Status") == "FAILED":
+        info["Failure"] = failure_facts(client, info)
     app.out.data(info, lambda: render_mapping(info))
 
 

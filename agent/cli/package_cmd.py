@@ -102,6 +102,7 @@ def _wait(app: App, client: Any, job_id: str, timeout: float | None, interval: f
         what=f"package import {job_id}",
         timeout=timeout,
         interval=interval,
+        check_with=f"panostage package describe {job_id}",
     )
 
 

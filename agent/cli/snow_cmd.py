@@ -76,6 +76,7 @@ def _finish(app: App, client: Any, task_id: str, timeout: float | None, interval
         what=f"task {task_id}",
         timeout=timeout,
         interval=interval,
+        check_with=f"panostage snow describe {task_id}",
     )
     executions = _executions(client, task_id, None)
     result = {**task, "executions": executions}
@@ -86,6 +87,7 @@ def _finish(app: App, client: Any, task_id: str, timeout: float | None, interval
             f"task {task_id}: {len(bad)} of {len(executions)} executions did not succeed: "
             + ", ".join(f"{e['managedDeviceId']} {e['state']}" for e in bad),
             details={"executions": bad},
+            hint=f"`panostage snow executions {task_id} --device MANAGED_DEVICE_ID` shows one execution",
         )
 
 
