@@ -1,11 +1,20 @@
-"""Where state and scratch live, resolved from settings and the environment."""
+"""Where state and scratch live, resolved from settings and the environment; who may use them."""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.config import Settings
+if TYPE_CHECKING:  # light: stick modules and shell completion use the helpers below
+    from agent.config import Settings
+
+#: The group the udev rule gives USB FAT sticks (udev-rules/85-panostage.rules: ``GROUP="panostage"``,
+#: ``MODE="0660"``): the service's account, and a technician who stages by hand, are in it.
+STICK_GROUP = "panostage"
+#: The udev tag the same rule puts on a stick (with the property ``PANOSTAGE_STICK=1``).
+STICK_TAG = "panostage"
 
 
 def state_dir(settings: Settings) -> Path:
@@ -20,6 +29,19 @@ def state_dir(settings: Settings) -> Path:
     return Path(base) / "panostage"
 
 
+def state_dir_source(settings: Settings) -> str:
+    """Where :func:`state_dir`'s answer came from, in words (for a message about it)."""
+    if settings.paths.state_dir:
+        return "paths.state_dir (--state-dir, PANOSTAGE_PATHS_STATE_DIR or the configuration file)"
+    if os.environ.get("STATE_DIRECTORY"):
+        return "$STATE_DIRECTORY (systemd)"
+    if os.geteuid() == 0:
+        return "the default for root"
+    if os.environ.get("XDG_STATE_HOME"):
+        return "the default for a user: $XDG_STATE_HOME/panostage"
+    return f"the default for a user: $HOME/.local/state/panostage, HOME={Path.home()}"
+
+
 def runtime_dir(settings: Settings) -> Path:
     """Scratch that must never reach persistent disk (a tmpfs): ``$RUNTIME_DIRECTORY``, ``$XDG_RUNTIME_DIR``, /run."""
     if settings.paths.runtime_dir:
@@ -31,6 +53,94 @@ def runtime_dir(settings: Settings) -> Path:
     if os.geteuid() == 0:
         return Path("/run/panostage")
     return Path("/dev/shm") / f"panostage-{os.geteuid()}"
+
+
+def user_label() -> str:
+    """The user this process acts as: ``nobody (uid 65534)``."""
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def owner_label(st: os.stat_result) -> str:
+    """A file's owner, group and permission bits: ``owner root, group disk, mode 0660 brw-rw----``."""
+    import grp
+    import pwd
+
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"owner {owner}, group {group}, mode {stat.S_IMODE(st.st_mode):04o} {stat.filemode(st.st_mode)}"
+
+
+def group_member(name: str) -> bool | None:
+    """Whether this process holds the group ``name`` (None: there is no such group)."""
+    import grp
+
+    try:
+        gid = grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+    return gid == os.getegid() or gid in os.getgroups()
+
+
+def join_group_hint(group: str = STICK_GROUP) -> str:
+    """How the user running this joins ``group``."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        name = "USER"
+    return f"`sudo usermod -aG {group} {name}`, then log in again (or `newgrp {group}`)"
+
+
+def dir_problem(path: Path) -> str | None:
+    """Why this user cannot keep files in the directory ``path``, creating it if need be (None: it can).
+
+    Names the directory that stops it (``path``, or the ancestor it would be created in or reached
+    through), its owner, group and mode, and which permission is missing.
+    """
+    path = Path(os.path.abspath(path))
+    probe, missing_below = path, False
+    while True:
+        try:
+            st = os.stat(probe)
+            break
+        except (FileNotFoundError, PermissionError) as exc:  # missing, or behind a directory it may not enter
+            if probe.parent == probe:
+                return f"{probe} cannot be examined: {exc.strerror}"
+            missing_below = isinstance(exc, FileNotFoundError)
+            probe = probe.parent
+        except OSError as exc:
+            return f"{probe}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{probe} is not a directory" + ("" if probe == path else f" (on the way to {path})")
+    if probe == path:
+        wanted = {"read": os.R_OK, "write": os.W_OK, "enter": os.X_OK}
+        role = ""
+    elif missing_below:
+        wanted = {"write": os.W_OK, "enter": os.X_OK}
+        role = f", needed to create {path}"
+    else:
+        wanted = {"enter": os.X_OK}
+        role = f", needed to reach {path}"
+    if "write" in wanted and os.statvfs(probe).f_flag & os.ST_RDONLY:
+        return f"{probe} is on a read-only filesystem" + role
+    missing = [verb for verb, bit in wanted.items() if not os.access(probe, bit, effective_ids=True)]
+    if not missing:
+        return None
+    verbs = " or ".join(missing) if len(missing) < 3 else "read, write or enter"
+    return f"user {user_label()} may not {verbs} {probe} ({owner_label(st)}){role}"
 
 
 def ensure_private_dir(path: Path) -> Path:

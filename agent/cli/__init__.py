@@ -12,7 +12,7 @@ from typing import Any, cast
 import click
 
 from agent import __version__
-from agent.cli.app import App, command_options
+from agent.cli.app import App, command_options, config_option
 from agent.cli.output import Output, dumps
 from agent.error_mapping import to_error
 from agent.errors import ExitCode, PanostageError
@@ -87,7 +87,7 @@ def _shortened(summary: str, limit: int) -> str:
 
 @click.group(cls=LazyGroup, lazy=SUBCOMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="panostage")
-@click.option("--config", "config_file", metavar="FILE", help="Read only this configuration file.")
+@config_option
 @click.option("--backend", type=click.Choice(["local", "aws"]), help="local: the embedded authority (default); aws.")
 @click.option("--endpoint-url", metavar="URL", help="Talk to this authority instead (any that speaks the protocol).")
 @click.option("--region", help="Region used for signing and AWS endpoints.")

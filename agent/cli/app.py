@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import click
 
+from agent.cli.completion import complete_path
 from agent.cli.output import Output
 
 if TYPE_CHECKING:  # heavy imports stay out of start-up (`panostage --help` loads none of these)
@@ -54,8 +55,10 @@ class App:
         what: str,
         timeout: float | None,
         interval: float | None,
+        check_with: str,
     ) -> dict[str, Any]:
-        """Poll with ``--timeout``/``--interval`` (defaults from [wait]), progress on a tty."""
+        """Poll with ``--timeout``/``--interval`` (defaults from [wait]), progress on a tty; ``check_with`` is the
+        command that describes it, for the hints."""
         from agent.aws.waiting import wait_for
 
         return wait_for(
@@ -66,6 +69,7 @@ class App:
             timeout=self.settings.wait.timeout_seconds if timeout is None else timeout,
             interval=self.settings.wait.interval_seconds if interval is None else interval,
             progress=self.out.progress,
+            check_with=check_with,
         )
 
     def get_clock(self) -> Clock:
@@ -116,6 +120,10 @@ json_option = click.option(
 )
 debug_option = click.option(
     "--debug", is_flag=True, expose_value=False, callback=_set_debug, help="Show tracebacks of failures."
+)
+#: The root group's ``--config FILE`` (completes file names).
+config_option = click.option(
+    "--config", "config_file", metavar="FILE", shell_complete=complete_path, help="Read only this configuration file."
 )
 quiet_option = click.option(
     "--quiet", "-q", is_flag=True, expose_value=False, callback=_set_quiet, help="No human messages on stderr."

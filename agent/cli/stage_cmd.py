@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from agent.cli.app import App, command_options, narrator, pass_app
+from agent.cli.completion import complete_target
 from agent.cli.inputs import provision_options, request_from_options
 
 
@@ -26,6 +27,7 @@ def format_left(seconds: float) -> str:
     "target_spec",
     required=True,
     metavar="TARGET",
+    shell_complete=complete_target,
     help="The stick: a mounted directory, a FAT image file (IMAGE[@@OFFSET]) or a block device.",
 )
 @click.option(
@@ -61,13 +63,14 @@ def stage(
     """
     from agent import paths
     from agent.archive.verify import staged_name_violations
-    from agent.aws import validation
     from agent.errors import InputValidationError, LocalIOError, PanostageError
+    from agent.provision_request import given_inputs, validate_typed
     from agent.staging.factory import log_unopened_stick, make_stager
     from agent.stick import open_target
 
+    given, from_file = given_inputs(inputs), bool(inputs.get("input_json"))
     request = request_from_options(inputs)
-    validation.validate("ProvisionDevice", request)
+    validate_typed(request, given, from_file=from_file)  # named by the flags typed
     too_long = staged_name_violations(request["Name"], "--name")  # its archive's name must fit FAT
     if too_long:
         raise InputValidationError(too_long, subject="stage request")

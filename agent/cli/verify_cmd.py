@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import click
 
 from agent.cli.app import App, command_options, pass_app
+from agent.cli.completion import complete_target
 from agent.cli.stage_cmd import format_left
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def looks_like_archive_file(path: Path) -> bool:
 
 
 @click.command()
-@click.argument("target_spec", metavar="TARGET")
+@click.argument("target_spec", metavar="TARGET", shell_complete=complete_target)
 @click.option("--device", "device_name", metavar="NAME", help="The device the archive must be for.")
 @click.option(
     "--margin",
@@ -61,7 +62,8 @@ def looks_like_archive_file(path: Path) -> bool:
     "--skew",
     type=click.FloatRange(min=0),
     metavar="SECONDS",
-    help="Tolerated clock difference (default [stage] skew_seconds).",
+    help="Tolerated clock difference: a certificate starting up to this far ahead is not judged not yet "
+    "valid (default [stage] skew_seconds); expiry is judged on this clock, without tolerance.",
 )
 @command_options
 @pass_app
@@ -187,9 +189,7 @@ def _human(data: dict[str, Any]) -> str:
         if cert:
             lines.append(f"  cert      {cert['subject']}  serial {cert['serial']}")
             lines.append(f"            sha256 {cert['sha256']}")
-            lines.append(
-                f"  valid     {cert['not_before']} → {cert['not_after']} ({format_left(cert['seconds_left'])} left)"
-            )
+            lines.append(f"  valid     {cert['not_before']} → {cert['not_after']} ({_time_left(cert['seconds_left'])})")
             chained = {
                 True: "chains to the CA in the archive",
                 False: "does NOT chain to the CA",
@@ -204,3 +204,14 @@ def _human(data: dict[str, Any]) -> str:
         for problem in report["problems"]:
             lines.append(f"  {'!' if problem['severity'] == 'error' else '~'} {problem['message']}")
     return "\n".join(lines)
+
+
+def _time_left(seconds: float) -> str:
+    """``4m12s left``, or ``expired 12 s ago`` once the time is past (never "expired left")."""
+    if seconds > 0:
+        return f"{format_left(seconds)} left"
+    from datetime import timedelta
+
+    from agent.archive.certcheck import seconds_ago
+
+    return f"expired {seconds_ago(timedelta(seconds=-seconds))} ago" if seconds < 0 else "expires now"

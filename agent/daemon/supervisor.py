@@ -29,6 +29,7 @@ from agent import paths, sdnotify
 from agent.daemon.context import Context
 from agent.daemon.followup import FollowUp, FollowUpThread
 from agent.daemon.memory import limit_malloc_arenas, release_memory
+from agent.daemon.preflight import start_checks
 from agent.daemon.recovery import recover
 from agent.daemon.technician import Technician
 from agent.daemon.worker import StickWorker
@@ -68,7 +69,7 @@ class Daemon:
         self.clock: Clock = clock or SystemClock()
         self.watcher = watcher
         self.technician = technician or Technician(settings.daemon.notify)
-        self.state_dir = paths.ensure_private_dir(paths.state_dir(settings))
+        self.state_dir = paths.ensure_private_dir(start_checks(settings))  # the user's rights, checked first
         self.workers: dict[str, StickWorker] = {}
         self.seen: dict[str, StickInfo] = {}  # syspath -> the stick last acted on (to recognise our own change events)
         self.ready: dict[str, tuple[str, datetime, bool]] = {}  # syspath -> (device name, deadline, warned)

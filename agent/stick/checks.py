@@ -1,11 +1,17 @@
-"""Checks to run before a write, so the stage flow can refuse before anything irreversible."""
+"""Checks to run before a write, so the stage flow can refuse before anything irreversible; and what
+a refusal by the system's permissions means (:func:`permission_denied`, never taken for read-only)."""
 
 from __future__ import annotations
 
+import errno as _errno
+import os
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from agent import paths
 from agent.errors import ExitCode
 from agent.stick import names
 from agent.stick.errors import StickConflict, StickRefused
@@ -15,6 +21,108 @@ if TYPE_CHECKING:  # at run time agent.archive is imported only when an archive 
     from agent.archive import ArchiveReport, Limits
 
 State = Literal["absent", "file", "dir", "symlink", "other"]
+Access = Literal["read", "write", "read and write"]
+_BITS = {"read": 4, "write": 2, "read and write": 6}
+
+
+def mode_allows(st: os.stat_result, want: Access) -> bool:
+    """Whether ``st``'s owner/group/other bits give this process ``want`` (root: always)."""
+    if os.geteuid() == 0:
+        return True
+    if st.st_uid == os.geteuid():
+        shift = 6
+    elif st.st_gid == os.getegid() or st.st_gid in os.getgroups():
+        shift = 3
+    else:
+        shift = 0
+    bits = _BITS[want]
+    return (st.st_mode >> shift) & bits == bits
+
+
+def _unreachable(path: Path) -> Path | None:
+    """The first directory above ``path`` this user may not enter (stat of ``path`` then fails EACCES)."""
+    for parent in reversed(Path(os.path.abspath(path)).parents):
+        if not os.access(parent, os.X_OK, effective_ids=True):
+            return parent
+    return None
+
+
+def permission_denied(
+    path: Path,
+    *,
+    want: Access,
+    block: bool,
+    code: int | None = _errno.EACCES,
+    hint: str | None = None,
+    subject: str | None = None,
+) -> StickRefused:
+    """The error for ``path`` that this user may not open for ``want`` (EACCES/EPERM): who, what, how to fix it.
+
+    Names the user, the file's owner, group and mode and, for a block device, the group the udev rule
+    gives sticks (:data:`agent.paths.STICK_GROUP`) and how to join it.  Never "read-only": that is
+    for media that are (EROFS, a write-protected device).  ``subject`` names ``path`` in the message.
+    """
+    user = paths.user_label()
+    details: dict[str, Any] = {"path": str(path), "user": user, "access": want}
+    if code:
+        details["errno"] = _errno.errorcode.get(code, str(code))
+    try:
+        st = os.stat(path)
+    except PermissionError:
+        blocker = _unreachable(path)
+        where = f"{blocker} ({paths.owner_label(os.stat(blocker))})" if blocker else "a directory above it"
+        details["blocked_by"] = str(blocker) if blocker else None
+        return StickRefused(
+            f"permission denied: user {user} may not reach {path}: it may not enter {where}",
+            reason="stick-permission-denied",
+            hint=hint or "pass a path this user can reach, or run panostage as a user who can",
+            details=details,
+        )
+    except OSError:
+        st = None
+    owner = paths.owner_label(st) if st else "owner unknown"
+    message = f"permission denied: user {user} may not {want} {subject or path} ({owner})"
+    if st is not None:
+        details.update(owner=st.st_uid, group=st.st_gid, mode=f"{stat.S_IMODE(st.st_mode):04o}")
+        if mode_allows(st, want):  # the bits allow it: something else refused (EPERM typically)
+            message += (
+                "; its mode allows it, so a security policy refused it (an ACL, AppArmor/SELinux, "
+                "or a service's device allow-list, DeviceAllow=)"
+            )
+    return StickRefused(
+        message, reason="stick-permission-denied", hint=hint or _access_hint(path, st, block=block), details=details
+    )
+
+
+def _access_hint(path: Path, st: os.stat_result | None, *, block: bool) -> str:
+    """What to do: for a file or directory, access or its owner; for a device, the sticks' group."""
+    import grp
+    import pwd
+
+    group = paths.STICK_GROUP
+    if not block:
+        try:
+            owner = pwd.getpwuid(st.st_uid).pw_name if st else "its owner"
+        except KeyError:
+            owner = f"uid {st.st_uid}" if st else "its owner"
+        return f"give this user access to it (`sudo chown`, `sudo chmod`), or run panostage as {owner}"
+    try:
+        dev_group = grp.getgrgid(st.st_gid).gr_name if st else None
+    except KeyError:
+        dev_group = str(st.st_gid) if st else None
+    member = paths.group_member(group)
+    if dev_group == group:
+        if member:
+            return f"this user is in the {group} group but the device's mode denies it: check the udev rule"
+        return (
+            f"udev gives sticks to the {group} group (read-write): join it with {paths.join_group_hint(group)}, "
+            f"or run as the service's user ({group}) or root"
+        )
+    return (
+        f"{path} belongs to group {dev_group or '?'}, not {group}: udev gives the {group} group (read-write) only to "
+        f"USB sticks carrying FAT (udev rule 85-panostage.rules); `panostage stick check {path}` says whether it "
+        "is one. A device that is no stick needs root"
+    )
 
 
 @dataclass(frozen=True)

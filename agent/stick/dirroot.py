@@ -12,6 +12,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import paths
+from agent.stick.checks import permission_denied
 from agent.stick.errors import StickConflict, StickIOError, StickRefused
 from agent.stick.fatfs import FatReader, split_rel
 from agent.stick.fatgeo import NotFat, parse_boot_sector
@@ -35,6 +37,16 @@ def kind_of(mode: int) -> EntryKind:
 def entry_from_stat(name: str, st: os.stat_result) -> Entry:
     """An :class:`Entry` from an lstat result (only a regular file has a size; read-only: no write bit)."""
     return Entry(name, kind_of(st.st_mode), st.st_size if stat.S_ISREG(st.st_mode) else 0, not st.st_mode & 0o222)
+
+
+def mounted_hint(mountpoint: Path, device: str | None) -> str:
+    """What to do when this user may not write a mounted stick's root (its mount options decide, on FAT)."""
+    group = paths.STICK_GROUP
+    unmount = f"or unmount it and pass {device} (the {group} group may write unmounted sticks)" if device else ""
+    return (
+        f"mount it for this user (FAT: mount options `uid=<user>`, or `gid={group},umask=007` with this user in "
+        f"the {group} group) or give it access to {mountpoint}" + (f", {unmount}" if unmount else "")
+    )
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,8 @@ class DirectoryRoot:
         try:
             self._root = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise permission_denied(self.path, want="read", block=False, code=exc.errno) from exc
             raise StickIOError.from_os("open", f"stick directory {self.path}", exc) from exc
         self._identity: BootIdentity | None = None
         try:
@@ -106,22 +120,23 @@ class DirectoryRoot:
                 hint=f"use {self.mount.mountpoint}: the archive must sit in the root directory",
             )
 
-    def _readonly_reason(self) -> str | None:
-        if os.fstatvfs(self._dfd).f_flag & os.ST_RDONLY:
-            return "is mounted read-only"
-        st = os.fstat(self._dfd)
-        if not os.access(self.path, os.W_OK) or not st.st_mode & 0o222:
-            return "is not writable (permissions)"
-        return None
-
     def require_writable(self) -> None:
-        why = self._readonly_reason()
-        if why:
+        """Refuse a write: ``stick-read-only`` for a read-only mount or a root nobody may write,
+        ``stick-permission-denied`` when only this user may not (its owner, group and mode named)."""
+        hint = "flip the write-protect switch, remount read-write, or use another stick"
+        if os.fstatvfs(self._dfd).f_flag & os.ST_RDONLY:
+            raise StickRefused(f"{self.path} is mounted read-only", reason="stick-read-only", hint=hint)
+        st = os.fstat(self._dfd)
+        if not st.st_mode & 0o222:
             raise StickRefused(
-                f"{self.path} {why}",
+                f"{self.path} is read-only (mode {stat.S_IMODE(st.st_mode):04o}: nobody may write it)",
                 reason="stick-read-only",
-                hint="flip the write-protect switch, remount read-write, or use another stick",
+                hint=hint,
             )
+        if not os.access(self.path, os.W_OK, effective_ids=True):
+            device = self.mount.device if self.mount else None
+            mount_hint = mounted_hint(self.path, device) if self.fat else None  # FAT: the mount options decide
+            raise permission_denied(self.path, want="write", block=False, hint=mount_hint)
 
     def _boot_identity(self) -> BootIdentity:
         """Label, serial and FAT type from the mounted device's boot sector (when readable)."""

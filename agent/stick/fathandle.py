@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 
 from agent.stick import fatcheck
-from agent.stick.errors import StickIOError, StickRefused
+from agent.stick.errors import StickIOError
 from agent.stick.fatfs import DirEntry, FatCorrupt, FatReader
 from agent.stick.fatgeo import Geometry, Partition
+from agent.stick.fatopen import write_refusal
 from agent.stick.model import Entry, FsInfo, TargetKind
 from agent.stick.mtools import Mtools, Wrap
 from agent.stick.steps import Stopwatch
@@ -120,12 +121,9 @@ class FatHandle:
             )
 
     def require_writable(self) -> None:
+        """Refuse a write: ``stick-read-only`` for a read-only medium, ``stick-permission-denied`` for this user."""
         if not self.writable:
-            raise StickRefused(
-                f"{self.path} is read-only",
-                reason="stick-read-only",
-                hint="flip the write-protect switch or make the image writable",
-            )
+            raise write_refusal(self.path, self.fd, block=self.block)
 
     # ------------------------------------------------------------ lifetime
     def close(self) -> None:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 from typing import NoReturn
 
 from agent.stick import blockio
+from agent.stick.checks import Access, permission_denied
 from agent.stick.errors import StickIOError, StickRefused
 from agent.stick.fatgeo import (
     FAT_PARTITION_TYPES,
@@ -62,22 +64,28 @@ def locate(
 
 
 def open_held(path: Path, block: bool, st: os.stat_result) -> tuple[int, bool]:
-    """Open the image/device for the target's lifetime: (fd, writable).  Block devices with O_EXCL."""
+    """Open the image/device for the target's lifetime: (fd, writable).  Block devices with O_EXCL.
+
+    Not allowed to write (EROFS, EACCES, EPERM): held read-only, and :func:`write_refusal` says why when a
+    write is asked for.  Not allowed to read either: refused, naming the user and the file's owner and mode.
+    """
     flags = os.O_CLOEXEC | (os.O_EXCL if block else 0)
     writable = bool(st.st_mode & 0o222) or block
     fd = None
+    want: Access = "read"
     if writable:
         try:
             fd = os.open(path, os.O_RDWR | flags)
         except OSError as exc:
             if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-                refuse_busy(path, exc)
+                refuse_busy(path, exc, block=block)
             writable = False
+            want = "read" if exc.errno == errno.EROFS else "read and write"
     if fd is None:
         try:
             fd = os.open(path, os.O_RDONLY | flags)
         except OSError as exc:
-            refuse_busy(path, exc)
+            refuse_busy(path, exc, block=block, want=want)
     try:
         if block:
             if blockio.block_readonly(fd):
@@ -93,14 +101,52 @@ def open_held(path: Path, block: bool, st: os.stat_result) -> tuple[int, bool]:
     return fd, writable
 
 
-def refuse_busy(path: Path, exc: OSError, *, hint: str = "unmount it, or pass the mount point instead") -> NoReturn:
-    """Raise what a failed exclusive open of ``path`` means: ``stick-busy`` (with ``hint``) for EBUSY, else I/O."""
+def write_refusal(path: Path, fd: int, *, block: bool) -> StickRefused:
+    """Why the held image or device ``fd`` is not writable: a read-only medium, or this user's permissions."""
+    hint = "flip the write-protect switch or make the image writable"
+    if block and blockio.block_readonly(fd):
+        return StickRefused(
+            f"{path} is read-only: the device is write-protected",
+            reason="stick-read-only",
+            hint="flip the stick's write-protect switch (or `blockdev --setrw`), or use another stick",
+        )
+    if not block:
+        st = os.fstat(fd)
+        if os.fstatvfs(fd).f_flag & os.ST_RDONLY:
+            return StickRefused(
+                f"{path} is on a read-only filesystem",
+                reason="stick-read-only",
+                hint="copy the image to a writable filesystem, or remount it read-write",
+            )
+        if not st.st_mode & 0o222:
+            return StickRefused(
+                f"{path} is read-only (mode {stat.S_IMODE(st.st_mode):04o}: nobody may write it)",
+                reason="stick-read-only",
+                hint=f"make the image writable: `chmod u+w {path}`",
+            )
+    if not os.access(path, os.W_OK, effective_ids=True):
+        return permission_denied(path, want="write", block=block)
+    return StickRefused(f"{path} is read-only", reason="stick-read-only", hint=hint)
+
+
+def refuse_busy(
+    path: Path,
+    exc: OSError,
+    *,
+    hint: str = "unmount it, or pass the mount point instead",
+    block: bool = True,
+    want: Access = "read and write",
+) -> NoReturn:
+    """Raise what a failed exclusive open of ``path`` means: ``stick-busy`` (with ``hint``) for EBUSY,
+    ``stick-permission-denied`` for EACCES/EPERM (this user may not ``want`` it), else I/O."""
     if exc.errno == errno.EBUSY:
         raise StickRefused(
             f"{path} is busy: mounted (perhaps in another mount namespace) or claimed by another program",
             reason="stick-busy",
             hint=hint,
         ) from exc
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        raise permission_denied(path, want=want, block=block, code=exc.errno) from exc
     raise StickIOError.from_os("open", f"opening {path}", exc) from exc
 
 

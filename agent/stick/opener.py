@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
 import stat
 from pathlib import Path
 
+from agent.stick.checks import permission_denied
 from agent.stick.directory import DirectoryTarget
+from agent.stick.dirroot import mounted_hint
 from agent.stick.errors import StickIOError, StickRefused
 from agent.stick.fat import FatTarget
 from agent.stick.model import StickTarget
@@ -67,14 +70,26 @@ def open_target(
     try:
         st = os.stat(path)
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):  # a directory above it this user may not enter
+            raise permission_denied(path, want="read", block=False, code=exc.errno) from exc
         raise StickIOError.from_os("open", f"opening stick {path}", exc) from exc
     if stat.S_ISDIR(st.st_mode):
         return DirectoryTarget(path, allow_non_fat=allow_non_fat)
     if stat.S_ISBLK(st.st_mode):
         mounted = mounts_of_device(st.st_rdev)
         if mounted:
-            usable = [m for m in mounted if not m.readonly and os.access(m.mountpoint, os.W_OK)]
+            writable = [m for m in mounted if not m.readonly]
+            usable = [m for m in writable if os.access(m.mountpoint, os.W_OK, effective_ids=True)]
             where = ", ".join(f"{m.device} on {m.mountpoint} ({'ro' if m.readonly else 'rw'})" for m in mounted)
+            if writable and not usable:  # mounted read-write, but not for this user
+                first = writable[0]
+                raise permission_denied(
+                    first.mountpoint,
+                    want="write",
+                    block=False,
+                    hint=mounted_hint(first.mountpoint, str(path)),
+                    subject=f"{first.mountpoint}, where {first.device} is mounted read-write",
+                )
             if not usable:
                 raise StickRefused(
                     f"{path} is mounted read-only ({where})",
