@@ -71,7 +71,7 @@ def parse_tags(items: Iterable[str], *, flag: str = "--tag") -> dict[str, str]:
 
 def build_request(
     *,
-    name: str,
+    name: Any,
     description: str | None = None,
     tags: Mapping[str, str] | None = None,
     ports: Mapping[str, PortInput] | None = None,
@@ -95,14 +95,27 @@ def build_request(
     network: dict[str, Any] = dict(present or {})
     for port, port_input in (ports or {}).items():
         payload = port_input.to_payload(port)
-        if payload is not None:
-            network[PORTS[port]] = payload
+        if payload is None:
+            continue
+        kept = _static_info(network.get(PORTS[port]))
+        if payload["ConnectionType"] == "STATIC_IP" and kept is not None:
+            # flags override the file's fields one by one (--eth1-gateway alone keeps its address and mask)
+            payload["StaticIpConnectionInfo"] = {**kept, **payload["StaticIpConnectionInfo"]}
+        network[PORTS[port]] = payload
     ntp = list(ntp or [])
     if ntp:
         network["Ntp"] = {"NtpServers": ntp}
     if network:
         request["NetworkingConfiguration"] = network
     return request
+
+
+def _static_info(port: object) -> Mapping[str, Any] | None:
+    """A request port's static settings, if it is a well-formed static port (else None: replaced whole)."""
+    if not isinstance(port, Mapping) or port.get("ConnectionType") != "STATIC_IP":
+        return None
+    info = port.get("StaticIpConnectionInfo")
+    return info if isinstance(info, Mapping) else None
 
 
 #: Where each part of a ProvisionDevice request comes from: (request path, input key).  The input key is a

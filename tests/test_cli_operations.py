@@ -221,7 +221,7 @@ def test_job_on_a_device_not_yet_provisioned_is_a_conflict(op):
     error = op.json("job", "reboot", made["DeviceId"], expect=ExitCode.CONFLICT)
     assert "AWAITING_PROVISIONING" in error["message"]
     error = op.json("job", "ota", made["DeviceId"], "--image-version", "", expect=ExitCode.VALIDATION)
-    assert error["details"]["violations"][0]["field"] == "DeviceJobConfig.OTAJobConfig.ImageVersion"
+    assert error["details"]["violations"][0]["field"] == "--image-version"  # the flag typed
 
 
 def test_wait_timeout_names_the_last_state(own_authority, tmp_path):

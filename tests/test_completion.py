@@ -52,6 +52,13 @@ def workdir(tmp_path: Path) -> Path:
         "panostage stage --input-json ",
         "panostage plan add --input-json re",
         "panostage device provision --input-json re",
+        "panostage device provision --out ou",
+        "panostage stick wipe pl",
+        "panostage stick collect pl",
+        "panostage stick check pl",
+        "panostage stick enroll pl",
+        "panostage stick prepare pl",
+        "panostage sim appliance pl",
     ],
 )
 def test_paths_are_completed_by_the_shell(workdir: Path, line: str) -> None:

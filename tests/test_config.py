@@ -376,3 +376,28 @@ def test_every_variable_with_a_letter_dropped_suggests_itself(tmp_path):
         with pytest.raises(ConfigError) as info:
             config.load(env=isolated_env(tmp_path, **{var: "1"}))
         assert info.value.details.get("suggestion") == wanted, (var, info.value.message)
+
+
+@pytest.mark.parametrize(
+    ("var", "meant"),
+    [
+        ("PANOSTAGE_STATION_NAME", "PANOSTAGE_STAGE_STATION"),  # a station's name keeps stations apart
+        ("PANOSTAGE_CONFIG_FILE", "PANOSTAGE_CONFIG"),  # near a reserved name
+        ("PANOSTAGE_AWS_REGION", "PANOSTAGE_BACKEND_REGION"),
+        ("PANOSTAGE_STATE_DIRECTORY", "PANOSTAGE_PATHS_STATE_DIR"),
+        ("PANOSTAGE_NO_ENROLLMENT", "PANOSTAGE_STICKS_REQUIRE_ENROLLMENT"),
+        ("PANOSTAGE_DEBUG_HOLD", "PANOSTAGE_DEBUG_HOLD_AT"),
+        ("panostage_stage_margin_seconds", "PANOSTAGE_STAGE_MARGIN_SECONDS"),  # names are case-sensitive
+    ],
+)
+def test_a_variable_sharing_a_keys_word_is_taken_for_a_mistake(tmp_path, var, meant):
+    with pytest.raises(ConfigError) as caught:
+        config.load(env=isolated_env(tmp_path, **{var: "x"}))
+    assert var in caught.value.message and f"did you mean {meant}?" in caught.value.message
+    assert caught.value.details["suggestion"] == meant
+
+
+@pytest.mark.parametrize("var", ["PANOSTAGE_VM_CACHE", "PANOSTAGE_COMPAT_PYTHON", "PANOSTAGE_URL", "panostage_foo"])
+def test_names_sharing_no_word_with_a_key_are_another_tools(tmp_path, var):
+    loaded = config.load(env=isolated_env(tmp_path, **{var: "x"}))
+    assert loaded.settings == config.load(env=isolated_env(tmp_path)).settings

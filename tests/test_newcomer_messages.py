@@ -163,6 +163,25 @@ def test_values_from_input_json_keep_their_request_path(op, tmp_path):
     assert not any(f.startswith("NetworkingConfiguration.Ethernet1") for f in fields)
 
 
+def test_a_flag_overrides_one_field_of_the_files_port_and_the_file_may_name_the_device(op, tmp_path):
+    static = {"IpAddress": "10.0.0.5", "Mask": "255.255.255.0", "DefaultGateway": "10.0.0.1", "Dns": ["10.0.0.2"]}
+    request = {
+        "Name": "named-in-file",
+        "NetworkingConfiguration": {"Ethernet1": {"ConnectionType": "STATIC_IP", "StaticIpConnectionInfo": static}},
+    }
+    source = tmp_path / "request.json"
+    source.write_text(json.dumps(request))
+    made = op.json(
+        "device", "provision", "--input-json", str(source), "--eth1-gateway", "10.0.0.254", "--out", str(tmp_path)
+    )  # no --name: the file's Name
+    assert made["Name"] == "named-in-file"
+    described = op.json("device", "describe", made["DeviceId"])
+    network = json.dumps(described)
+    assert '"10.0.0.254"' in network and '"10.0.0.5"' in network and '"10.0.0.1"' not in network  # one field replaced
+    missing = op.run("device", "provision", "--eth0", "dhcp")
+    assert missing.returncode == ExitCode.USAGE and "--name is missing" in missing.stderr, missing.stderr
+
+
 def test_stage_names_the_flags_too_and_costs_nothing(tmp_path):
     stick = tmp_path / "stick"
     stick.mkdir()
@@ -189,3 +208,14 @@ def test_not_found_names_the_command_that_lists(op, args, command):
     error = op.json(*args, expect=ExitCode.NOT_FOUND)
     assert command in error["hint"], error
     assert "matching `list` command" not in error["hint"]
+
+
+def test_plan_add_and_job_ota_name_the_flags_too(op):
+    added = op.run("plan", "add", "--name", "bad name", "--eth1", "static", "--ota", "")
+    assert added.returncode == ExitCode.VALIDATION
+    for line in ("--name = 'bad name'", "--eth1-gateway = None: required with --eth1 static", "--ota = ''"):
+        assert line in added.stderr, added.stderr
+    assert "NetworkingConfiguration" not in added.stderr
+    job = op.run("job", "ota", "cam-x", "--image-version", "")
+    assert job.returncode == ExitCode.VALIDATION and "--image-version = ''" in job.stderr, job.stderr
+    assert "OTAJobConfig" not in job.stderr

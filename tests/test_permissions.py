@@ -247,3 +247,26 @@ def _gid(name: str) -> int:
     import grp
 
     return grp.getgrnam(name).gr_gid
+
+
+# ------------------------------------------------------------------ verify, as nobody: a permission, never a verdict
+
+
+def test_verify_of_an_archive_nobody_may_read_is_permission_denied_not_corrupt(shared: Path) -> None:
+    from tests.archive_factory import build
+
+    archive = shared / "certificates-omni_cam-perm.zip"
+    archive.write_bytes(build())
+    archive.chmod(0o600)  # root's, unreadable to nobody
+    stick = shared / "dirstick"
+    stick.mkdir()
+    (stick / archive.name).write_bytes(archive.read_bytes())
+    (stick / archive.name).chmod(0o600)
+    os.chown(stick, 65534, 65534)  # nobody's directory, root's archive inside
+    for target in (archive, stick):
+        result = as_nobody(shared, "verify", "--json", str(target))
+        lines = [line for line in result.stderr.splitlines() if line.startswith("{")]
+        assert result.returncode == ExitCode.STICK_REFUSED, (target, result.stdout, result.stderr)
+        error = json.loads(lines[-1])["error"]
+        assert error["reason"] == "stick-permission-denied" and "may not read" in error["message"]
+        assert "owner root" in error["message"] or target == stick, error

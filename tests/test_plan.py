@@ -145,11 +145,11 @@ def test_add_list_remove_retry(pl):
     assert pl.fails(ExitCode.CONFLICT, "plan", "add", "--name", "cam-01")["details"] == {"names": ["cam-01"]}
     error = pl.fails(ExitCode.VALIDATION, "plan", "add", "--name", "cam 4", "--eth0-ip", "10.0.0.300", "--ota", "")
     assert {v["field"] for v in error["details"]["violations"]} == {
-        "Name",
-        "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.IpAddress",
-        "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.Mask",
-        "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.DefaultGateway",
-        "NetworkingConfiguration.Ethernet0.StaticIpConnectionInfo.Dns",
+        "--name",  # named by the flags typed, as `device provision` names them
+        "--eth0-ip",
+        "--eth0-mask",
+        "--eth0-gateway",
+        "--eth0-dns",
         "--ota",
     }
     error = pl.fails(ExitCode.VALIDATION, "plan", "add", "--name", "cam-4", "--allow-major")

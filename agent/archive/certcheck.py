@@ -172,7 +172,7 @@ def _check_time(
             report.problems.append(
                 Problem(
                     "expiring",
-                    f"{what} expires in {left:.0f} s, less than the {margin_seconds:g} s margin",
+                    f"{what} expires in {int(left)} s, less than the {margin_seconds:g} s margin",
                     member=fc.member,
                     hint="hand the stick over at once, or provision again",
                 )

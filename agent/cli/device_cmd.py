@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from agent.cli.app import App, command_options, narrator, pass_app
+from agent.cli.completion import complete_path
 from agent.cli.inputs import provision_options, request_from_options, wait_options
 from agent.cli.output import render_mapping, render_table, strip_metadata
 
@@ -26,6 +27,7 @@ def device() -> None:
 @click.option(
     "--out",
     metavar="FILE|DIR|-",
+    shell_complete=complete_path,
     help="Write the configuration archive here (a directory gets certificates-omni_<name>.zip; - is stdout).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")

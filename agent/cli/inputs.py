@@ -19,7 +19,9 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def provision_options(func: _F) -> _F:
     """Every ProvisionDevice input as flags (``device provision``, ``stage``, ``plan add``)."""
     options = [
-        click.option("--name", required=True, help="Device name: 1-255 of letters, digits, - and _."),
+        click.option(
+            "--name", help="Device name: 1-255 of letters, digits, - and _ (required unless --input-json has Name)."
+        ),
         click.option("--description", help="Free text, up to 255 characters, one line."),
         click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag (repeatable, up to 50)."),
         click.option(
@@ -150,8 +152,17 @@ def request_from_options(opts: dict[str, Any]) -> dict[str, Any]:
         )
         for port in PORTS
     }
+    name = opts.pop("name", None)
+    if name is None:
+        if base is None or "Name" not in base:
+            raise UsageError(
+                "--name is missing: the device needs a name",
+                hint="give --name NAME (or a Name in the --input-json file)",
+                details={"flag": "--name"},
+            )
+        name = base["Name"]  # any type: validation names it with its rule
     return build_request(
-        name=opts.pop("name"),
+        name=name,
         description=opts.pop("description", None),
         tags=parse_tags(opts.pop("tags", ()) or ()),
         ports=ports,

@@ -61,12 +61,20 @@ def _create(
 ) -> None:
     from agent.aws import validation
     from agent.aws.provisioning import resolve_device_id
+    from agent.errors import InputValidationError, Violation
 
     # Check the request first (with the reference as given), so bad input never costs a call.
     request: dict[str, Any] = {"DeviceIds": [device_ref], "JobType": job_type}
     if config:
         request["DeviceJobConfig"] = config
-    validation.validate("CreateJobForDevices", request)
+    violations = validation.check("CreateJobForDevices", request)
+    if violations:  # named by what was typed: DEVICE, --image-version
+        typed = {"DeviceIds": "DEVICE", "DeviceJobConfig.OTAJobConfig.ImageVersion": "--image-version"}
+        raise InputValidationError(
+            [Violation(next((f for p, f in typed.items() if v.path.startswith(p)), v.path), v.value, v.rule)
+             for v in violations],
+            subject="job",
+        )  # fmt: skip
     client = app.backend().panorama()
     request["DeviceIds"] = [resolve_device_id(client, device_ref)]
     ota = (config or {}).get("OTAJobConfig") or {}

@@ -77,15 +77,18 @@ def add(app: App, /, ota_version: str | None, allow_major: bool, reboot: bool, *
     from agent.archive.verify import staged_name_violations
     from agent.aws import validation
     from agent.errors import InputValidationError
+    from agent.provision_request import flag_violations, given_inputs
     from agent.staging.plan import build_actions, check_actions
 
+    given, from_file = given_inputs(inputs), bool(inputs.get("input_json"))
     request = request_from_options(inputs)
     actions = build_actions(ota_version, allow_major, reboot)
-    violations = validation.check("ProvisionDevice", request) + check_actions(
+    violations = flag_violations(validation.check("ProvisionDevice", request), given, from_file=from_file)
+    violations += check_actions(
         actions,
         {"ota": "--ota", "ota.image_version": "--ota", "ota.allow_major": "--allow-major", "reboot": "--reboot"},
     )
-    if not any(v.path == "Name" for v in violations):
+    if not any(v.path in ("Name", "--name") for v in violations):
         violations += staged_name_violations(request["Name"], "--name")
     if violations:
         raise InputValidationError(violations, subject="plan entry")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from agent.cli.app import App, command_options, pass_app
+from agent.cli.completion import complete_target
 from agent.errors import ExitCode, PanostageError
 
 
@@ -14,7 +15,7 @@ def sim() -> None:
 
 
 @sim.command()
-@click.argument("target_spec", metavar="TARGET")
+@click.argument("target_spec", metavar="TARGET", shell_complete=complete_target)
 @click.option("--endpoint-url", metavar="URL", help="The authority to register with (default: the configured backend).")
 @click.option(
     "--serial",

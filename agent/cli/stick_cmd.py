@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from agent.cli.app import App, command_options, pass_app
+from agent.cli.completion import complete_target
 
 if TYPE_CHECKING:
     from agent.state import StateDB
@@ -30,7 +31,7 @@ def _open(app: App, spec: str) -> StickTarget:
 
 
 @stick.command()
-@click.argument("target_spec", metavar="TARGET")
+@click.argument("target_spec", metavar="TARGET", shell_complete=complete_target)
 @click.option("--wipe", "then_wipe", is_flag=True, help="Wipe the stick afterwards.")
 @command_options
 @pass_app
@@ -68,7 +69,7 @@ def collect(app: App, target_spec: str, then_wipe: bool) -> None:
 
 
 @stick.command()
-@click.argument("target_spec", metavar="TARGET")
+@click.argument("target_spec", metavar="TARGET", shell_complete=complete_target)
 @click.option("--format", "reformat", is_flag=True, help="Reformat the FAT filesystem instead (keeps the label).")
 @click.option("--label", help="With --format: the new label.")
 @command_options
@@ -152,7 +153,7 @@ def _hint(reason: str, info: StickInfo) -> str | None:
 
 
 @stick.command()
-@click.argument("device")
+@click.argument("device", shell_complete=complete_target)
 @command_options
 @pass_app
 def check(app: App, device: str) -> int:
@@ -192,7 +193,7 @@ def check(app: App, device: str) -> int:
 
 
 @stick.command()
-@click.argument("device", required=False)
+@click.argument("device", required=False, shell_complete=complete_target)
 @click.option("--identity", "identity_text", metavar="ID", help="usb:<serial> or fs:<UUID>, instead of a DEVICE.")
 @click.option("--label", help="A name for the stick (default: its FAT label).")
 @click.option("--note", help="Free text kept with the enrollment.")
@@ -280,7 +281,7 @@ def revoke(app: App, identity_text: str) -> None:
 
 
 @stick.command()
-@click.argument("device")
+@click.argument("device", shell_complete=complete_target)
 @click.option("--label", help="FAT volume label (default: sticks.label if it is no glob, else PANOSTAGE).")
 @click.option("--force", is_flag=True, help="Also format a device that does not report removable media.")
 @click.option("--note", help="Free text kept with the enrollment.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from datetime import datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ import click
 from agent.cli.app import App, command_options, pass_app
 from agent.cli.completion import complete_target
 from agent.cli.stage_cmd import format_left
+from agent.errors import PanostageError
 
 if TYPE_CHECKING:
     from agent.archive import ArchiveReport, Limits
@@ -44,9 +46,19 @@ def looks_like_archive_file(path: Path) -> bool:
         return False
     if path.suffix.lower() == ".zip":
         return True
-    with open(path, "rb") as handle:
-        head = handle.read(4)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except PermissionError as exc:
+        raise _not_readable(path, exc.errno) from exc
     return head[:2] == b"PK" or len(head) < 4  # an empty or tiny file is judged as an archive
+
+
+def _not_readable(path: Path, code: int | None, *, subject: str | None = None) -> PanostageError:
+    """This user may not read ``path``: a permission to fix, never a verdict on the archive."""
+    from agent.stick.checks import permission_denied
+
+    return permission_denied(path, want="read", block=path.is_block_device(), code=code, subject=subject)
 
 
 @click.command()
@@ -114,7 +126,7 @@ def _verify_stick(app: App, spec: str, checks: Checks) -> tuple[list[ArchiveRepo
     from agent.errors import PanostageError
     from agent.stick import archives, open_target
     from agent.stick.checks import archive_report
-    from agent.stick.errors import StickDamaged
+    from agent.stick.errors import StickDamaged, StickIOError
 
     problems: list[dict[str, str]] = []
     reports: list[ArchiveReport] = []
@@ -140,6 +152,11 @@ def _verify_stick(app: App, spec: str, checks: Checks) -> tuple[list[ArchiveRepo
                 continue
             try:  # judged by its size first: one larger than any archive is reported, never read
                 reports.append(archive_report(target, entry, file_name=entry.name, **checks))
+            except StickIOError as exc:
+                if exc.errno not in (errno.EACCES, errno.EPERM):
+                    problems.append({"code": "archive_unreadable", "message": f"{entry.name}: {exc.message}"})
+                    continue
+                raise _not_readable(Path(spec) / entry.name, exc.errno, subject=f"{entry.name} on {spec}") from exc
             except PanostageError as exc:  # its chain is the damage, or the stick failed: a finding, not the end
                 problems.append({"code": "archive_unreadable", "message": f"{entry.name}: {exc.message}"})
     return reports, problems
@@ -163,6 +180,8 @@ def _verify_file(path: Path, checks: Checks) -> ArchiveReport:
                     device_name=checks["device_name"],
                 )
             data = handle.read(limit + 1)
+    except PermissionError as exc:
+        raise _not_readable(path, exc.errno) from exc
     except OSError as exc:
         raise LocalIOError(
             f"cannot read {path}: {exc.strerror or exc}", hint="check the path and its permissions"

@@ -49,6 +49,7 @@ from agent.config.sources import (
     coerce,
     config_files,
     env_key,
+    lower_case_key,
     parse_env,
     read_file,
 )
@@ -153,7 +154,12 @@ def load(
 
     ignored: list[str] = []
     for var, raw in sorted(env.items()):
-        if not var.startswith("PANOSTAGE_") or var in RESERVED_ENV:
+        if not var.startswith("PANOSTAGE_"):
+            mistake = lower_case_key(var, fields)
+            if mistake is not None:
+                raise mistake
+            continue
+        if var in RESERVED_ENV:
             continue
         found = env_key(var, fields)
         if found is None:  # not configuration: another tool's or a test kit's variable

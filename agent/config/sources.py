@@ -80,9 +80,9 @@ def read_file(path: Path, fields: Fields) -> Iterator[tuple[str, str, Value]]:
 #: ``COMPAT_PYTHON``: at most 0.46) alone.
 NEAR_CUTOFF = 0.8
 ENV_RULE = (
-    "correct or unset it: configuration variables are PANOSTAGE_<SECTION>_<KEY>; `panostage config show` "
-    "lists every key (so does the README's Configuration section); other PANOSTAGE_* names are not "
-    "configuration and are ignored"
+    "correct it or `unset` it: configuration variables are PANOSTAGE_<SECTION>_<KEY>, every key is in the "
+    "README's Configuration table (and in `panostage config show` once the variable is gone); other "
+    "PANOSTAGE_* names are not configuration and are ignored"
 )
 
 
@@ -105,10 +105,39 @@ def env_key(var: str, fields: Fields) -> tuple[str, str] | None:
     if homes:
         raise _not_a_key(var, f"{rest!r} is a key without its section: did you mean {' or '.join(homes)}?", homes[0])
     names = {f"{section}_{key}": _var(section, key) for section, keys in fields.items() for key in keys}
+    names |= {name[len("PANOSTAGE_") :].lower(): name for name in RESERVED_ENV}
     near = difflib.get_close_matches(rest, list(names), n=1, cutoff=NEAR_CUTOFF)
     if near:
         raise _not_a_key(var, f"did you mean {names[near[0]]}?", names[near[0]])
+    sharing = [name for name in names if _words(name) & _words(rest)]
+    if sharing:  # PANOSTAGE_STATION_NAME, PANOSTAGE_AWS_REGION, PANOSTAGE_CONFIG_FILE: meant as configuration
+        nearest = difflib.get_close_matches(rest, sharing, n=1, cutoff=0) or sharing
+        raise _not_a_key(var, f"did you mean {names[nearest[0]]}?", names[nearest[0]])
     return None
+
+
+#: Words of key names too common to say that a variable was meant as one of them.
+_COMMON_WORDS = frozenset({"seconds", "bytes", "name", "allow", "max", "device"})
+
+
+def _words(name: str) -> set[str]:
+    """The distinctive words of a variable name (after ``PANOSTAGE_``): four letters or more, not common."""
+    return {word for word in name.lower().split("_") if len(word) >= 4 and word not in _COMMON_WORDS}
+
+
+def lower_case_key(var: str, fields: Fields) -> ConfigError | None:
+    """``panostage_stage_margin_seconds``: meant as a configuration or reserved variable, but variable
+    names are case-sensitive.  The error to raise, or None when the upper-case name means nothing either."""
+    upper = var.upper()
+    if var == upper or not upper.startswith("PANOSTAGE_"):
+        return None
+    try:
+        meant = upper in RESERVED_ENV or env_key(upper, fields) is not None
+    except ConfigError:
+        meant = False
+    if not meant:
+        return None
+    return _not_a_key(var, f"variable names are upper-case: did you mean {upper}?", upper)
 
 
 def _not_in_section(var: str, section: str, key: str, keys: list[str]) -> ConfigError:

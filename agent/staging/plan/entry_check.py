@@ -58,7 +58,7 @@ def check_entry(fields: object, *, csv_cells: bool) -> tuple[str | None, PlanEnt
 
     # what could be read is checked too, so one pass names every problem of the entry
     request = build_request(
-        name=name,  # type: ignore[arg-type]  # a missing name stays None: the check below names it required
+        name=name,  # a missing name stays None: the check below names it required
         description=description,
         tags=tags,
         ports=ports,
