@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import click
@@ -88,21 +87,16 @@ def _create(
     )
 
 
-def _major(version: str | None) -> int | None:
-    """The major version of ``4.3.93`` (4); None when it does not start with digits."""
-    match = re.match(r"\d+", version or "")
-    return int(match.group()) if match else None
-
-
 def _refuse_major_update(client: Any, device_ref: str, device_id: str, image_version: str) -> None:
     """Refuse, before any job is made, an OTA that crosses a major version without ``--allow-major``: the
     service would accept the job and fail it, without saying why."""
+    from agent.aws.ota import major_update
     from agent.errors import ExitCode, PanostageError, Violation
 
-    current = client.describe_device(DeviceId=device_id).get("CurrentSoftware")
-    have, want = _major(current), _major(image_version)
-    if have is None or want is None or want <= have:
-        return  # not yet claimed (no CurrentSoftware): the service says what it thinks of that
+    update = major_update(client.describe_device(DeviceId=device_id).get("CurrentSoftware"), image_version)
+    if update is None:
+        return
+    current, have, want = update.current, update.have, update.want
     rule = f"a major version update from the device's current software {current} ({have}.x to {want}.x): needs --allow-major"
     raise PanostageError(
         f"{device_ref} runs {current}; --image-version {image_version} is a major version update ({have}.x to "
@@ -159,6 +153,7 @@ def failure_facts(client: Any, job: dict[str, Any]) -> dict[str, Any]:
     from botocore.exceptions import ClientError
 
     from agent.aws.errors import error_code
+    from agent.aws.ota import major_update
 
     facts: dict[str, Any] = {}
     device: dict[str, Any] = {}
@@ -190,12 +185,10 @@ def failure_facts(client: Any, job: dict[str, Any]) -> dict[str, Any]:
         known.append("the device no longer exists")
     elif facts.get("DeviceError"):
         known.append(f"the device could not be described ({facts['DeviceError']})")
-    current, image = device.get("CurrentSoftware"), job.get("ImageVersion")
-    have, want = _major(current), _major(image)
-    if job.get("JobType") == "OTA" and have is not None and want is not None and want > have:
-        known.append(
-            f"{image} is a major version update from {current}, which the service fails unless the job allows it"
-        )
+    image = job.get("ImageVersion")
+    update = major_update(device.get("CurrentSoftware"), image) if image else None
+    if job.get("JobType") == "OTA" and update is not None:
+        known.append(f"{image} is {update.words}, which the service fails unless the job allows it")
         facts["Hint"] = (
             f"run it again with --allow-major: `panostage job ota {job.get('DeviceId')} --image-version {image} --allow-major`"
         )

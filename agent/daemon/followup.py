@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from agent.aws.ota import major_update
 from agent.aws.paging import pages
 from agent.aws.provisioning import describe_or_none
 from agent.clock import parse_iso
@@ -189,6 +190,8 @@ class FollowUp:
             job_id = progress.get(f"{kind}_job")
             if job_id is None:
                 request: dict[str, Any] = {"DeviceIds": [entry["device_id"]], "JobType": kind.upper()}
+                if kind == "ota" and self._refused_major(entry, actions, progress):
+                    return True
                 if kind == "ota":
                     request["DeviceJobConfig"] = {
                         "OTAJobConfig": {
@@ -214,6 +217,25 @@ class FollowUp:
             self._save(entry, actions, progress)
         log.info("%s: done", entry["name"])
         self._save(entry, actions, progress, status="done")
+        return True
+
+    def _refused_major(self, entry: dict[str, Any], actions: dict[str, Any], progress: dict[str, Any]) -> bool:
+        """An OTA the service would accept and then fail (a major update not allowed): not made; attention."""
+        ota = actions["ota"]
+        if ota.get("allow_major"):
+            return False
+        device = self._describe(entry["device_id"]) or {}
+        update = major_update(device.get("CurrentSoftware"), ota["image_version"])
+        if update is None:
+            return False
+        why = (
+            f"ota {update.image_version} not started: {update.words}, which the plan entry does not allow "
+            f"(the service would fail it); `panostage job ota {entry['name']} --image-version "
+            f"{update.image_version} --allow-major` runs it, or a {update.have}.x version"
+        )
+        log.warning("%s: %s", entry["name"], why)
+        progress["ota"] = "REFUSED"
+        self._save(entry, actions, progress, status="attention", last_error=why)
         return True
 
     def _save(self, entry: dict[str, Any], actions: dict[str, Any], progress: dict[str, Any], **fields: Any) -> None:

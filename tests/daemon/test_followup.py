@@ -169,6 +169,34 @@ def test_post_provision_jobs_run_to_done_each_on_its_own_wait(world):
     assert followup.next_due is None and followup.jobs == {} and followup.job_status == {}
 
 
+def _follow_until_settled(world, entry_id: int) -> str:
+    followup, ticks = world.followup, world.ticks
+    for _ in range(20):
+        ticks.now = followup.next_due if followup.next_due is not None else ticks.now
+        followup.run_due()
+        status = world.state.entry(entry_id)["status"]
+        if status in ("done", "attention"):
+            return status
+    return world.state.entry(entry_id)["status"]
+
+
+def test_a_major_ota_the_entry_does_not_allow_is_never_made_and_needs_attention(world):
+    """The service would accept it and fail it without a reason: asked first, as `job ota` does."""
+    [device] = staged(world, 1)
+    world.state.set_entry(device["id"], actions='{"ota": {"image_version": "99.0.0"}, "reboot": true}')
+    come_online(world, device)
+    assert _follow_until_settled(world, device["id"]) == "attention"
+    entry = world.state.entry(device["id"])
+    assert "major version update" in entry["last_error"] and "--allow-major" in entry["last_error"]
+    assert world.calls["CreateJobForDevices"] == 0  # neither the OTA nor the reboot after it
+
+    [allowed] = staged(world, 1, prefix="fu-allowed")
+    world.state.set_entry(allowed["id"], actions='{"ota": {"image_version": "99.0.0", "allow_major": true}}')
+    come_online(world, allowed)
+    assert _follow_until_settled(world, allowed["id"]) == "done"  # the control: allowed, it runs
+    assert world.calls["CreateJobForDevices"] == 1
+
+
 class Gate(threading.Event):
     """The daemon's ``quiet`` event, telling the test when a pass has come to wait on it."""
 
