@@ -19,27 +19,28 @@ STICK_TAG = "panostage"
 
 def state_dir(settings: Settings) -> Path:
     """Persistent state: ``paths.state_dir``, systemd's ``$STATE_DIRECTORY``, then the standard place."""
-    if settings.paths.state_dir:
-        return Path(settings.paths.state_dir)
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    if os.geteuid() == 0:
-        return Path("/var/lib/panostage")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "panostage"
+    return _state_dir_and_source(settings)[0]
 
 
 def state_dir_source(settings: Settings) -> str:
     """Where :func:`state_dir`'s answer came from, in words (for a message about it)."""
+    return _state_dir_and_source(settings)[1]
+
+
+def _state_dir_and_source(settings: Settings) -> tuple[Path, str]:
+    """The state directory and, in words, which rule chose it: one precedence for both."""
     if settings.paths.state_dir:
-        return "paths.state_dir (--state-dir, PANOSTAGE_PATHS_STATE_DIR or the configuration file)"
+        return Path(
+            settings.paths.state_dir
+        ), "paths.state_dir (--state-dir, PANOSTAGE_PATHS_STATE_DIR or the configuration file)"
     if os.environ.get("STATE_DIRECTORY"):
-        return "$STATE_DIRECTORY (systemd)"
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0]), "$STATE_DIRECTORY (systemd)"
     if os.geteuid() == 0:
-        return "the default for root"
+        return Path("/var/lib/panostage"), "the default for root"
     if os.environ.get("XDG_STATE_HOME"):
-        return "the default for a user: $XDG_STATE_HOME/panostage"
-    return f"the default for a user: $HOME/.local/state/panostage, HOME={Path.home()}"
+        return Path(os.environ["XDG_STATE_HOME"]) / "panostage", "the default for a user: $XDG_STATE_HOME/panostage"
+    home = Path.home()
+    return home / ".local" / "state" / "panostage", f"the default for a user: $HOME/.local/state/panostage, HOME={home}"
 
 
 def runtime_dir(settings: Settings) -> Path:
@@ -57,13 +58,17 @@ def runtime_dir(settings: Settings) -> Path:
 
 def user_label() -> str:
     """The user this process acts as: ``nobody (uid 65534)``."""
+    name = _user_name()
+    return f"{name} (uid {os.geteuid()})" if name else f"uid {os.geteuid()}"
+
+
+def _user_name() -> str | None:
     import pwd
 
-    uid = os.geteuid()
     try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+        return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
-        return f"uid {uid}"
+        return None
 
 
 def owner_label(st: os.stat_result) -> str:
@@ -95,13 +100,7 @@ def group_member(name: str) -> bool | None:
 
 def join_group_hint(group: str = STICK_GROUP) -> str:
     """How the user running this joins ``group``."""
-    import pwd
-
-    try:
-        name = pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        name = "USER"
-    return f"`sudo usermod -aG {group} {name}`, then log in again (or `newgrp {group}`)"
+    return f"`sudo usermod -aG {group} {_user_name() or 'USER'}`, then log in again (or `newgrp {group}`)"
 
 
 def dir_problem(path: Path) -> str | None:

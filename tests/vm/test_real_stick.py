@@ -54,8 +54,8 @@ def test_a_fat32_stick_is_staged_by_the_service_and_the_kernel_reads_it_back(lap
     assert json.loads(verdict.stdout)["outcome"] == "ok"
     # the appliance reads it through the kernel too, registers, and writes its logs back
     laptop.sh("mount -o remount,rw /mnt/stick1")
-    appliance = laptop.panostage("sim", "appliance", "/mnt/stick1", "--json", user="root")
-    assert '"registered"' in appliance.stdout or appliance.returncode == 0
+    appliance = laptop.panostage("sim", "appliance", "/mnt/stick1", "--json", user="root", check=False)
+    assert appliance.returncode == 0, appliance.stderr  # 0: the device registered (13 when it did not)
     laptop.sh("umount /mnt/stick1")
 
     laptop.pull("stick1")

@@ -11,17 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.machine import Machine
+from tests.vm.machine import Machine, Result
 from tests.vm.sticks import Layout, fat_stick
 
 REPO = Path(__file__).resolve().parents[2]
 CGROUP = "/sys/fs/cgroup/system.slice/panostage.service"
 
 
-def _in_the_services_cgroup(laptop: Machine, command: str) -> subprocess.CompletedProcess[str]:
+def _in_the_services_cgroup(laptop: Machine, command: str) -> Result:
     """``command`` run as root from inside panostage.service's cgroup, where systemd's device filter applies."""
-    result = laptop.run("/bin/sh", "-c", f"echo $$ > {CGROUP}/cgroup.procs && exec {command}", check=False)
-    return subprocess.CompletedProcess(result.argv, result.returncode, result.stdout, result.stderr)
+    return laptop.run("/bin/sh", "-c", f"echo $$ > {CGROUP}/cgroup.procs && exec {command}", check=False)
 
 
 def _exposure(report: str) -> float:
